@@ -1,0 +1,276 @@
+"""The ``hpsearch`` command line. Each command parses options and calls one library function;
+errors from bad input print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpsearch.errors import HpsearchError
+
+app = typer.Typer(
+    help="Hyperparameter search for small PyTorch models, built on Optuna.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="HPSEARCH_STORAGE",
+        help="Database URL (sqlite:///file.db, postgresql+psycopg://user:pw@host/db). "
+        "Default: sqlite:///hpsearch.db in the working directory.",
+        show_default=False,
+    ),
+]
+
+
+def clean_errors(command: F) -> F:
+    """Turn ``HpsearchError`` (and Ctrl-C) into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except HpsearchError as error:
+            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    import optuna
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.6g}" if abs(value) < 1e5 else f"{value:,.0f}"
+
+
+@app.command()
+@clean_errors
+def run(
+    target: Annotated[str, typer.Argument(help="A problem (usps, house-prices, "
+                                          "house-prices-gaussian) or a study .toml file.")],
+    trials: Annotated[int | None, typer.Option(help="Total finished trials the study should "
+                                               "hold; a rerun resumes up to it.")] = None,
+    storage: StorageOption = None,
+    study_name: Annotated[str | None, typer.Option(help="Default: the study file's name.")] = None,
+    sampler: Annotated[str | None, typer.Option(
+        help="tpe, random, gp, cmaes, qmc or grid. Default: the study file's.")] = None,
+    pruner: Annotated[str | None, typer.Option(
+        help="hyperband, median, successive-halving or none. Default: the study file's.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Study seed; trial seeds are seed + "
+                                             "trial number.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this "
+                                                  "many seconds.")] = None,
+    device: Annotated[str | None, typer.Option(envvar="HPSEARCH_DEVICE",
+                                               help="auto, cpu or cuda.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="HPSEARCH_DATA_DIR",
+                                                  help="Folder with the data sets. "
+                                                  "Default: the packaged copies.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training. "
+                                                "Default: PyTorch's choice.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every trial.")] = False,
+) -> None:
+    """Run (or resume) a study until it holds --trials finished trials."""
+    from hpsearch.config import find_study_file, load_study_file, resolve_settings
+    from hpsearch.search import prepare_study, run_trials
+    from hpsearch.storage import redact, storage_url
+
+    _quiet_libraries(verbose)
+    config = load_study_file(find_study_file(target))
+    settings = resolve_settings(
+        config,
+        storage=storage_url(storage),
+        study_name=study_name,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        trials=trials,
+        timeout=timeout,
+        device=device,
+        data_dir=str(data_dir) if data_dir else None,
+        threads=threads,
+    )
+    study, objective = prepare_study(config, settings)
+    err_console.print(
+        f"study [bold]{settings.study_name}[/bold] ({config.problem.name}, {config.direction} "
+        f"{config.metric}) on {redact(settings.storage)}: {settings.trials} trials, "
+        f"sampler {settings.sampler}, pruner {settings.pruner}",
+        highlight=False,
+    )
+    from hpsearch.display import ProgressDisplay
+
+    with ProgressDisplay(err_console, config.metric) as display:
+        progress = run_trials(study, objective, settings, on_progress=display.update)
+    if progress.finished >= settings.trials and progress.trials_this_run == 0:
+        err_console.print(f"study already holds {progress.finished} finished trials; "
+                          "nothing to run (raise --trials to add more)", highlight=False)
+    from hpsearch.display import summary_table
+
+    console.print(summary_table(study, config.metric))
+
+
+@app.command()
+@clean_errors
+def studies(storage: StorageOption = None) -> None:
+    """List the studies in the storage: trials by state and the best value."""
+    import optuna
+
+    from hpsearch.search import best_value, study_counts
+    from hpsearch.storage import open_storage, storage_url
+
+    _quiet_libraries(False)
+    store = open_storage(storage_url(storage), create=False)
+    table = Table(title="studies")
+    for column in ("study", "problem", "direction", "complete", "pruned", "failed", "running",
+                   "best"):
+        table.add_column(column, justify="left" if column in ("study", "problem") else "right")
+    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=store)
+        counts = study_counts(study)
+        from optuna.trial import TrialState as S
+
+        table.add_row(
+            summary.study_name,
+            str(summary.user_attrs.get("problem", "-")),
+            summary.direction.name.lower(),
+            *(str(counts[state]) for state in (S.COMPLETE, S.PRUNED, S.FAIL, S.RUNNING)),
+            _fmt(best_value(study)),
+        )
+    console.print(table)
+
+
+def _load_study(name: str, storage: str | None) -> Any:
+    import optuna
+
+    from hpsearch.storage import open_storage, storage_url
+
+    _quiet_libraries(False)
+    store = open_storage(storage_url(storage), create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(store)) or "none"
+        raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
+
+
+@app.command()
+@clean_errors
+def best(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    storage: StorageOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the best trial: its params, full configuration and metrics."""
+    study = _load_study(study_name, storage)
+    try:
+        trial = study.best_trial
+    except ValueError:
+        raise HpsearchError(f"study {study_name!r} has no complete trial yet") from None
+    attrs = dict(trial.user_attrs)
+    record = {
+        "study": study_name,
+        "trial": trial.number,
+        "value": trial.value,
+        "metric": study.user_attrs.get("metric"),
+        "params": trial.params,
+        "config": attrs.pop("config", {}),
+        "metrics": attrs,
+    }
+    if as_json:
+        typer.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{study_name}: best trial {trial.number}, "
+                  f"{record['metric']} = {_fmt(trial.value)}")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for key, value in sorted(record["config"].items()):
+        table.add_row(key + (" *" if key in trial.params else ""), str(value))
+    for key, value in sorted(attrs.items()):
+        table.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print("* searched; the rest were fixed by the study file or the report's defaults")
+
+
+@app.command()
+@clean_errors
+def trials(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    storage: StorageOption = None,
+    csv: Annotated[Path | None, typer.Option(help="Write every trial to this CSV file.")] = None,
+) -> None:
+    """List a study's trials, or write them to a CSV file (pandas)."""
+    study = _load_study(study_name, storage)
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params",
+                                          "user_attrs"))
+    frame = frame.drop(columns=[c for c in frame.columns if c == "user_attrs_config"])
+    if csv is not None:
+        try:
+            frame.to_csv(csv, index=False)
+        except OSError as error:
+            raise HpsearchError(f"cannot write {csv}: {error.strerror}") from None
+        err_console.print(f"wrote {len(frame)} trials to {csv}", highlight=False)
+        return
+    table = Table(title=f"{study_name}: {len(frame)} trials")
+    shown = [c for c in ("number", "state", "value", "duration") if c in frame.columns]
+    shown += [c for c in frame.columns if c.startswith("params_")]
+    for column in shown:
+        table.add_column(column.removeprefix("params_"))
+    for _, row in frame.iterrows():
+        table.add_row(*(_cell(row[c]) for c in shown))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    if hasattr(value, "total_seconds"):
+        seconds = value.total_seconds()
+        return "-" if math.isnan(seconds) else f"{seconds:.1f}s"
+    return str(value)
+
+
+@app.command()
+@clean_errors
+def dashboard(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the "
+                                      "network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the same storage (http://127.0.0.1:8080 by default)."""
+    import optuna_dashboard
+
+    from hpsearch.storage import open_storage, redact, storage_url
+
+    _quiet_libraries(False)
+    url = storage_url(storage)
+    store = open_storage(url, create=False)
+    err_console.print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ "
+                      "(Ctrl-C stops it)", highlight=False)
+    optuna_dashboard.run_server(store, host=host, port=port)

@@ -1,0 +1,259 @@
+"""Data sets as tensors: checksummed loading, fixed-seed splits, normalization.
+
+Both data sets are small enough to live whole on the training device; the training loop
+slices batches out of these tensors instead of running a per-sample ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from hpsearch.errors import HpsearchError
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_DATA_DIR = Path(__file__).parent / "datasets"
+DATA_DIR_ENV = "HPSEARCH_DATA_DIR"
+
+USPS_FILES = {"train": "usps/usps.bz2", "test": "usps/usps.t.bz2"}
+HOUSE_PRICES_FILE = "house_prices/train.csv"
+HOUSE_PRICES_OPENML_ID = 42165
+HOUSE_PRICES_TARGET = "SalePrice"
+REPORT_HOUSE_FEATURES = ("OverallQual", "YearBuilt", "TotalBsmtSF", "GrLivArea")
+
+# Checksums of the copies shipped with hpsearch, plus those of torchvision's own USPS
+# download (the shipped files were rebuilt from a float copy, so their bytes differ).
+KNOWN_MD5 = {
+    "usps/usps.bz2": {"41b2f6074f119ec27691da95e416ada0", "ec16c51db3855ca6c91edd34d0e9b197"},
+    "usps/usps.t.bz2": {"13305b45f3ecdd497292913b6671a378", "8ea070ee2aca1ac39742fdd1ef5ed118"},
+    "house_prices/train.csv": {"80ccab65fb115cbad143dbbd2bcd5577"},
+}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test tensors of one problem, already normalized.
+
+    ``x_test``/``y_test`` are the held-out split: the search never reads them.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    # Scale of the regression target, to turn normalized errors back into dollars.
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> Splits:
+        """Return a copy with every tensor moved to ``device``."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        }
+        return Splits(
+            **moved,
+            target_mean=self.target_mean,
+            target_std=self.target_std,
+            checksums=self.checksums,
+        )
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The data folder: the argument, else ``$HPSEARCH_DATA_DIR``, else the packaged copy."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or PACKAGED_DATA_DIR
+    return Path(chosen).expanduser()
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path, relative: str) -> str:
+    """Check ``path`` against the known checksums of ``relative``; return its md5.
+
+    Raises:
+        HpsearchError: the file's checksum matches no known copy.
+    """
+    checksum = md5sum(path)
+    if checksum not in KNOWN_MD5[relative]:
+        raise HpsearchError(
+            f"corrupt data file {path}: md5 {checksum} matches no known copy of {relative}"
+        )
+    return checksum
+
+
+def _usps_file(data_dir: Path, split: str) -> Path:
+    relative = USPS_FILES[split]
+    path = data_dir / relative
+    if path.exists():
+        return path
+    logger.info("%s missing, downloading USPS with torchvision", path)
+    import torchvision
+
+    try:
+        torchvision.datasets.USPS(str(path.parent), train=split == "train", download=True)
+    except Exception as error:  # any network failure surfaces as one clear line
+        raise HpsearchError(
+            f"USPS file {path} is missing and could not be downloaded ({error}); "
+            f"point --data-dir or ${DATA_DIR_ENV} at a folder holding {relative}"
+        ) from error
+    return path
+
+
+@lru_cache(maxsize=4)
+def _read_usps(path: str) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision
+
+    folder, name = os.path.split(path)
+    dataset = torchvision.datasets.USPS(folder, train=name == "usps.bz2")
+    return dataset.data, np.asarray(dataset.targets, dtype=np.int64)
+
+
+def load_usps(
+    data_dir: str | Path | None = None, *, val_fraction: float = 0.2, seed: int = 0
+) -> Splits:
+    """USPS digits as ``(N, 1, 16, 16)`` float tensors and int64 labels.
+
+    The official 7,291-image training file is split, stratified, into train and validation;
+    the official 2,007-image test file is the held-out test split. Pixels are standardized
+    with the training split's mean and standard deviation.
+    """
+    folder = resolve_data_dir(data_dir)
+    checksums: dict[str, str] = {}
+    arrays = {}
+    for split, relative in USPS_FILES.items():
+        path = _usps_file(folder, split)
+        checksums[relative] = verify_checksum(path, relative)
+        try:
+            arrays[split] = _read_usps(str(path))
+        except (OSError, ValueError, EOFError) as error:
+            raise HpsearchError(f"cannot read USPS file {path}: {error}") from error
+    images, labels = arrays["train"]
+    test_images, test_labels = arrays["test"]
+    train_idx, val_idx = train_test_split(
+        np.arange(len(labels)), test_size=val_fraction, random_state=seed, stratify=labels
+    )
+    train_pixels = images[train_idx].astype(np.float32) / 255.0
+    mean, std = float(train_pixels.mean()), float(train_pixels.std())
+
+    def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+        scaled = (pixels.astype(np.float32) / 255.0 - mean) / std
+        return torch.from_numpy(scaled).unsqueeze(1)  # (N, 1, 16, 16)
+
+    return Splits(
+        x_train=to_tensor(images[train_idx]),
+        y_train=torch.from_numpy(labels[train_idx]),
+        x_val=to_tensor(images[val_idx]),
+        y_val=torch.from_numpy(labels[val_idx]),
+        x_test=to_tensor(test_images),
+        y_test=torch.from_numpy(test_labels),
+        checksums=checksums,
+    )
+
+
+def _read_house_prices(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    path = folder / HOUSE_PRICES_FILE
+    if path.exists():
+        checksum = verify_checksum(path, HOUSE_PRICES_FILE)
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as error:
+            raise HpsearchError(f"cannot read house-price file {path}: {error}") from error
+        return frame, {HOUSE_PRICES_FILE: checksum}
+    logger.info("%s missing, fetching OpenML data set %d", path, HOUSE_PRICES_OPENML_ID)
+    from sklearn.datasets import fetch_openml
+
+    try:
+        bunch = fetch_openml(data_id=HOUSE_PRICES_OPENML_ID, as_frame=True, data_home=str(folder))
+    except Exception as error:  # any network failure surfaces as one clear line
+        raise HpsearchError(
+            f"house-price file {path} is missing and OpenML data set {HOUSE_PRICES_OPENML_ID} "
+            f"could not be fetched ({error}); point --data-dir or ${DATA_DIR_ENV} at a folder "
+            f"holding {HOUSE_PRICES_FILE}"
+        ) from error
+    frame = bunch.frame
+    if len(frame) != 1460 or HOUSE_PRICES_TARGET not in frame.columns:
+        raise HpsearchError(
+            f"OpenML data set {HOUSE_PRICES_OPENML_ID} is not the expected 1,460-row house-price "
+            f"table ({len(frame)} rows)"
+        )
+    return frame, {HOUSE_PRICES_FILE: f"openml:{HOUSE_PRICES_OPENML_ID}"}
+
+
+def load_house_prices(
+    data_dir: str | Path | None = None,
+    *,
+    features: Sequence[str] = REPORT_HOUSE_FEATURES,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """House prices as ``(N, F)`` float features and a ``(N,)`` normalized SalePrice.
+
+    Rows are split at random (fixed ``seed``) into train / validation / test, fractions of
+    the whole table. Missing feature values take the training median; features and the target
+    are standardized with training statistics only.
+
+    Raises:
+        HpsearchError: a feature is not a numeric column of the table.
+    """
+    frame, checksums = _read_house_prices(resolve_data_dir(data_dir))
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        raise HpsearchError(f"unknown house-price feature(s): {', '.join(missing)}")
+    non_numeric = [name for name in features if not pd.api.types.is_numeric_dtype(frame[name])]
+    if non_numeric:
+        raise HpsearchError(f"non-numeric house-price feature(s): {', '.join(non_numeric)}")
+    x_all = frame[list(features)].to_numpy(dtype=np.float64)
+    y_all = frame[HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)
+
+    indices = np.arange(len(frame))
+    rest_idx, test_idx = train_test_split(indices, test_size=test_fraction, random_state=seed)
+    train_idx, val_idx = train_test_split(
+        rest_idx, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
+    )
+    x_train = x_all[train_idx]
+    medians = np.nanmedian(x_train, axis=0)
+    x_mean = np.nanmean(x_train, axis=0)
+    x_std = np.nanstd(x_train, axis=0)
+    x_std[x_std == 0] = 1.0
+    y_mean, y_std = float(y_all[train_idx].mean()), float(y_all[train_idx].std())
+
+    def features_of(idx: np.ndarray) -> torch.Tensor:
+        x = x_all[idx].copy()
+        x = np.where(np.isnan(x), medians, x)
+        return torch.from_numpy(((x - x_mean) / x_std).astype(np.float32))
+
+    def target_of(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((y_all[idx] - y_mean) / y_std).astype(np.float32))
+
+    return Splits(
+        x_train=features_of(train_idx),
+        y_train=target_of(train_idx),
+        x_val=features_of(val_idx),
+        y_val=target_of(val_idx),
+        x_test=features_of(test_idx),
+        y_test=target_of(test_idx),
+        target_mean=y_mean,
+        target_std=y_std,
+        checksums=checksums,
+    )

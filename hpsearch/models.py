@@ -1,0 +1,159 @@
+"""Model builders: pure functions from a params mapping to an ``nn.Module``.
+
+Nothing here knows about Optuna or training, so a study's best model is rebuilt from its
+stored params (``build_model("conv", study.best_params)``) and tests use literal dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}"
+        ) from None
+
+
+def layer_widths(params: Mapping[str, Any], depth_key: str, width_key: str) -> list[int]:
+    """Width of each layer: ``{width_key}_{i}`` where given, else the shared ``width_key``."""
+    depth = int(params[depth_key])
+    return [int(params.get(f"{width_key}_{i}", params.get(width_key, 0))) for i in range(depth)]
+
+
+def build_conv_classifier(
+    params: Mapping[str, Any],
+    *,
+    in_channels: int = 1,
+    image_size: int = 16,
+    n_classes: int = 10,
+) -> nn.Sequential:
+    """Conv blocks (3x3 conv, optional batch norm, activation, 2x2 max-pool, dropout), then a
+    linear head to ``n_classes`` logits.
+
+    Params: ``n_conv_layers`` (1-4 for 16x16 inputs), ``channels`` or ``channels_{i}``,
+    ``activation``, ``batch_norm``, ``dropout``.
+    """
+    widths = layer_widths(params, "n_conv_layers", "channels")
+    if not widths or min(widths) < 1:
+        raise ValueError(f"conv classifier needs >= 1 layer of >= 1 channel, got {widths}")
+    kernel = int(params.get("kernel_size", 3))
+    layers: list[nn.Module] = []
+    channels, size = in_channels, image_size
+    for width in widths:
+        layers.append(nn.Conv2d(channels, width, kernel, padding=kernel // 2))
+        if params.get("batch_norm", True):
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(make_activation(str(params["activation"])))
+        if size >= 2:  # a 16x16 input halves to 8, 4, 2, 1 over four blocks
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        if params.get("dropout", 0.0) > 0:
+            layers.append(nn.Dropout(float(params["dropout"])))
+        channels = width
+    layers += [nn.Flatten(), nn.Linear(channels * size * size, n_classes)]
+    return nn.Sequential(*layers)  # (B, C, H, W) -> (B, n_classes)
+
+
+def _mlp_trunk(params: Mapping[str, Any], n_features: int) -> tuple[list[nn.Module], int]:
+    widths = layer_widths(params, "n_hidden_layers", "hidden_units")
+    if not widths or min(widths) < 1:
+        raise ValueError(f"MLP needs >= 1 hidden layer of >= 1 unit, got {widths}")
+    layers: list[nn.Module] = []
+    width_in = n_features
+    for width in widths:
+        layers += [nn.Linear(width_in, width), make_activation(str(params["activation"]))]
+        if params.get("dropout", 0.0) > 0:
+            layers.append(nn.Dropout(float(params["dropout"])))
+        width_in = width
+    return layers, width_in
+
+
+class MLPRegressor(nn.Module):
+    """MLP predicting one value per row: ``(B, F) -> (B,)``."""
+
+    def __init__(self, params: Mapping[str, Any], n_features: int) -> None:
+        super().__init__()
+        layers, width = _mlp_trunk(params, n_features)
+        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class GaussianRegressor(nn.Module):
+    """MLP trunk with two heads: ``(B, F) -> (B, 2)`` holding mean and log variance."""
+
+    def __init__(self, params: Mapping[str, Any], n_features: int) -> None:
+        super().__init__()
+        layers, width = _mlp_trunk(params, n_features)
+        self.trunk = nn.Sequential(*layers)
+        self.mean = nn.Linear(width, 1)
+        self.log_var = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.trunk(x)
+        return torch.cat([self.mean(hidden), self.log_var(hidden)], dim=-1)
+
+
+def build_mlp_regressor(params: Mapping[str, Any], *, n_features: int = 4) -> MLPRegressor:
+    """Params: ``n_hidden_layers``, ``hidden_units`` or ``hidden_units_{i}``, ``activation``,
+    ``dropout``."""
+    return MLPRegressor(params, n_features)
+
+
+def build_gaussian_regressor(
+    params: Mapping[str, Any], *, n_features: int = 4
+) -> GaussianRegressor:
+    """Same params as :func:`build_mlp_regressor`; outputs mean and log variance."""
+    return GaussianRegressor(params, n_features)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "conv": build_conv_classifier,
+    "mlp": build_mlp_regressor,
+    "gaussian": build_gaussian_regressor,
+}
+
+
+# Hyperparameters each builder reads (per-layer widths ``channels_{i}`` /
+# ``hidden_units_{i}`` are accepted too).
+MODEL_PARAMS: dict[str, frozenset[str]] = {
+    "conv": frozenset(
+        {"n_conv_layers", "channels", "activation", "batch_norm", "dropout", "kernel_size"}
+    ),
+    "mlp": frozenset({"n_hidden_layers", "hidden_units", "activation", "dropout"}),
+    "gaussian": frozenset({"n_hidden_layers", "hidden_units", "activation", "dropout"}),
+}
+# Width key -> the depth key that says how many per-layer widths exist.
+PER_LAYER_WIDTHS = {"channels": "n_conv_layers", "hidden_units": "n_hidden_layers"}
+
+
+def build_model(name: str, params: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+    """Build a registered model by name (see ``MODELS``)."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+    return builder(params, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

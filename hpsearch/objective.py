@@ -1,0 +1,99 @@
+"""The Optuna objective: the only place that touches ``trial``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import optuna
+import torch
+
+from hpsearch.config import StudyConfig
+from hpsearch.data import Splits
+from hpsearch.models import count_parameters
+from hpsearch.space import suggest_params
+from hpsearch.training import EpochResult, NonFiniteLossError, TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    return study_seed + trial_number
+
+
+class Objective:
+    """Builds, trains and scores one model per trial.
+
+    Data are loaded once by the caller and kept on ``device``; each call samples params,
+    reports the validation metric every ``config.report_every`` epochs and lets the pruner
+    stop the trial.
+    """
+
+    def __init__(
+        self, config: StudyConfig, splits: Splits, device: torch.device, *, seed: int
+    ) -> None:
+        self.config = config
+        self.problem = config.problem
+        self.splits = splits.to(device)
+        self.device = device
+        self.seed = seed
+
+    def validation_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        s = self.splits
+        metrics = self.problem.evaluate(model, s.x_val, s.y_val, s)
+        return {f"val_{name}": value for name, value in metrics.items()}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial, self.config.space, self.config.base_params)
+        seed = trial_seed(self.seed, trial.number)
+        trial.set_user_attr("config", params)
+        trial.set_user_attr("seed", seed)
+        torch.manual_seed(seed)
+        model = self.problem.build_model(params, self.splits).to(self.device)
+        trial.set_user_attr("n_params", count_parameters(model))
+        metric = self.config.metric
+        last: list[EpochResult] = []
+        started = time.perf_counter()
+
+        def record(result: EpochResult | None, **extra: Any) -> None:
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 3))
+            if result is not None:
+                trial.set_user_attr("epochs_run", result.epoch)
+                trial.set_user_attr("train_loss", result.train_loss)
+                for name, value in result.metrics.items():
+                    trial.set_user_attr(name, value)
+            for name, value in extra.items():
+                trial.set_user_attr(name, value)
+
+        def on_epoch(result: EpochResult) -> None:
+            last[:] = [result]
+            value = result.metrics[metric]
+            if not math.isfinite(value):
+                raise NonFiniteLossError(result.epoch, value)
+            trial.report(value, result.epoch)
+            if trial.should_prune():
+                record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
+                raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
+
+        try:
+            train(
+                model,
+                self.splits.x_train,
+                self.splits.y_train,
+                self.problem.losses[params["loss"]],
+                TrainConfig.from_params(params, seed=seed),
+                evaluate=self.validation_metrics,
+                on_epoch=on_epoch,
+                eval_every=self.config.report_every,
+            )
+        except NonFiniteLossError as error:
+            # A diverged run (the report's SGD-to-NaN) ends pruned, so the study goes on and
+            # the sampler learns that this region is bad.
+            record(last[0] if last else None, pruned_reason=str(error))
+            logger.info("trial %d: %s", trial.number, error)
+            raise optuna.TrialPruned(str(error)) from None
+        result = last[0]
+        record(result)
+        return result.metrics[metric]

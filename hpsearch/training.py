@@ -1,0 +1,214 @@
+"""The training loop: optimizers, schedules, losses and ``train``. Knows nothing about Optuna.
+
+Data arrive as whole tensors on the training device; each epoch draws one random permutation
+and slices mini-batches out of it, so there is no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Gaussian negative log-likelihood of ``target`` under ``output = (mean, log_var)``.
+
+    With ``log_var = 0`` (sigma = 1) this is half the squared error plus a constant.
+    """
+    mean, log_var = output[:, 0], output[:, 1]
+    return 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var) + LOG_2PI).mean()
+
+
+def _onehot_mse(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # The report's classification loss: MSE between softmax outputs and one-hot labels.
+    probs = logits.softmax(dim=-1)
+    return F.mse_loss(probs, F.one_hot(target, probs.shape[-1]).to(probs.dtype))
+
+
+def _mean_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # A Gaussian regressor trained with sigma fixed to 1: only its mean head learns.
+    return F.mse_loss(output[:, 0], target)
+
+
+CLASSIFICATION_LOSSES: dict[str, LossFn] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": _onehot_mse,
+}
+REGRESSION_LOSSES: dict[str, LossFn] = {"mse": F.mse_loss}
+GAUSSIAN_LOSSES: dict[str, LossFn] = {"gaussian_nll": gaussian_nll, "mse": _mean_mse}
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+LR_SCHEDULES = ("none", "step")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (a diverging run, such as SGD in the report)."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"non-finite training loss ({loss}) in epoch {epoch}")
+        self.epoch = epoch
+        self.loss = loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the loop needs besides the model and the data."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "none"
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, seed: int = 0) -> TrainConfig:
+        """Pick the training keys out of a trial's full params."""
+        keys = {f for f in cls.__dataclass_fields__ if f != "seed"}
+        known = {key: params[key] for key in keys if key in params}
+        return cls(**known, seed=seed)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    metrics: dict[str, float]
+    seconds: float  # since training started
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    train_loss: float
+    metrics: dict[str, float]
+    seconds: float
+    history: list[EpochResult] = field(default_factory=list)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if config.lr_schedule == "none":
+        return None
+    if config.lr_schedule == "step":  # the report's lr / 10 every 10 epochs
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma
+        )
+    raise ValueError(
+        f"unknown lr_schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}"
+    )
+
+
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Slices of one random permutation of ``range(n)``; a trailing batch of one is dropped
+    (batch norm cannot train on it)."""
+    order = torch.randperm(n, generator=generator).to(device)
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        if len(chunk) > 1 or n == 1:
+            yield chunk
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Model outputs for all of ``x`` in eval mode; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def train(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    loss_fn: LossFn,
+    config: TrainConfig,
+    *,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    eval_every: int = 1,
+) -> TrainResult:
+    """Train ``model`` in place for ``config.epochs`` epochs.
+
+    Args:
+        evaluate: validation metrics of the model; called every ``eval_every`` epochs and
+            after the last one.
+        on_epoch: called with each evaluated epoch's result; may raise to stop training
+            (the objective raises ``optuna.TrialPruned`` there).
+
+    Raises:
+        NonFiniteLossError: the epoch's mean training loss is NaN or infinite.
+    """
+    device = x_train.device
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    history: list[EpochResult] = []
+    started = time.perf_counter()
+    train_loss = math.nan
+    metrics: dict[str, float] = {}
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        # Summed on the device: one host sync per epoch instead of one per batch.
+        loss_sum = torch.zeros((), device=device)
+        n_batches = 0
+        for idx in batch_indices(len(x_train), config.batch_size, generator, device):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            n_batches += 1
+        if scheduler is not None:
+            scheduler.step()
+        train_loss = float(loss_sum) / max(n_batches, 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(epoch, train_loss)
+        if epoch % eval_every == 0 or epoch == config.epochs:
+            metrics = evaluate(model)
+            result = EpochResult(epoch, train_loss, metrics, time.perf_counter() - started)
+            history.append(result)
+            if on_epoch is not None:
+                on_epoch(result)
+    return TrainResult(
+        epochs_run=config.epochs,
+        train_loss=train_loss,
+        metrics=metrics,
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
