@@ -30,7 +30,19 @@ _LAZY = {
     "open_storage": "hpsearch.storage",
 }
 
-__all__ = ["HpsearchError", *_LAZY]
+__all__ = [
+    "PROBLEMS",
+    "HpsearchError",
+    "Problem",
+    "RunSettings",
+    "StudyConfig",
+    "build_model",
+    "get_problem",
+    "load_study_file",
+    "open_storage",
+    "resolve_settings",
+    "run_study",
+]
 
 
 def __getattr__(name: str) -> Any:

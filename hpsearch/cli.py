@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpsearch.errors import HpsearchError
@@ -48,7 +49,9 @@ def clean_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except HpsearchError as error:
-            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; run the same command again to resume", highlight=False)
@@ -73,27 +76,47 @@ def _fmt(value: float | None) -> str:
 @app.command()
 @clean_errors
 def run(
-    target: Annotated[str, typer.Argument(help="A problem (usps, house-prices, "
-                                          "house-prices-gaussian) or a study .toml file.")],
-    trials: Annotated[int | None, typer.Option(help="Total finished trials the study should "
-                                               "hold; a rerun resumes up to it.")] = None,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A problem (usps, house-prices, house-prices-gaussian) or a study .toml file."
+        ),
+    ],
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Total finished trials the study should hold; a rerun resumes up to it."),
+    ] = None,
     storage: StorageOption = None,
     study_name: Annotated[str | None, typer.Option(help="Default: the study file's name.")] = None,
-    sampler: Annotated[str | None, typer.Option(
-        help="tpe, random, gp, cmaes, qmc or grid. Default: the study file's.")] = None,
-    pruner: Annotated[str | None, typer.Option(
-        help="hyperband, median, successive-halving or none. Default: the study file's.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Study seed; trial seeds are seed + "
-                                             "trial number.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this "
-                                                  "many seconds.")] = None,
-    device: Annotated[str | None, typer.Option(envvar="HPSEARCH_DEVICE",
-                                               help="auto, cpu or cuda.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(envvar="HPSEARCH_DATA_DIR",
-                                                  help="Folder with the data sets. "
-                                                  "Default: the packaged copies.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training. "
-                                                "Default: PyTorch's choice.")] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(help="tpe, random, gp, cmaes, qmc or grid. Default: the study file's."),
+    ] = None,
+    pruner: Annotated[
+        str | None,
+        typer.Option(
+            help="hyperband, median, successive-halving or none. Default: the study file's."
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Study seed; trial seeds are seed + trial number.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(envvar="HPSEARCH_DEVICE", help="auto, cpu or cuda.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="HPSEARCH_DATA_DIR",
+            help="Folder with the data sets. Default: the packaged copies.",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for training. Default: PyTorch's choice.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every trial.")] = False,
 ) -> None:
     """Run (or resume) a study until it holds --trials finished trials."""
@@ -118,9 +141,9 @@ def run(
     )
     study, objective = prepare_study(config, settings)
     err_console.print(
-        f"study [bold]{settings.study_name}[/bold] ({config.problem.name}, {config.direction} "
-        f"{config.metric}) on {redact(settings.storage)}: {settings.trials} trials, "
-        f"sampler {settings.sampler}, pruner {settings.pruner}",
+        f"study [bold]{escape(settings.study_name)}[/bold] ({config.problem.name}, "
+        f"{config.direction} {config.metric}) on {escape(redact(settings.storage))}: "
+        f"{settings.trials} trials, sampler {settings.sampler}, pruner {settings.pruner}",
         highlight=False,
     )
     from hpsearch.display import ProgressDisplay
@@ -128,8 +151,11 @@ def run(
     with ProgressDisplay(err_console, config.metric) as display:
         progress = run_trials(study, objective, settings, on_progress=display.update)
     if progress.finished >= settings.trials and progress.trials_this_run == 0:
-        err_console.print(f"study already holds {progress.finished} finished trials; "
-                          "nothing to run (raise --trials to add more)", highlight=False)
+        err_console.print(
+            f"study already holds {progress.finished} finished trials; "
+            "nothing to run (raise --trials to add more)",
+            highlight=False,
+        )
     from hpsearch.display import summary_table
 
     console.print(summary_table(study, config.metric))
@@ -147,9 +173,19 @@ def studies(storage: StorageOption = None) -> None:
     _quiet_libraries(False)
     store = open_storage(storage_url(storage), create=False)
     table = Table(title="studies")
-    for column in ("study", "problem", "direction", "complete", "pruned", "failed", "running",
-                   "best"):
-        table.add_column(column, justify="left" if column in ("study", "problem") else "right")
+    for column in (
+        "study",
+        "problem",
+        "direction",
+        "complete",
+        "pruned",
+        "failed",
+        "running",
+        "best",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("study", "problem") else "right", overflow="fold"
+        )
     for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=store)
         counts = study_counts(study)
@@ -205,10 +241,11 @@ def best(
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
         return
-    table = Table(title=f"{study_name}: best trial {trial.number}, "
-                  f"{record['metric']} = {_fmt(trial.value)}")
-    table.add_column("key")
-    table.add_column("value", justify="right")
+    table = Table(
+        title=f"{study_name}: best trial {trial.number}, {record['metric']} = {_fmt(trial.value)}"
+    )
+    table.add_column("key", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     for key, value in sorted(record["config"].items()):
         table.add_row(key + (" *" if key in trial.params else ""), str(value))
     for key, value in sorted(attrs.items()):
@@ -226,8 +263,9 @@ def trials(
 ) -> None:
     """List a study's trials, or write them to a CSV file (pandas)."""
     study = _load_study(study_name, storage)
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params",
-                                          "user_attrs"))
+    frame = study.trials_dataframe(
+        attrs=("number", "value", "state", "duration", "params", "user_attrs")
+    )
     frame = frame.drop(columns=[c for c in frame.columns if c == "user_attrs_config"])
     if csv is not None:
         try:
@@ -240,7 +278,7 @@ def trials(
     shown = [c for c in ("number", "state", "value", "duration") if c in frame.columns]
     shown += [c for c in frame.columns if c.startswith("params_")]
     for column in shown:
-        table.add_column(column.removeprefix("params_"))
+        table.add_column(column.removeprefix("params_"), overflow="fold")
     for _, row in frame.iterrows():
         table.add_row(*(_cell(row[c]) for c in shown))
     console.print(table)
@@ -259,8 +297,9 @@ def _cell(value: Any) -> str:
 @clean_errors
 def dashboard(
     storage: StorageOption = None,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the "
-                                      "network.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the same storage (http://127.0.0.1:8080 by default)."""
@@ -271,6 +310,8 @@ def dashboard(
     _quiet_libraries(False)
     url = storage_url(storage)
     store = open_storage(url, create=False)
-    err_console.print(f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ "
-                      "(Ctrl-C stops it)", highlight=False)
+    err_console.print(
+        f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C stops it)",
+        highlight=False,
+    )
     optuna_dashboard.run_server(store, host=host, port=port)

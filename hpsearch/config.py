@@ -39,8 +39,8 @@ class ParamSpec:
 
     name: str
     type: str
-    low: float | None = None
-    high: float | None = None
+    low: float = 0.0  # ranges only
+    high: float = 0.0
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
@@ -86,7 +86,7 @@ class StudyConfig:
             return int(self.base_params["epochs"])
         if spec.type == "categorical":
             return int(max(spec.choices))
-        return int(spec.high)  # type: ignore[arg-type]
+        return int(spec.high)
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,51 @@ class _Checker:
         return value
 
 
+# Numeric hyperparameters: (lowest allowed, highest allowed, whether the bounds are open).
+_NUMERIC_RANGES: dict[str, tuple[float, float, str]] = {
+    "epochs": (1, math.inf, "an integer >= 1"),
+    "batch_size": (1, math.inf, "an integer >= 1"),
+    "n_conv_layers": (1, 4, "an integer from 1 to 4 (16x16 inputs)"),
+    "n_hidden_layers": (1, math.inf, "an integer >= 1"),
+    "channels": (1, math.inf, "an integer >= 1"),
+    "hidden_units": (1, math.inf, "an integer >= 1"),
+    "kernel_size": (1, 15, "an odd integer from 1 to 15"),
+    "lr_step_epochs": (1, math.inf, "an integer >= 1"),
+    "dropout": (0.0, 0.95, "a number from 0 to 0.95"),
+    "lr": (1e-12, math.inf, "a number > 0"),
+    "momentum": (0.0, 1.0, "a number from 0 to 1"),
+    "lr_gamma": (1e-12, 1.0, "a number in (0, 1]"),
+    "weight_decay": (0.0, math.inf, "a number >= 0"),
+}
+_INTEGER_PARAMS = {
+    "epochs",
+    "batch_size",
+    "n_conv_layers",
+    "n_hidden_layers",
+    "channels",
+    "hidden_units",
+    "kernel_size",
+    "lr_step_epochs",
+}
+
+
+def _check_number(check: _Checker, where: str, name: str, value: Any) -> None:
+    base = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
+    rule = _NUMERIC_RANGES.get(base)
+    if rule is None:
+        return
+    low, high, description = rule
+    integer = base in _INTEGER_PARAMS
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int if integer else (int, float))
+        and low <= value <= high
+        and (base != "kernel_size" or value % 2 == 1)
+    )
+    if not ok:
+        raise check.fail(where, f"{name} = {value!r} must be {description}")
+
+
 def _allowed_values(problem: Problem) -> dict[str, tuple[Any, ...]]:
     return {
         "activation": tuple(models.ACTIVATIONS),
@@ -165,16 +210,13 @@ def _allowed_values(problem: Problem) -> dict[str, tuple[Any, ...]]:
 
 
 def _check_value(check: _Checker, where: str, name: str, value: Any, problem: Problem) -> None:
+    _check_number(check, where, name, value)
     allowed = _allowed_values(problem).get(name)
     if allowed is not None and value not in allowed:
-        raise check.fail(
-            where, f"{name} = {value!r} is not one of {', '.join(map(repr, allowed))}"
-        )
+        raise check.fail(where, f"{name} = {value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
-def _parse_spec(
-    check: _Checker, name: str, raw: Any, problem: Problem
-) -> ParamSpec:
+def _parse_spec(check: _Checker, name: str, raw: Any, problem: Problem) -> ParamSpec:
     where = f"space.{name}"
     if not isinstance(raw, dict):
         raise check.fail(where, "must be a table with a type")
@@ -184,9 +226,7 @@ def _parse_spec(
         raise check.fail(where, f"type must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
     per_layer = bool(raw.get("per_layer", False))
     if per_layer and name not in models.PER_LAYER_WIDTHS:
-        raise check.fail(
-            where, f"per_layer applies only to {', '.join(models.PER_LAYER_WIDTHS)}"
-        )
+        raise check.fail(where, f"per_layer applies only to {', '.join(models.PER_LAYER_WIDTHS)}")
     grid = raw.get("grid")
     if grid is not None and (not isinstance(grid, list) or not grid):
         raise check.fail(where, "grid must be a non-empty list")
@@ -197,16 +237,23 @@ def _parse_spec(
         for choice in choices:
             _check_value(check, where, name, choice, problem)
         return ParamSpec(
-            name, kind, choices=tuple(choices), per_layer=per_layer,
+            name,
+            kind,
+            choices=tuple(choices),
+            per_layer=per_layer,
             grid=tuple(grid) if grid else None,
         )
-    low, high = raw.get("low"), raw.get("high")
     number = int if kind == "int" else (int, float)
-    for bound, value in (("low", low), ("high", high)):
+    for bound in ("low", "high"):
+        value = raw.get(bound)
         if isinstance(value, bool) or not isinstance(value, number):
             raise check.fail(where, f"{bound} must be a{'n int' if kind == 'int' else ' number'}")
+    low: float = raw["low"]
+    high: float = raw["high"]
     if not low < high:
         raise check.fail(where, f"low ({low}) must be < high ({high})")
+    _check_value(check, where, name, low, problem)
+    _check_value(check, where, name, high, problem)
     log = bool(raw.get("log", False))
     if log and low <= 0:
         raise check.fail(where, "log scale needs low > 0")
@@ -214,7 +261,13 @@ def _parse_spec(
     if step is not None and (not isinstance(step, number) or step <= 0 or log):
         raise check.fail(where, "step must be a positive number, and not combined with log")
     return ParamSpec(
-        name, kind, low=low, high=high, log=log, step=step, per_layer=per_layer,
+        name,
+        kind,
+        low=low,
+        high=high,
+        log=log,
+        step=step,
+        per_layer=per_layer,
         grid=tuple(grid) if grid else None,
     )
 
@@ -238,9 +291,7 @@ def parse_study(raw: Mapping[str, Any], *, source: str, default_name: str) -> St
     problem = get_problem(study["problem"])
     metric = study.get("metric", problem.default_metric)
     if metric not in problem.metrics:
-        raise check.fail(
-            "study", f"metric {metric!r} is not one of {', '.join(problem.metrics)}"
-        )
+        raise check.fail("study", f"metric {metric!r} is not one of {', '.join(problem.metrics)}")
 
     def named_table(key: str, choices: tuple[str, ...], default: str) -> tuple[str, dict]:
         table = dict(check.table(raw, key))
@@ -254,7 +305,8 @@ def parse_study(raw: Mapping[str, Any], *, source: str, default_name: str) -> St
 
     data_options = check.table(raw, "data")
     loader_kwargs = {
-        p.name for p in inspect.signature(problem.load_data).parameters.values()
+        p.name
+        for p in inspect.signature(problem.load_data).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
     check.known_keys("data", data_options, loader_kwargs)
@@ -265,7 +317,8 @@ def parse_study(raw: Mapping[str, Any], *, source: str, default_name: str) -> St
         base = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
         if name not in known_params and base not in models.PER_LAYER_WIDTHS:
             raise check.fail(
-                "fixed", f"unknown hyperparameter {name!r}; known: {', '.join(sorted(known_params))}"
+                "fixed",
+                f"unknown hyperparameter {name!r}; known: {', '.join(sorted(known_params))}",
             )
         _check_value(check, "fixed", name, value, problem)
 
@@ -307,9 +360,7 @@ def parse_study(raw: Mapping[str, Any], *, source: str, default_name: str) -> St
         space=space,
         enqueue=tuple(dict(e) for e in enqueue),
     )
-    if config.max_epochs < 1 or (
-        "epochs" in space and space["epochs"].type == "float"
-    ):
+    if config.max_epochs < 1 or ("epochs" in space and space["epochs"].type == "float"):
         raise check.fail("space.epochs", "epochs must be integers >= 1")
     if sampler == "grid":
         from hpsearch.space import grid_search_space
@@ -356,10 +407,16 @@ def resolve_settings(config: StudyConfig, **overrides: Any) -> RunSettings:
     settings = replace(settings, **given)
     if settings.trials < 1:
         raise HpsearchError(f"--trials must be >= 1, got {settings.trials}")
-    if settings.timeout is not None and not (settings.timeout > 0 and math.isfinite(settings.timeout)):
-        raise HpsearchError(f"--timeout must be a positive number of seconds, got {settings.timeout}")
+    if settings.timeout is not None and not (
+        settings.timeout > 0 and math.isfinite(settings.timeout)
+    ):
+        raise HpsearchError(
+            f"--timeout must be a positive number of seconds, got {settings.timeout}"
+        )
     if settings.sampler not in SAMPLERS:
-        raise HpsearchError(f"unknown sampler {settings.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        raise HpsearchError(
+            f"unknown sampler {settings.sampler!r}; choose from {', '.join(SAMPLERS)}"
+        )
     if settings.pruner not in PRUNERS:
         raise HpsearchError(f"unknown pruner {settings.pruner!r}; choose from {', '.join(PRUNERS)}")
     if settings.device not in DEVICES:

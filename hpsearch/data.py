@@ -58,6 +58,8 @@ class Splits:
     target_mean: float = 0.0
     target_std: float = 1.0
     checksums: dict[str, str] = field(default_factory=dict)
+    # Source rows of each split ("train", "val", "test"), for audits and tests.
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Splits:
         """Return a copy with every tensor moved to ``device``."""
@@ -70,6 +72,7 @@ class Splits:
             target_mean=self.target_mean,
             target_std=self.target_std,
             checksums=self.checksums,
+            rows=self.rows,
         )
 
 
@@ -167,6 +170,8 @@ def load_usps(
         x_test=to_tensor(test_images),
         y_test=torch.from_numpy(test_labels),
         checksums=checksums,
+        # USPS train/val rows index the official training file, test rows the test file.
+        rows={"train": train_idx, "val": val_idx, "test": np.arange(len(test_labels))},
     )
 
 
@@ -256,4 +261,5 @@ def load_house_prices(
         target_mean=y_mean,
         target_std=y_std,
         checksums=checksums,
+        rows={"train": train_idx, "val": val_idx, "test": test_idx},
     )

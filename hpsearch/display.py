@@ -81,7 +81,7 @@ def summary_table(study: optuna.Study, metric: str, top: int = 5) -> Table:
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete.sort(key=lambda t: t.value, reverse=reverse)  # type: ignore[arg-type, return-value]
+    complete.sort(key=lambda t: float(t.value or 0.0), reverse=reverse)
     table = Table(
         title=f"{study.study_name}: {counts[TrialState.COMPLETE]} complete, "
         f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed",
@@ -91,7 +91,9 @@ def summary_table(study: optuna.Study, metric: str, top: int = 5) -> Table:
     table.add_column("searched params", overflow="fold")
     for t in complete[:top]:
         seconds: Any = t.user_attrs.get("train_seconds")
-        params = "  ".join(f"{name}={_fmt(v) if isinstance(v, float) else v}"
-                           for name, v in sorted(t.params.items()))
+        params = "  ".join(
+            f"{name}={_fmt(v) if isinstance(v, float) else v}"
+            for name, v in sorted(t.params.items())
+        )
         table.add_row(str(t.number), _fmt(t.value), _fmt(seconds), params)
     return table

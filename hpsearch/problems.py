@@ -42,9 +42,7 @@ def regression_metrics(
     return _dollar_errors(training.predict(model, x), y, splits)
 
 
-def gaussian_metrics(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits
-) -> Metrics:
+def gaussian_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
     """Dollar errors of the mean, and the mean Gaussian NLL per house in dollar units
     (the normalized NLL plus ``log(target_std)``)."""
     output = training.predict(model, x)

@@ -29,6 +29,14 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
 
 
+class GridSearchSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` call, which only works inside
+    ``study.optimize``; ``run_trials`` stops on ``is_exhausted`` instead."""
+
+    def after_trial(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 def create_sampler(
     name: str, options: dict[str, Any], seed: int, config: StudyConfig
 ) -> optuna.samplers.BaseSampler:
@@ -48,13 +56,15 @@ def create_sampler(
     }
     try:
         if name == "grid":
-            return optuna.samplers.GridSampler(grid_search_space(config.space), seed=seed, **options)
+            return GridSearchSampler(grid_search_space(config.space), seed=seed, **options)
         return factories[name](seed=seed, **options)
     except (TypeError, ValueError) as error:
         raise HpsearchError(f"{config.source}: [sampler] {name}: {error}") from None
 
 
-def create_pruner(name: str, options: dict[str, Any], config: StudyConfig) -> optuna.pruners.BasePruner:
+def create_pruner(
+    name: str, options: dict[str, Any], config: StudyConfig
+) -> optuna.pruners.BasePruner:
     """Build a pruner by name. Resource-based pruners measure in epochs, up to the space's
     largest epoch count."""
     options = dict(options)
@@ -136,7 +146,9 @@ def open_study(
             f"trials, not {config.problem.name} / {config.metric}; pick another --study-name"
         )
     if study.direction.name.lower() != config.direction:
-        raise HpsearchError(f"study {settings.study_name!r} has direction {study.direction.name.lower()}")
+        raise HpsearchError(
+            f"study {settings.study_name!r} has direction {study.direction.name.lower()}"
+        )
     if "problem" not in attrs:
         study.set_user_attr("problem", config.problem.name)
         study.set_user_attr("metric", config.metric)
@@ -181,6 +193,9 @@ def run_trials(
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
             logger.info("timeout of %ss reached", settings.timeout)
             break
+        if isinstance(study.sampler, GridSearchSampler) and study.sampler.is_exhausted(study):
+            logger.warning("every grid point has been tried; stopping at %d", state.finished)
+            break
         trial = study.ask()
         try:
             value = objective(trial)
@@ -211,9 +226,7 @@ def run_trials(
     return state
 
 
-def prepare_study(
-    config: StudyConfig, settings: RunSettings
-) -> tuple[optuna.Study, Objective]:
+def prepare_study(config: StudyConfig, settings: RunSettings) -> tuple[optuna.Study, Objective]:
     """Validate everything, load the data, then open the storage and the study.
 
     Everything that can be checked is checked before the storage is touched, so bad input

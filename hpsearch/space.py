@@ -20,9 +20,13 @@ def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
         return trial.suggest_categorical(name, list(spec.choices))
     if spec.type == "int":
         return trial.suggest_int(
-            name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log  # type: ignore[arg-type]
+            name,
+            int(spec.low),
+            int(spec.high),
+            step=int(spec.step or 1),
+            log=spec.log,
         )
-    return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)  # type: ignore[arg-type]
+    return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
 def suggest_params(
@@ -59,7 +63,7 @@ def grid_search_space(space: Mapping[str, ParamSpec]) -> dict[str, list[Any]]:
         elif spec.type == "categorical":
             grid[name] = list(spec.choices)
         elif spec.type == "int" and not spec.log:
-            grid[name] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))  # type: ignore[arg-type]
+            grid[name] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
         else:
             raise ValueError(f"{name}: give a grid = [...] list to grid-search a {spec.type} range")
     return grid

@@ -55,9 +55,7 @@ def parse_url(url: str) -> URL:
         ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "mysql"):
-        raise HpsearchError(
-            f"unsupported storage {redact(url)!r}: use sqlite, postgresql or mysql"
-        )
+        raise HpsearchError(f"unsupported storage {redact(url)!r}: use sqlite, postgresql or mysql")
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise HpsearchError("SQLite storage needs a file: sqlite:///path/to/file.db")
     if backend == "postgresql" and parsed.drivername == "postgresql":

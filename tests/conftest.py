@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Wide enough that rich tables print study names whole in CliRunner output.
+os.environ.setdefault("COLUMNS", "200")
+
+POSTGRES_URL = os.environ.get(
+    "HPSEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+# A USPS study small enough to train in seconds on a CPU: the shipped file's shape, tiny models.
+TINY_USPS = """
+[study]
+problem = "usps"
+seed = 0
+trials = 3
+
+[sampler]
+name = "tpe"
+n_startup_trials = 2
+
+[pruner]
+name = "median"
+n_startup_trials = 1
+
+[fixed]
+channels = 8
+epochs = 2
+batch_size = 256
+
+[space.n_conv_layers]
+type = "int"
+low = 1
+high = 2
+
+[space.lr]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+
+[space.loss]
+type = "categorical"
+choices = ["cross_entropy", "mse"]
+"""
+
+TINY_HOUSE = """
+[study]
+problem = "{problem}"
+seed = 0
+trials = 3
+report_every = 5
+
+[fixed]
+hidden_units = 16
+epochs = 20
+batch_size = 128
+
+[space.n_hidden_layers]
+type = "int"
+low = 1
+high = 2
+
+[space.lr]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+"""
+
+
+@pytest.fixture
+def tiny_usps_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny-usps.toml"
+    path.write_text(TINY_USPS)
+    return path
+
+
+@pytest.fixture(params=["house-prices", "house-prices-gaussian"])
+def tiny_house_file(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    path = tmp_path / f"tiny-{request.param}.toml"
+    path.write_text(TINY_HOUSE.format(problem=request.param))
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HPSEARCH_STORAGE", "HPSEARCH_DATA_DIR", "HPSEARCH_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test server's URL; skip when it is down, except under CI=true where that fails."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} unreachable under CI: {error}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} unreachable: {error}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from hpsearch.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_run_then_inspect(tiny_usps_file: Path, sqlite_url: str, tmp_path: Path) -> None:
+    code, out, err = invoke(
+        "run", str(tiny_usps_file), "--trials", "3", "--storage", sqlite_url, "--seed", "1"
+    )
+    assert code == 0, err
+    assert "tiny-usps: " in out and "complete" in out  # the summary table
+    assert "study tiny-usps (usps, maximize val_accuracy)" in err
+
+    code, out, _ = invoke("studies", "--storage", sqlite_url)
+    assert code == 0 and "tiny-usps" in out and "usps" in out
+
+    code, out, _ = invoke("best", "tiny-usps", "--storage", sqlite_url, "--json")
+    assert code == 0
+    best = json.loads(out)
+    assert best["metric"] == "val_accuracy" and 0 < best["value"] <= 1
+    assert set(best["params"]) == {"n_conv_layers", "lr", "loss"}
+    assert best["config"]["channels"] == 8
+    assert best["metrics"]["seed"] == best["trial"] + 1  # --seed 1
+
+    code, out, _ = invoke("best", "tiny-usps", "--storage", sqlite_url)
+    assert code == 0 and "n_conv_layers *" in out
+
+    csv = tmp_path / "trials.csv"
+    code, _, err = invoke("trials", "tiny-usps", "--storage", sqlite_url, "--csv", str(csv))
+    assert code == 0 and "wrote 3 trials" in err
+    frame = pd.read_csv(csv)
+    assert len(frame) == 3 and "params_lr" in frame and "user_attrs_val_accuracy" in frame
+
+    code, out, _ = invoke("trials", "tiny-usps", "--storage", sqlite_url)
+    assert code == 0 and "3 trials" in out
+
+    # Rerunning the same command runs nothing more.
+    code, _, err = invoke("run", str(tiny_usps_file), "--trials", "3", "--storage", sqlite_url)
+    assert code == 0 and "nothing to run" in err
+
+
+def test_storage_from_environment(
+    tiny_house_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "env.db"
+    monkeypatch.setenv("HPSEARCH_STORAGE", f"sqlite:///{db}")
+    code, _, err = invoke("run", str(tiny_house_file), "--trials", "1")
+    assert code == 0, err
+    assert db.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "mnist"], "unknown problem 'mnist'"),
+        (["run", "usps", "--trials", "0"], "--trials must be >= 1"),
+        (["run", "usps", "--storage", "nonsense"], "bad storage URL"),
+        (["run", "usps", "--sampler", "bayes"], "unknown sampler"),
+        (["run", "usps", "--device", "tpu"], "unknown device"),
+        (
+            ["run", "usps", "--storage", "postgresql+psycopg://bob:topsecret@127.0.0.1:1/x"],
+            "cannot reach database",
+        ),
+        (["run", "missing.toml"], "study file missing.toml does not exist"),
+    ],
+)
+def test_bad_input_one_line_no_traceback_nothing_written(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = invoke(*args)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in out + err
+    assert "topsecret" not in out + err
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no hpsearch.db, nothing else
+
+
+def test_malformed_study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text("[study]\nproblem = 'usps'\n[space.lr]\ntype = 'float'\n")
+    code, _, err = invoke("run", "s.toml")
+    assert code == 2 and "s.toml: [space.lr] low must be a number" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_corrupt_data_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from hpsearch import data
+
+    folder = tmp_path / "data"
+    shutil.copytree(data.PACKAGED_DATA_DIR, folder)
+    csv = folder / data.HOUSE_PRICES_FILE
+    csv.chmod(0o644)
+    csv.write_text(csv.read_text()[:-100])
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("run", "house-prices", "--data-dir", str(folder))
+    assert code == 2 and "corrupt data file" in err
+    assert not (tmp_path / "hpsearch.db").exists()
+
+
+def test_inspecting_a_missing_storage_or_study(sqlite_url: str, tiny_house_file: Path) -> None:
+    code, _, err = invoke("studies", "--storage", sqlite_url)
+    assert code == 2 and "no study storage" in err
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+    invoke("run", str(tiny_house_file), "--trials", "1", "--storage", sqlite_url)
+    code, _, err = invoke("best", "nope", "--storage", sqlite_url)
+    assert code == 2 and "no study named 'nope'" in err
+
+
+def test_help_lists_commands() -> None:
+    code, out, _ = invoke("--help")
+    assert code == 0
+    for command in ("run", "studies", "best", "trials", "dashboard"):
+        assert command in out

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpsearch import config as cfg
+from hpsearch.errors import HpsearchError
+from hpsearch.problems import PROBLEMS
+from hpsearch.space import grid_search_space
+
+STUDIES_DIR = Path(__file__).parent.parent / "studies"
+SHIPPED = sorted(STUDIES_DIR.glob("*.toml"))
+
+
+def test_packaged_studies_are_the_top_level_ones() -> None:
+    assert {p.name for p in SHIPPED} >= {
+        "usps.toml",
+        "house-prices.toml",
+        "house-prices-gaussian.toml",
+    }
+    assert set(cfg.packaged_studies()) == {p.stem for p in SHIPPED}
+
+
+def _within(spec: cfg.ParamSpec, value: object) -> bool:
+    if spec.type == "categorical":
+        return value in spec.choices
+    assert isinstance(value, int | float)
+    return spec.low <= value <= spec.high  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_study_loads_and_contains_the_report_best(path: Path) -> None:
+    study = cfg.load_study_file(path)
+    assert study.problem.name in PROBLEMS
+    assert study.metric in study.problem.metrics
+    assert study.trials >= 1
+    # Every searched value of the report's best configuration lies inside the space.
+    defaults = study.problem.defaults
+    for name, spec in study.space.items():
+        assert _within(spec, defaults[name]), (path.name, name, defaults[name])
+    # And the report's configuration is enqueued as the first trial.
+    assert study.enqueue and all(study.enqueue[0][k] == defaults[k] for k in study.enqueue[0])
+
+
+def test_main_studies_vary_what_the_report_varied() -> None:
+    usps = cfg.load_study_file(STUDIES_DIR / "usps.toml")
+    assert {
+        "n_conv_layers",
+        "channels",
+        "activation",
+        "optimizer",
+        "lr",
+        "batch_size",
+        "epochs",
+        "loss",
+        "dropout",
+        "lr_schedule",
+    } <= set(usps.space)
+    assert usps.space["channels"].choices == (64, 128, 256)
+    assert (usps.space["n_conv_layers"].low, usps.space["n_conv_layers"].high) == (1, 4)
+    house = cfg.load_study_file(STUDIES_DIR / "house-prices.toml")
+    assert {
+        "n_hidden_layers",
+        "hidden_units",
+        "activation",
+        "optimizer",
+        "lr",
+        "batch_size",
+        "epochs",
+    } <= set(house.space)
+    gaussian = cfg.load_study_file(STUDIES_DIR / "house-prices-gaussian.toml")
+    assert gaussian.base_params["loss"] == "gaussian_nll" and gaussian.metric == "val_nll"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[study]\nproblem = 'mnist'\n", r"\[study\] unknown problem 'mnist'"),
+        ("[study]\n", r"\[study\] problem is required"),
+        ("[study]\nproblem = 'usps'\nmetric = 'val_rmse'\n", r"\[study\] metric 'val_rmse'"),
+        ("[study]\nproblem = 'usps'\ntrials = 0\n", r"\[study\] must be an integer >= 1"),
+        ("[study]\nproblem = 'usps'\ncolour = 1\n", r"\[study\] unknown key\(s\) colour"),
+        ("[stduy]\n", r"\[top level\] unknown key\(s\) stduy"),
+        ("[study]\nproblem = 'usps'\n[sampler]\nname = 'bayes'\n", r"\[sampler\] name 'bayes'"),
+        (
+            "[study]\nproblem = 'usps'\n[space.lr]\ntype = 'float'\nlow = 1\nhigh = 0.1\n",
+            r"\[space.lr\] low \(1\) must be < high",
+        ),
+        (
+            "[study]\nproblem = 'usps'\n[space.weight_decay]\ntype = 'float'\nlow = 0\nhigh = 1\n"
+            "log = true\n",
+            r"\[space.weight_decay\] log scale needs low > 0",
+        ),
+        (
+            "[study]\nproblem = 'usps'\n[space.lr]\ntype = 'float'\nlow = 0\nhigh = 1\n",
+            r"\[space.lr\] lr = 0 must be a number > 0",
+        ),
+        ("[study]\nproblem = 'usps'\n[fixed]\ndropout = 1.5\n", r"\[fixed\] dropout = 1.5 must"),
+        ("[study]\nproblem = 'usps'\n[fixed]\nbatch_size = 0\n", r"\[fixed\] batch_size = 0"),
+        (
+            "[study]\nproblem = 'usps'\n[space.n_conv_layers]\ntype = 'int'\nlow = 1\nhigh = 6\n",
+            r"n_conv_layers = 6 must be an integer from 1 to 4",
+        ),
+        (
+            "[study]\nproblem = 'usps'\n[space.width]\ntype = 'int'\nlow = 1\nhigh = 2\n",
+            r"\[space.width\] unknown hyperparameter",
+        ),
+        (
+            "[study]\nproblem = 'usps'\n[space.activation]\ntype = 'categorical'\n"
+            "choices = ['relu', 'swish2']\n",
+            r"\[space.activation\] activation = 'swish2'",
+        ),
+        ("[study]\nproblem = 'usps'\n[space.lr]\ntype = 'uniform'\n", r"\[space.lr\] type must"),
+        ("[study]\nproblem = 'usps'\n[fixed]\nloss = 'gaussian_nll'\n", r"\[fixed\] loss ="),
+        (
+            "[study]\nproblem = 'usps'\n[data]\nfeatures = ['GrLivArea']\n",
+            r"\[data\] unknown key\(s\) features",
+        ),
+        (
+            "[study]\nproblem = 'usps'\n[sampler]\nname = 'grid'\n[space.lr]\ntype = 'float'\n"
+            "low = 0.001\nhigh = 0.1\n",
+            r"\[sampler\] lr: give a grid",
+        ),
+        (
+            "[study]\nproblem = 'usps'\n[fixed]\nlr = 0.1\n[space.lr]\ntype = 'float'\n"
+            "low = 0.001\nhigh = 0.1\n",
+            r"lr both fixed and searched",
+        ),
+        ("[study]\nproblem = 'usps'\n[[enqueue]]\nlr = 0.1\n", r"\[enqueue\] lr not in"),
+        ("[study\nproblem = 'usps'\n", r"not valid TOML"),
+    ],
+)
+def test_malformed_files_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(HpsearchError, match=message) as caught:
+        cfg.load_study_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_find_study_file(tmp_path: Path) -> None:
+    assert cfg.find_study_file("usps").name == "usps.toml"
+    path = _write(tmp_path, "[study]\nproblem = 'usps'\n")
+    assert cfg.find_study_file(str(path)) == path
+    with pytest.raises(HpsearchError, match="unknown problem 'digits'; choose from house-prices"):
+        cfg.find_study_file("digits")
+    with pytest.raises(HpsearchError, match="does not exist"):
+        cfg.find_study_file(str(tmp_path / "missing.toml"))
+
+
+def test_settings_precedence() -> None:
+    study = cfg.load_study_file(STUDIES_DIR / "usps.toml")
+    defaults = cfg.resolve_settings(study)
+    # Study file over built-in defaults.
+    assert (defaults.sampler, defaults.trials, defaults.study_name) == ("tpe", 30, "usps")
+    # Flags (or their environment variables) over the study file.
+    chosen = cfg.resolve_settings(study, sampler="random", trials=5, seed=None, study_name="x")
+    assert (chosen.sampler, chosen.trials, chosen.seed, chosen.study_name) == ("random", 5, 0, "x")
+    for bad, message in [
+        ({"trials": 0}, "--trials"),
+        ({"timeout": -1.0}, "--timeout"),
+        ({"sampler": "bayes"}, "unknown sampler"),
+        ({"pruner": "asha"}, "unknown pruner"),
+        ({"device": "tpu"}, "device"),
+        ({"sampler": "grid"}, "--sampler grid"),
+    ]:
+        with pytest.raises(HpsearchError, match=message):
+            cfg.resolve_settings(study, **bad)
+
+
+def test_grid_search_space(tmp_path: Path) -> None:
+    text = (
+        "[study]\nproblem = 'usps'\n[sampler]\nname = 'grid'\n"
+        "[space.n_conv_layers]\ntype = 'int'\nlow = 1\nhigh = 4\n"
+        "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.1\nlog = true\ngrid = [0.001, 0.01]\n"
+        "[space.activation]\ntype = 'categorical'\nchoices = ['relu', 'tanh']\n"
+    )
+    study = cfg.load_study_file(_write(tmp_path, text))
+    assert grid_search_space(study.space) == {
+        "n_conv_layers": [1, 2, 3, 4],
+        "lr": [0.001, 0.01],
+        "activation": ["relu", "tanh"],
+    }

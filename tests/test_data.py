@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpsearch import data
+from hpsearch.errors import HpsearchError
+
+
+def test_packaged_files_match_md5sums() -> None:
+    listed = {}
+    for line in (data.PACKAGED_DATA_DIR / "MD5SUMS").read_text().splitlines():
+        checksum, name = line.split()
+        listed[name] = checksum
+    assert set(listed) == set(data.KNOWN_MD5)
+    for name, checksum in listed.items():
+        assert data.md5sum(data.PACKAGED_DATA_DIR / name) == checksum
+        assert checksum in data.KNOWN_MD5[name]
+
+
+def test_usps_split_sizes_and_no_overlap() -> None:
+    splits = data.load_usps()
+    assert splits.x_train.shape == (5832, 1, 16, 16)
+    assert splits.x_val.shape == (1459, 1, 16, 16)
+    assert splits.x_test.shape == (2007, 1, 16, 16)
+    assert len(splits.x_train) + len(splits.x_val) == 7291
+    assert set(splits.rows["train"]).isdisjoint(splits.rows["val"])
+    assert len(set(splits.rows["train"]) | set(splits.rows["val"])) == 7291
+    # Official class counts of the test file (data README).
+    counts = torch.bincount(splits.y_test, minlength=10).tolist()
+    assert counts == [359, 264, 198, 166, 200, 160, 170, 147, 166, 177]
+    # Stratified: class shares of train and validation agree closely.
+    train_share = torch.bincount(splits.y_train, minlength=10) / len(splits.y_train)
+    val_share = torch.bincount(splits.y_val, minlength=10) / len(splits.y_val)
+    assert torch.allclose(train_share, val_share, atol=0.01)
+    # Normalized with training statistics.
+    assert abs(float(splits.x_train.mean())) < 1e-4
+    assert abs(float(splits.x_train.std()) - 1) < 1e-3
+    assert splits.x_train.dtype == torch.float32 and splits.y_train.dtype == torch.int64
+
+
+def test_usps_split_is_fixed_by_seed() -> None:
+    a, b = data.load_usps(seed=0), data.load_usps(seed=0)
+    c = data.load_usps(seed=1)
+    assert np.array_equal(a.rows["val"], b.rows["val"])
+    assert not np.array_equal(a.rows["val"], c.rows["val"])
+
+
+def test_house_prices_splits() -> None:
+    splits = data.load_house_prices()
+    assert splits.x_train.shape == (876, 4)
+    assert splits.x_val.shape == (292, 4) and splits.x_test.shape == (292, 4)
+    rows = [set(splits.rows[name]) for name in ("train", "val", "test")]
+    assert (
+        rows[0].isdisjoint(rows[1]) and rows[0].isdisjoint(rows[2]) and rows[1].isdisjoint(rows[2])
+    )
+    assert len(rows[0] | rows[1] | rows[2]) == 1460
+    assert torch.allclose(splits.x_train.mean(0), torch.zeros(4), atol=1e-5)
+    assert abs(float(splits.y_train.mean())) < 1e-5
+    # Target statistics come from the training rows only.
+    import pandas as pd
+
+    prices = pd.read_csv(data.PACKAGED_DATA_DIR / data.HOUSE_PRICES_FILE)["SalePrice"].to_numpy()
+    assert splits.target_mean == pytest.approx(prices[splits.rows["train"]].mean())
+    assert splits.target_mean != pytest.approx(prices.mean())
+
+
+def test_house_prices_features_are_configurable() -> None:
+    splits = data.load_house_prices(features=["GrLivArea", "LotFrontage"])
+    # LotFrontage has missing values: imputed with the training median, so no NaN.
+    assert splits.x_train.shape[1] == 2
+    assert torch.isfinite(splits.x_train).all() and torch.isfinite(splits.x_test).all()
+    with pytest.raises(HpsearchError, match="unknown house-price feature"):
+        data.load_house_prices(features=["NoSuchColumn"])
+    with pytest.raises(HpsearchError, match="non-numeric"):
+        data.load_house_prices(features=["Neighborhood"])
+
+
+def _copy_data(tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(data.PACKAGED_DATA_DIR, target)
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def test_corrupt_file_is_refused(tmp_path: Path) -> None:
+    folder = _copy_data(tmp_path)
+    csv = folder / data.HOUSE_PRICES_FILE
+    csv.write_text(csv.read_text().replace("208500", "208501", 1))
+    with pytest.raises(HpsearchError, match="corrupt data file .*train.csv"):
+        data.load_house_prices(folder)
+    usps = folder / data.USPS_FILES["test"]
+    usps.write_bytes(usps.read_bytes()[:-10])
+    with pytest.raises(HpsearchError, match="corrupt data file .*usps.t.bz2"):
+        data.load_usps(folder)
+
+
+def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _copy_data(tmp_path)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(folder))
+    assert data.resolve_data_dir() == folder
+    assert data.load_house_prices().checksums == {
+        data.HOUSE_PRICES_FILE: data.md5sum(folder / data.HOUSE_PRICES_FILE)
+    }
+
+
+def test_missing_files_offline_give_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("network is unreachable")
+
+    import sklearn.datasets
+    import torchvision.datasets.usps
+
+    monkeypatch.setattr(torchvision.datasets.usps, "download_url", offline)
+    monkeypatch.setattr(sklearn.datasets, "fetch_openml", offline)
+    with pytest.raises(HpsearchError, match="missing and could not be downloaded"):
+        data.load_usps(tmp_path)
+    with pytest.raises(HpsearchError, match="could not be fetched"):
+        data.load_house_prices(tmp_path)
+
+
+def test_splits_move_to_device() -> None:
+    splits = data.load_house_prices().to("cpu")
+    assert splits.x_train.device.type == "cpu" and splits.rows

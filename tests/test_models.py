@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from hpsearch import models
+
+CONV_GRID = list(
+    itertools.product([1, 2, 3, 4], [64, 128, 256], ["relu", "tanh", "sigmoid"], [True, False])
+)
+
+
+@pytest.mark.parametrize(("depth", "channels", "activation", "batch_norm"), CONV_GRID)
+def test_conv_classifier_grid(depth: int, channels: int, activation: str, batch_norm: bool) -> None:
+    params = {
+        "n_conv_layers": depth,
+        "channels": channels,
+        "activation": activation,
+        "batch_norm": batch_norm,
+        "dropout": 0.1,
+    }
+    model = models.build_conv_classifier(params)
+    model.train()
+    out = model(torch.randn(4, 1, 16, 16))
+    assert out.shape == (4, 10)
+    assert torch.isfinite(out).all()
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [channels] * depth
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model) == batch_norm
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model) == depth
+
+
+def test_conv_per_layer_channels_and_report_size() -> None:
+    model = models.build_conv_classifier(
+        {
+            "n_conv_layers": 3,
+            "channels_0": 16,
+            "channels_1": 32,
+            "channels_2": 64,
+            "activation": "relu",
+        }
+    )
+    assert [m.out_channels for m in model if isinstance(m, torch.nn.Conv2d)] == [16, 32, 64]
+    # The report's network: 3 conv x 64 with batch norm; head sees 64 x 2 x 2.
+    report = models.build_conv_classifier(
+        {
+            "n_conv_layers": 3,
+            "channels": 64,
+            "activation": "relu",
+            "batch_norm": True,
+            "dropout": 0.1,
+        }
+    )
+    assert report[-1].in_features == 64 * 2 * 2
+    assert models.count_parameters(report) == 640 + 36928 * 2 + 3 * 128 + 2570
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("units", [32, 128])
+@pytest.mark.parametrize("activation", sorted(models.ACTIVATIONS))
+def test_regressors(depth: int, units: int, activation: str) -> None:
+    params = {
+        "n_hidden_layers": depth,
+        "hidden_units": units,
+        "activation": activation,
+        "dropout": 0.2,
+    }
+    x = torch.randn(5, 4)
+    mlp = models.build_model("mlp", params, n_features=4)
+    assert mlp(x).shape == (5,)
+    gaussian = models.build_model("gaussian", params, n_features=4)
+    out = gaussian(x)
+    assert out.shape == (5, 2) and torch.isfinite(out).all()
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == depth + 1
+
+
+def test_bad_params_raise() -> None:
+    with pytest.raises(ValueError, match="unknown activation"):
+        models.build_conv_classifier({"n_conv_layers": 1, "channels": 8, "activation": "nope"})
+    with pytest.raises(ValueError, match=">= 1 layer"):
+        models.build_conv_classifier({"n_conv_layers": 0, "channels": 8, "activation": "relu"})
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build_model("transformer", {})
+
+
+def test_builders_are_deterministic_under_seed() -> None:
+    params = {"n_hidden_layers": 2, "hidden_units": 8, "activation": "relu"}
+    torch.manual_seed(3)
+    a = models.build_mlp_regressor(params)
+    torch.manual_seed(3)
+    b = models.build_mlp_regressor(params)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)

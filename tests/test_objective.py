@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from hpsearch.config import load_study_file
+from hpsearch.objective import Objective
+
+
+def _objective(path: Path) -> Objective:
+    config = load_study_file(path)
+    splits = config.problem.load_data(**config.data)
+    return Objective(config, splits, torch.device("cpu"), seed=10)
+
+
+def test_usps_objective_with_fixed_trial(tiny_usps_file: Path) -> None:
+    objective = _objective(tiny_usps_file)
+    trial = optuna.trial.FixedTrial(
+        {"n_conv_layers": 2, "lr": 0.005, "loss": "cross_entropy"}, number=3
+    )
+    value = objective(trial)
+    attrs = trial.user_attrs
+    assert 0.5 < value <= 1.0  # two epochs of a tiny conv net already beat chance by far
+    assert attrs["val_accuracy"] == value
+    assert attrs["epochs_run"] == 2
+    assert attrs["seed"] == 13  # study seed + trial number
+    assert attrs["n_params"] > 0 and attrs["train_seconds"] > 0
+    assert attrs["train_loss"] > 0
+    assert attrs["config"]["channels"] == 8 and attrs["config"]["n_conv_layers"] == 2
+
+
+def test_same_trial_number_same_value(tiny_usps_file: Path) -> None:
+    objective = _objective(tiny_usps_file)
+    params = {"n_conv_layers": 1, "lr": 0.003, "loss": "mse"}
+    a = objective(optuna.trial.FixedTrial(params, number=1))
+    b = objective(optuna.trial.FixedTrial(params, number=1))
+    assert a == b
+
+
+def test_house_objective_reports_dollars(tiny_house_file: Path) -> None:
+    objective = _objective(tiny_house_file)
+    trial = optuna.trial.FixedTrial({"n_hidden_layers": 2, "lr": 0.005})
+    value = objective(trial)
+    attrs = trial.user_attrs
+    assert 20_000 < attrs["val_rmse"] < 120_000  # dollars, not normalized units
+    assert attrs["val_mse"] == pytest.approx(attrs["val_rmse"] ** 2)
+    assert value == attrs[objective.config.metric]
+    if objective.config.problem.name == "house-prices-gaussian":
+        assert "val_nll" in attrs and 5 < attrs["val_nll"] < 20  # per house, in log-dollars
+
+
+def test_divergence_ends_trial_pruned_with_reason(tmp_path: Path) -> None:
+    path = tmp_path / "sgd.toml"
+    path.write_text(
+        "[study]\nproblem = 'house-prices'\n[fixed]\noptimizer = 'sgd'\nlr = 100.0\n"
+        "epochs = 5\nbatch_size = 32\n[space.n_hidden_layers]\ntype = 'int'\nlow = 1\nhigh = 2\n"
+    )
+    objective = _objective(path)
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert "non-finite" in trial.user_attrs["pruned_reason"]
+
+
+def test_pruner_stops_bad_trial(tiny_usps_file: Path) -> None:
+    objective = _objective(tiny_usps_file)
+    # A threshold pruner that rejects everything after the first report.
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0)
+    )
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["epochs_run"] == 1
+    assert list(trial.intermediate_values) == [1]
+    assert "pruner stopped it" in trial.user_attrs["pruned_reason"]

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.config import load_study_file, resolve_settings
+from hpsearch.errors import HpsearchError
+from hpsearch.search import Progress, create_pruner, create_sampler, run_study
+
+
+def test_trials_is_the_study_total_and_reruns_resume(tiny_usps_file: Path, sqlite_url: str) -> None:
+    config = load_study_file(tiny_usps_file)
+    seen: list[Progress] = []
+    study, progress = run_study(
+        config, resolve_settings(config, storage=sqlite_url, trials=2), on_progress=seen.append
+    )
+    assert progress.finished == 2 and progress.trials_this_run == 2
+    assert [p.finished for p in seen] == [0, 1, 2]
+    assert seen[-1].best_value == study.best_value
+    # Same command, larger total: runs only the difference.
+    study, progress = run_study(config, resolve_settings(config, storage=sqlite_url, trials=3))
+    assert progress.finished == 3 and progress.trials_this_run == 1
+    # A finished study runs nothing.
+    study, progress = run_study(config, resolve_settings(config, storage=sqlite_url, trials=3))
+    assert progress.trials_this_run == 0
+    states = [t.state for t in study.trials]
+    assert len(states) == 3 and all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    assert study.user_attrs["problem"] == "usps"
+    # Trial seeds follow study seed + trial number.
+    assert [t.user_attrs["seed"] for t in study.trials] == [0, 1, 2]
+
+
+def test_other_problem_in_same_study_name_is_refused(
+    tiny_usps_file: Path, tiny_house_file: Path, sqlite_url: str
+) -> None:
+    usps = load_study_file(tiny_usps_file)
+    run_study(usps, resolve_settings(usps, storage=sqlite_url, trials=1, study_name="s"))
+    house = load_study_file(tiny_house_file)
+    with pytest.raises(HpsearchError, match="holds usps"):
+        run_study(house, resolve_settings(house, storage=sqlite_url, trials=1, study_name="s"))
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
+def test_every_sampler_runs(tiny_house_file: Path, sqlite_url: str, sampler: str) -> None:
+    pytest.importorskip("cmaes") if sampler == "cmaes" else None
+    config = load_study_file(tiny_house_file)
+    study, progress = run_study(
+        config, resolve_settings(config, storage=sqlite_url, trials=2, sampler=sampler)
+    )
+    assert progress.finished == 2
+    assert (
+        type(study.sampler)
+        .__name__.lower()
+        .startswith(
+            {"tpe": "tpe", "random": "random", "gp": "gp", "cmaes": "cmaes", "qmc": "qmc"}[sampler]
+        )
+    )
+
+
+def test_grid_sampler_visits_the_grid(tmp_path: Path, sqlite_url: str) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        "[study]\nproblem = 'house-prices'\ntrials = 4\n[sampler]\nname = 'grid'\n"
+        "[pruner]\nname = 'none'\n[fixed]\nepochs = 3\nhidden_units = 4\n"
+        "[space.n_hidden_layers]\ntype = 'int'\nlow = 1\nhigh = 2\n"
+        "[space.activation]\ntype = 'categorical'\nchoices = ['relu', 'tanh']\n"
+    )
+    config = load_study_file(path)
+    study, _ = run_study(config, resolve_settings(config, storage=sqlite_url))
+    combos = {(t.params["n_hidden_layers"], t.params["activation"]) for t in study.trials}
+    assert combos == {(1, "relu"), (1, "tanh"), (2, "relu"), (2, "tanh")}
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "median", "successive-halving", "none"])
+def test_pruners(tiny_usps_file: Path, pruner: str) -> None:
+    config = load_study_file(tiny_usps_file)
+    built = create_pruner(pruner, {}, config)
+    expected = {
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "median": optuna.pruners.MedianPruner,
+        "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+        "none": optuna.pruners.NopPruner,
+    }[pruner]
+    assert isinstance(built, expected)
+
+
+def test_bad_sampler_option_names_the_file(tiny_usps_file: Path) -> None:
+    config = load_study_file(tiny_usps_file)
+    with pytest.raises(HpsearchError, match=r"tiny-usps.toml: \[sampler\] tpe"):
+        create_sampler("tpe", {"n_startup": 3}, 0, config)
+
+
+def test_enqueued_report_config_runs_first(tmp_path: Path, sqlite_url: str) -> None:
+    path = tmp_path / "enq.toml"
+    path.write_text(
+        "[study]\nproblem = 'house-prices'\ntrials = 2\n[fixed]\nepochs = 2\n"
+        "[space.hidden_units]\ntype = 'categorical'\nchoices = [8, 128]\n"
+        "[[enqueue]]\nhidden_units = 128\n"
+    )
+    config = load_study_file(path)
+    study, _ = run_study(config, resolve_settings(config, storage=sqlite_url))
+    assert study.trials[0].params == {"hidden_units": 128}
+
+
+def test_failing_trials_stop_the_run(
+    tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_train(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("hpsearch.objective.train", broken_train)
+    config = load_study_file(tiny_usps_file)
+    with pytest.raises(HpsearchError, match="5 trials failed in a row, last: RuntimeError: CUDA"):
+        run_study(config, resolve_settings(config, storage=sqlite_url, trials=10))
+    study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 5
+    assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory"

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hpsearch import models, training
+from hpsearch.training import NonFiniteLossError, TrainConfig, train
+
+
+def _toy_regression(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=generator)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(n, generator=generator)
+    return x, y
+
+
+def _fit(config: TrainConfig, **kwargs: object) -> training.TrainResult:
+    x, y = _toy_regression()
+    torch.manual_seed(config.seed)
+    model = models.build_mlp_regressor(
+        {"n_hidden_layers": 1, "hidden_units": 16, "activation": "tanh"}, n_features=3
+    )
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return {"mse": float(torch.nn.functional.mse_loss(training.predict(m, x), y))}
+
+    return train(
+        model, x, y, training.REGRESSION_LOSSES["mse"], config, evaluate=evaluate, **kwargs
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("optimizer", training.OPTIMIZERS)
+def test_every_optimizer_learns(optimizer: str) -> None:
+    lr = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.005}[optimizer]
+    result = _fit(TrainConfig(epochs=30, batch_size=32, optimizer=optimizer, lr=lr))
+    assert result.epochs_run == 30
+    first, last = result.history[0].metrics["mse"], result.history[-1].metrics["mse"]
+    assert last < 0.2 * first
+    assert last < 0.2
+
+
+def test_same_seed_same_result_and_eval_every() -> None:
+    config = TrainConfig(epochs=10, batch_size=50, lr=0.01, seed=7)
+    a, b = _fit(config), _fit(config, eval_every=5)
+    c = _fit(TrainConfig(epochs=10, batch_size=50, lr=0.01, seed=8))
+    assert a.train_loss == b.train_loss
+    assert a.metrics == b.metrics
+    assert a.train_loss != c.train_loss
+    assert [r.epoch for r in b.history] == [5, 10]
+    assert len(a.history) == 10
+
+
+def test_divergence_raises_non_finite() -> None:
+    # The report's failure: plain SGD with a large step blows up to NaN.
+    config = TrainConfig(epochs=20, batch_size=32, optimizer="sgd", lr=50.0, momentum=0.9)
+    with pytest.raises(NonFiniteLossError) as caught:
+        _fit(config)
+    assert caught.value.epoch <= 20
+    assert not math.isfinite(caught.value.loss)
+
+
+def test_step_schedule_divides_lr_by_ten_every_ten_epochs() -> None:
+    model = torch.nn.Linear(2, 1)
+    config = TrainConfig(epochs=30, batch_size=1, lr=0.01, lr_schedule="step")
+    optimizer = training.make_optimizer(model, config)
+    scheduler = training.make_scheduler(optimizer, config)
+    assert scheduler is not None
+    lrs = []
+    for _ in range(30):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.01)
+    assert lrs[10] == pytest.approx(0.001) and lrs[20] == pytest.approx(0.0001)
+
+
+def test_on_epoch_can_stop_training() -> None:
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_epoch(result: training.EpochResult) -> None:
+        seen.append(result.epoch)
+        if result.epoch == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(TrainConfig(epochs=10, batch_size=64), on_epoch=on_epoch)
+    assert seen == [1, 2, 3]
+
+
+def test_losses() -> None:
+    logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]])
+    target = torch.tensor([0, 1])
+    assert float(training.CLASSIFICATION_LOSSES["mse"](logits, target)) < 1e-6
+    assert float(training.CLASSIFICATION_LOSSES["cross_entropy"](logits, target)) < 1e-6
+    # Gaussian NLL with sigma = 1 is half the squared error plus 0.5 log(2 pi).
+    output = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    y = torch.tensor([0.0, 1.0])
+    nll = float(training.gaussian_nll(output, y))
+    assert nll == pytest.approx(0.5 * (1 + 4) / 2 + 0.5 * math.log(2 * math.pi))
+    assert float(training.GAUSSIAN_LOSSES["mse"](output, y)) == pytest.approx(2.5)
+
+
+def test_batches_cover_every_row_once() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batches = list(training.batch_indices(101, 25, generator, torch.device("cpu")))
+    seen = torch.cat(batches)
+    assert sorted(seen.tolist()) == list(range(101))
+    # A trailing batch of one row is dropped (batch norm cannot train on it).
+    batches = list(training.batch_indices(101, 50, generator, torch.device("cpu")))
+    assert [len(b) for b in batches] == [50, 50]
+
+
+def test_predict_restores_mode() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    model.train()
+    out = training.predict(model, torch.ones(10, 2))
+    assert model.training and out.shape == (10, 2)
+    assert torch.equal(out, training.predict(model, torch.ones(10, 2)))  # no dropout in eval
+
+
+def test_train_config_from_params() -> None:
+    config = TrainConfig.from_params(
+        {"epochs": 3, "batch_size": 8, "lr": 0.1, "activation": "relu", "loss": "mse"}, seed=5
+    )
+    assert (config.epochs, config.batch_size, config.lr, config.seed) == (3, 8, 0.1, 5)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        training.make_optimizer(torch.nn.Linear(1, 1), TrainConfig(1, 1, optimizer="lbfgs"))
