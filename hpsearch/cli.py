@@ -117,11 +117,36 @@ def run(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for training. Default: PyTorch's choice.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes on this machine, sharing the study; CPU threads "
+            "are split between them. Default: 1."
+        ),
+    ] = None,
+    checkpoint_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HPSEARCH_CHECKPOINT_DIR",
+            help="Folder for per-epoch training checkpoints that let a retried trial resume "
+            "(share it between machines to resume across them); '' turns them off. "
+            "Default: ./hpsearch-checkpoints.",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds between heartbeats of a running trial; a trial silent "
+            "for 3 intervals (its worker died) is failed and retried once. Default: 10."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every trial.")] = False,
 ) -> None:
-    """Run (or resume) a study until it holds --trials finished trials."""
+    """Run (or resume) a study until it holds --trials finished trials, with one or more
+    workers; more workers elsewhere may join with the same command and --storage."""
     from hpsearch.config import find_study_file, load_study_file, resolve_settings
-    from hpsearch.search import prepare_study, run_trials
+    from hpsearch.search import prepare_study, run_local_workers, run_trials
     from hpsearch.storage import redact, storage_url
 
     _quiet_libraries(verbose)
@@ -138,18 +163,25 @@ def run(
         device=device,
         data_dir=str(data_dir) if data_dir else None,
         threads=threads,
+        workers=workers,
+        checkpoint_dir=checkpoint_dir,
+        heartbeat_interval=heartbeat_interval,
     )
     study, objective = prepare_study(config, settings)
     err_console.print(
         f"study [bold]{escape(settings.study_name)}[/bold] ({config.problem.name}, "
         f"{config.direction} {config.metric}) on {escape(redact(settings.storage))}: "
-        f"{settings.trials} trials, sampler {settings.sampler}, pruner {settings.pruner}",
+        f"{settings.trials} trials, sampler {settings.sampler}, pruner {settings.pruner}"
+        + (f", {settings.workers} workers" if settings.workers > 1 else ""),
         highlight=False,
     )
     from hpsearch.display import ProgressDisplay
 
     with ProgressDisplay(err_console, config.metric) as display:
-        progress = run_trials(study, objective, settings, on_progress=display.update)
+        if settings.workers > 1:
+            progress = run_local_workers(study, config, settings, on_progress=display.update)
+        else:
+            progress = run_trials(study, objective, settings, on_progress=display.update)
     if progress.finished >= settings.trials and progress.trials_this_run == 0:
         err_console.print(
             f"study already holds {progress.finished} finished trials; "

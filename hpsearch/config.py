@@ -103,6 +103,11 @@ class RunSettings:
     device: str = "auto"
     data_dir: str | None = None
     threads: int | None = None
+    workers: int = 1
+    # Training checkpoints for resuming retried trials; "" turns them off.
+    checkpoint_dir: str = "hpsearch-checkpoints"
+    # Seconds between running trials' heartbeats (a silent trial is retried after 3).
+    heartbeat_interval: int = 10
 
 
 def packaged_studies() -> dict[str, Path]:
@@ -423,6 +428,10 @@ def resolve_settings(config: StudyConfig, **overrides: Any) -> RunSettings:
         raise HpsearchError(f"unknown device {settings.device!r}; choose from {', '.join(DEVICES)}")
     if settings.threads is not None and settings.threads < 1:
         raise HpsearchError(f"--threads must be >= 1, got {settings.threads}")
+    if settings.workers < 1:
+        raise HpsearchError(f"--workers must be >= 1, got {settings.workers}")
+    if settings.heartbeat_interval < 1:
+        raise HpsearchError(f"heartbeat interval must be >= 1 s, got {settings.heartbeat_interval}")
     if not settings.study_name:
         raise HpsearchError("--study-name must not be empty")
     if settings.sampler == "grid" and config.sampler != "grid":

@@ -10,11 +10,12 @@ from typing import Any
 import optuna
 import torch
 
+from hpsearch.checkpoints import CheckpointStore
 from hpsearch.config import StudyConfig
 from hpsearch.data import Splits
 from hpsearch.models import count_parameters
 from hpsearch.space import suggest_params
-from hpsearch.training import EpochResult, NonFiniteLossError, TrainConfig, train
+from hpsearch.training import EpochResult, NonFiniteLossError, TrainConfig, TrainState, train
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +29,25 @@ class Objective:
 
     Data are loaded once by the caller and kept on ``device``; each call samples params,
     reports the validation metric every ``config.report_every`` epochs and lets the pruner
-    stop the trial.
+    stop the trial. With ``checkpoints``, the training state is saved at every report, and a
+    retry of a crashed trial (``retry_of`` attribute) continues from its series' checkpoint.
     """
 
     def __init__(
-        self, config: StudyConfig, splits: Splits, device: torch.device, *, seed: int
+        self,
+        config: StudyConfig,
+        splits: Splits,
+        device: torch.device,
+        *,
+        seed: int,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         self.config = config
         self.problem = config.problem
         self.splits = splits.to(device)
         self.device = device
         self.seed = seed
+        self.checkpoints = checkpoints
 
     def validation_metrics(self, model: torch.nn.Module) -> dict[str, float]:
         s = self.splits
@@ -47,7 +56,15 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, self.config.space, self.config.base_params)
-        seed = trial_seed(self.seed, trial.number)
+        # A retry keeps the seed and checkpoint of the first trial of its series.
+        series = int(trial.user_attrs.get("retry_of", trial.number))
+        seed = trial_seed(self.seed, series)
+        resume = self.checkpoints.load(series) if self.checkpoints else None
+        if resume is not None:
+            logger.info(
+                "trial %d resumes trial %d after epoch %d", trial.number, series, resume.epoch
+            )
+            trial.set_user_attr("resumed_from_epoch", resume.epoch)
         trial.set_user_attr("config", params)
         trial.set_user_attr("seed", seed)
         torch.manual_seed(seed)
@@ -77,6 +94,10 @@ class Objective:
                 record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
                 raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
 
+        def on_checkpoint(state: TrainState) -> None:
+            if self.checkpoints is not None:
+                self.checkpoints.save(series, state)
+
         try:
             train(
                 model,
@@ -87,13 +108,25 @@ class Objective:
                 evaluate=self.validation_metrics,
                 on_epoch=on_epoch,
                 eval_every=self.config.report_every,
+                resume=resume,
+                on_checkpoint=on_checkpoint if self.checkpoints else None,
             )
         except NonFiniteLossError as error:
             # A diverged run (the report's SGD-to-NaN) ends pruned, so the study goes on and
             # the sampler learns that this region is bad.
             record(last[0] if last else None, pruned_reason=str(error))
             logger.info("trial %d: %s", trial.number, error)
+            self._forget(series)
             raise optuna.TrialPruned(str(error)) from None
+        except Exception:  # pruned, or a bug or out-of-memory error: no retry will come
+            self._forget(series)
+            raise
+        # Interrupts and crashes keep the checkpoint: the retry resumes from it.
         result = last[0]
         record(result)
+        self._forget(series)
         return result.metrics[metric]
+
+    def _forget(self, series: int) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.delete(series)

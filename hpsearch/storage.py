@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,9 +22,15 @@ from hpsearch.errors import HpsearchError
 logger = logging.getLogger(__name__)
 
 STORAGE_ENV = "HPSEARCH_STORAGE"
+# A password kept out of the URL (and so out of shell history and process lists); any
+# characters work, no URL escaping needed.
+PASSWORD_ENV = "HPSEARCH_DB_PASSWORD"
+DEFAULT_HEARTBEAT_S = 10
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SQLITE_BUSY_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
+# How long a starting worker keeps retrying dropped connections before giving up.
+STARTUP_RETRY_S = 30.0
 
 
 def redact(url: str) -> str:
@@ -60,6 +67,8 @@ def parse_url(url: str) -> URL:
         raise HpsearchError("SQLite storage needs a file: sqlite:///path/to/file.db")
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
+    if backend != "sqlite" and parsed.password is None and os.environ.get(PASSWORD_ENV):
+        parsed = parsed.set(password=os.environ[PASSWORD_ENV])
     return parsed
 
 
@@ -78,13 +87,27 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
         raise HpsearchError(f"cannot open SQLite storage {path}: {error}") from None
 
 
-def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, *, create: bool = True, heartbeat_interval: int | None = None
+) -> optuna.storages.RDBStorage:
     """Open (and, if ``create``, initialise) the storage at ``url``.
+
+    Args:
+        heartbeat_interval: seconds between running trials' heartbeats; a trial silent for
+            three intervals is failed and retried once with the same params.
 
     Raises:
         HpsearchError: bad URL, missing SQLite file (when not ``create``), unreachable
             database or wrong credentials; the message never contains the password.
     """
+    from hpsearch.workers import (
+        StudyLock,
+        is_schema_race,
+        is_transient_db_error,
+        retry_trial,
+        with_db_retries,
+    )
+
     parsed = parse_url(url)
     engine_kwargs: dict[str, object]
     if parsed.get_backend_name() == "sqlite":
@@ -92,6 +115,8 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         engine_kwargs = {
+            # Test each pooled connection before use: a database restart or an idle
+            # connection dropped by a firewall costs a reconnect, not a crashed worker.
             "pool_pre_ping": True,
             "pool_size": 2,
             "max_overflow": 2,
@@ -99,13 +124,33 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
             "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
         }
         _check_reachable(parsed)
+    heartbeat: dict[str, object] = {}
+    if heartbeat_interval is not None:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": 3 * heartbeat_interval,
+            "heartbeat_stale_trial_callback": retry_trial,
+        }
+
+    def connect() -> optuna.storages.RDBStorage:
+        # Workers starting together on a new database would race to create its tables.
+        with StudyLock(parsed, "__schema__").hold(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False),
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=not create,
+                **heartbeat,  # type: ignore[arg-type]
+            )
+
     try:
-        return optuna.storages.RDBStorage(
-            parsed.render_as_string(hide_password=False),
-            engine_kwargs=engine_kwargs,
-            skip_table_creation=not create,
+        return with_db_retries(
+            connect,
+            "opening the storage",
+            budget_s=STARTUP_RETRY_S,
+            transient=lambda e: is_transient_db_error(e) or is_schema_race(e),
         )
-    except (SQLAlchemyError, RuntimeError) as error:
+    except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as error:
         raise HpsearchError(
             f"cannot open storage {redact(url)}: {_scrub(str(error), parsed)}"
         ) from None

@@ -100,6 +100,20 @@ class TrainResult:
     history: list[EpochResult] = field(default_factory=list)
 
 
+@dataclass
+class TrainState:
+    """A checkpoint: everything needed to continue training after ``epoch``."""
+
+    epoch: int
+    train_loss: float
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    generator: torch.Tensor  # the batch-order generator
+    rng: torch.Tensor  # the global CPU generator (dropout, on the CPU)
+    cuda_rng: torch.Tensor | None = None
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "sgd":
@@ -162,6 +176,8 @@ def train(
     evaluate: Callable[[nn.Module], dict[str, float]],
     on_epoch: Callable[[EpochResult], None] | None = None,
     eval_every: int = 1,
+    resume: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs.
 
@@ -170,6 +186,9 @@ def train(
             after the last one.
         on_epoch: called with each evaluated epoch's result; may raise to stop training
             (the objective raises ``optuna.TrialPruned`` there).
+        resume: a checkpoint to continue from; training goes on with its next epoch.
+        on_checkpoint: called with the full training state after each evaluated epoch
+            that ``on_epoch`` let pass.
 
     Raises:
         NonFiniteLossError: the epoch's mean training loss is NaN or infinite.
@@ -182,8 +201,19 @@ def train(
     started = time.perf_counter()
     train_loss = math.nan
     metrics: dict[str, float] = {}
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        if scheduler is not None and resume.scheduler is not None:
+            scheduler.load_state_dict(resume.scheduler)
+        generator.set_state(resume.generator)
+        torch.random.set_rng_state(resume.rng)
+        if resume.cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(resume.cuda_rng, device)
+        first_epoch, train_loss = resume.epoch + 1, resume.train_loss
     model.train()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         # Summed on the device: one host sync per epoch instead of one per batch.
         loss_sum = torch.zeros((), device=device)
         n_batches = 0
@@ -205,6 +235,26 @@ def train(
             history.append(result)
             if on_epoch is not None:
                 on_epoch(result)
+            if on_checkpoint is not None:
+                on_checkpoint(
+                    TrainState(
+                        epoch=epoch,
+                        train_loss=train_loss,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=None if scheduler is None else scheduler.state_dict(),
+                        generator=generator.get_state(),
+                        rng=torch.random.get_rng_state(),
+                        cuda_rng=torch.cuda.get_rng_state(device)
+                        if device.type == "cuda"
+                        else None,
+                    )
+                )
+    if not history:  # resumed from a checkpoint taken after the last epoch
+        metrics = evaluate(model)
+        history.append(EpochResult(config.epochs, train_loss, metrics, 0.0))
+        if on_epoch is not None:
+            on_epoch(history[-1])
     return TrainResult(
         epochs_run=config.epochs,
         train_loss=train_loss,

@@ -107,9 +107,9 @@ def test_losses() -> None:
 
 def test_batches_cover_every_row_once() -> None:
     generator = torch.Generator().manual_seed(0)
-    batches = list(training.batch_indices(101, 25, generator, torch.device("cpu")))
-    seen = torch.cat(batches)
-    assert sorted(seen.tolist()) == list(range(101))
+    batches = list(training.batch_indices(100, 30, generator, torch.device("cpu")))
+    assert [len(b) for b in batches] == [30, 30, 30, 10]
+    assert sorted(torch.cat(batches).tolist()) == list(range(100))
     # A trailing batch of one row is dropped (batch norm cannot train on it).
     batches = list(training.batch_indices(101, 50, generator, torch.device("cpu")))
     assert [len(b) for b in batches] == [50, 50]

@@ -1,0 +1,240 @@
+"""What several workers on one study need: a claim lock, heartbeats, retries of crashed
+trials, database-error retries, signal handling, and a local pool of worker processes.
+
+Each worker claims a trial inside a study-wide lock (a file lock for SQLite, an advisory lock
+for PostgreSQL and MySQL) and only while ``finished + running < trials``, so the study ends
+with exactly ``trials`` finished trials however many workers join, and whenever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A crashed or interrupted trial runs once more with the same params (attempt 2).
+MAX_ATTEMPTS = 2
+DB_RETRY_SECONDS = 120.0
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial again with the same params, unless it already had its retry.
+
+    The copy carries ``retry_of`` (the first trial of the series: its seed and checkpoint key)
+    and ``attempt``. Used for heartbeat-stale trials and for interrupted ones.
+    """
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    if attempt >= MAX_ATTEMPTS:
+        logger.warning("trial %d failed on attempt %d; not retried", trial.number, attempt)
+        return
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+    user_attrs.update(retry_of=trial.user_attrs.get("retry_of", trial.number), attempt=attempt + 1)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            intermediate_values=trial.intermediate_values,
+        )
+    )
+    logger.warning("trial %d failed; queued a retry with the same params", trial.number)
+
+
+def is_transient_db_error(error: BaseException) -> bool:
+    """Dropped connections, restarts, timeouts: worth retrying. Optuna wraps them in its
+    ``StorageInternalError``, so the whole cause chain is searched."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OperationalError):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def is_schema_race(error: BaseException) -> bool:
+    """Two processes creating the same tables at once (possible only if the lock guarding
+    table creation was lost with a dropped connection)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, IntegrityError | ProgrammingError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def with_db_retries(
+    action: Callable[[], T],
+    what: str,
+    budget_s: float = DB_RETRY_SECONDS,
+    transient: Callable[[BaseException], bool] = is_transient_db_error,
+) -> T:
+    """Run ``action``, retrying transient database errors with backoff for ``budget_s``."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not transient(error) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "%s: database error, retrying in %.1fs: %s", what, delay, str(error).splitlines()[0]
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class StudyLock:
+    """A lock around claiming a trial, shared by every worker of a storage."""
+
+    def __init__(self, url: URL, study_name: str) -> None:
+        self.url = url
+        self.name = f"hpsearch:{study_name}"
+        # Advisory locks take a 64-bit integer key.
+        self.key = int.from_bytes(
+            hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True
+        )
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        backend = self.url.get_backend_name()
+        if backend == "sqlite":
+            with self._file_lock():
+                yield
+        else:
+            with self._advisory_lock(backend):
+                yield
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        # SQLite is local: an flock beside the database file serialises its processes.
+        path = Path(str(self.url.database)).expanduser()
+        with open(f"{path}.hpsearch-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _advisory_lock(self, backend: str) -> Iterator[None]:
+        # A session-level lock on a connection of its own: the server releases it if the
+        # worker dies while holding it.
+        engine = sqlalchemy.create_engine(
+            self.url, poolclass=sqlalchemy.NullPool, connect_args={"connect_timeout": 10}
+        )
+        try:
+            with engine.connect() as connection:
+                if backend == "postgresql":
+                    connection.execute(
+                        sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key}
+                    )
+                    unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
+                    params: dict[str, Any] = {"k": self.key}
+                else:
+                    connection.execute(
+                        sqlalchemy.text("SELECT GET_LOCK(:n, 600)"), {"n": self.name}
+                    )
+                    unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:n)")
+                    params = {"n": self.name}
+                connection.commit()
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(Exception):
+                        connection.execute(unlock, params)
+                        connection.commit()
+        finally:
+            engine.dispose()
+
+
+class Heartbeat:
+    """Records a running trial's heartbeat every ``interval`` seconds in a thread.
+
+    A database error does not kill the thread: it logs and tries again sooner.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        wait = self.interval
+        while not self._stop.is_set():
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                wait = self.interval
+            except Exception as error:
+                logger.warning(
+                    "heartbeat for trial %d failed, retrying: %s",
+                    self.trial_id,
+                    str(error).splitlines()[0],
+                )
+                wait = min(1.0, self.interval)
+            self._stop.wait(wait * random.uniform(0.9, 1.0))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT): stop after marking the running trial."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread while inside."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int:
+    """CPU threads per local worker so that workers x threads <= cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(workers, 1))

@@ -1,0 +1,355 @@
+"""Several real worker processes on one study, on SQLite and on the PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from hpsearch.storage import open_storage
+from tests.conftest import TINY_HOUSE
+
+REPO = Path(__file__).parent.parent
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def start_cheap_workers(
+    url: str, name: str, trials: int, count: int, seconds: float = 0.01
+) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.cheap_worker", url, name, str(trials), str(seconds)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+
+
+def finish(processes: list[subprocess.Popen[str]], timeout: float = 240) -> list[str]:
+    logs = []
+    for process in processes:
+        out, _ = process.communicate(timeout=timeout)
+        assert process.returncode == 0, out
+        logs.append(out)
+    return logs
+
+
+def check_exact(url: str, name: str, trials: int, logs: list[str]) -> optuna.Study:
+    study = optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+    states = [t.state for t in study.trials]
+    assert sum(s in FINISHED for s in states) == trials
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    numbers = [t.number for t in study.trials]
+    assert len(set(numbers)) == len(numbers)
+    for trial in study.trials:
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == pytest.approx(trial.params["x"] ** 2 + trial.params["y"])
+    for log in logs:
+        assert "database is locked" not in log and "Traceback" not in log
+    # More than one worker really took part.
+    assert len({t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}) > 1
+    return study
+
+
+@pytest.mark.slow
+def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = start_cheap_workers(url, "cheap", 40, 1)
+    time.sleep(2)  # one worker creates the study; the dashboard needs the file
+    dashboard_log = tmp_path / "dashboard.log"
+    exe = shutil.which("hpsearch")
+    assert exe is not None
+    with dashboard_log.open("w") as log:
+        dashboard = subprocess.Popen(
+            [exe, "dashboard", "--storage", url, "--port", "18641"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        workers = first + start_cheap_workers(url, "cheap", 40, 3)
+        # Poll the dashboard's API while the workers write.
+        deadline = time.monotonic() + 240
+        import urllib.request
+
+        while any(p.poll() is None for p in workers) and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen("http://127.0.0.1:18641/api/studies", timeout=2).read()
+            except OSError:
+                pass
+            time.sleep(0.2)
+        logs = finish(workers)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=20)
+    check_exact(url, "cheap", 40, logs)
+    assert "database is locked" not in dashboard_log.read_text()
+    # A worker started on the full study runs nothing.
+    assert "ran 0 trials" in finish(start_cheap_workers(url, "cheap", 40, 1))[0]
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A fresh database on the test server, dropped afterwards."""
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    name = f"hpsearch_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                ),
+                {"n": name},
+            )
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_eight_workers_on_postgres_created_together(pg_url: str) -> None:
+    # All eight start at once on an empty database: one schema, one study, no error.
+    workers = start_cheap_workers(pg_url, "cheap", 48, 8)
+    logs = finish(workers)
+    study = check_exact(pg_url, "cheap", 48, logs)
+    assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["cheap"]
+    assert sum(int(log.split("ran ")[1].split()[0]) for log in logs) == len(study.trials)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_ten_workers_create_one_study(pg_url: str) -> None:
+    logs = finish(start_cheap_workers(pg_url, "race", 10, 10, seconds=0.0))
+    assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["race"]
+    assert all("Traceback" not in log for log in logs)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_workers_survive_dropped_connections(pg_url: str, postgres_url: str) -> None:
+    workers = start_cheap_workers(pg_url, "drops", 30, 3, seconds=0.2)
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    database = sqlalchemy.make_url(pg_url).database
+    terminate = sqlalchemy.text(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = :n AND pid <> pg_backend_pid()"
+    )
+    killed = 0
+    try:
+        # Cut every connection of the workers, again and again, while they run.
+        while any(p.poll() is None for p in workers):
+            time.sleep(0.7)
+            with admin.connect() as connection:
+                killed += sum(row[0] for row in connection.execute(terminate, {"n": database}))
+    finally:
+        admin.dispose()
+    assert killed >= 3
+    check_exact(pg_url, "drops", 30, finish(workers))
+
+
+def hpsearch_cmd() -> list[str]:
+    exe = shutil.which("hpsearch")
+    assert exe is not None
+    return [exe]
+
+
+def _slow_house_study(tmp_path: Path) -> Path:
+    # 300 epochs, a report (and checkpoint) every 20: a few seconds per trial.
+    path = tmp_path / "slow-house.toml"
+    path.write_text(
+        TINY_HOUSE.format(problem="house-prices")
+        .replace("epochs = 20", "epochs = 300")
+        .replace("report_every = 5", "report_every = 20")
+        .replace("batch_size = 128", "batch_size = 32")
+    )
+    return path
+
+
+def _wait_for_reports(url: str, name: str, reports: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+            running = [t for t in study.trials if t.state == TrialState.RUNNING]
+            if running and len(running[0].intermediate_values) >= reports:
+                return
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no trial reached the wanted epoch in time")
+
+
+@pytest.mark.slow
+def test_sigkill_retry_resumes_from_checkpoint(tmp_path: Path) -> None:
+    study_file = _slow_house_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    args = [
+        *hpsearch_cmd(),
+        "run",
+        str(study_file),
+        "--trials",
+        "2",
+        "--storage",
+        url,
+        "--pruner",
+        "none",
+        "--heartbeat-interval",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
+    victim = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    _wait_for_reports(url, "slow-house", 3)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    study = optuna.load_study(study_name="slow-house", storage=url)
+    killed = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1  # the dead worker's trial, until its heartbeat goes stale
+    killed_epochs = max(killed[0].intermediate_values)
+    assert (tmp_path / "ckpt" / "slow-house" / f"trial-{killed[0].number}.pt").exists()
+
+    survivor = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert survivor.returncode == 0, survivor.stderr
+    study = optuna.load_study(study_name="slow-house", storage=url)
+    assert sum(t.state in FINISHED for t in study.trials) == 2
+    original = study.trials[killed[0].number]
+    assert original.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == original.number]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == original.params
+    # Resumed from a checkpoint at least as late as the last report seen before the kill.
+    assert retry.user_attrs["resumed_from_epoch"] >= killed_epochs
+    assert retry.user_attrs["seed"] == original.user_attrs["seed"]
+    assert not list((tmp_path / "ckpt" / "slow-house").glob("*.pt"))  # cleaned up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_running_trial_and_rerun_resumes(tmp_path: Path, signum: int) -> None:
+    study_file = _slow_house_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'sig.db'}"
+    args = [
+        *hpsearch_cmd(),
+        "run",
+        str(study_file),
+        "--trials",
+        "2",
+        "--storage",
+        url,
+        "--pruner",
+        "none",
+    ]
+    process = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_reports(url, "slow-house", 2)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    study = optuna.load_study(study_name="slow-house", storage=url)
+    assert TrialState.RUNNING not in [t.state for t in study.trials]
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"].startswith("interrupted")
+
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="slow-house", storage=url)
+    assert sum(t.state in FINISHED for t in study.trials) == 2
+    assert study.trials[1].user_attrs["retry_of"] == 0
+    assert study.trials[1].user_attrs["resumed_from_epoch"] >= 20
+    # A rerun of the finished study adds nothing.
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to run" in again.stderr
+    assert len(optuna.load_study(study_name="slow-house", storage=url).trials) == 3
+
+
+@pytest.mark.slow
+def test_local_workers_flag(tmp_path: Path) -> None:
+    study_file = tmp_path / "house.toml"
+    study_file.write_text(TINY_HOUSE.format(problem="house-prices"))
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    result = subprocess.run(
+        [
+            *hpsearch_cmd(),
+            "run",
+            str(study_file),
+            "--trials",
+            "6",
+            "--workers",
+            "2",
+            "--storage",
+            url,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 workers" in result.stderr
+    study = optuna.load_study(study_name="house", storage=url)
+    assert sum(t.state in FINISHED for t in study.trials) == 6
+    assert len(study.trials) == 6
+    best = json.loads(
+        subprocess.run(
+            [*hpsearch_cmd(), "best", "house", "--json", "--storage", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert best["value"] > 0
+
+
+def test_password_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPSEARCH_DB_PASSWORD", "p@ss:w/rd#1")
+    from hpsearch.storage import parse_url, redact
+
+    parsed = parse_url("postgresql+psycopg://bob@127.0.0.1:1/db")
+    assert parsed.password == "p@ss:w/rd#1"
+    from typer.testing import CliRunner
+
+    from hpsearch.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", "usps", "--storage", "postgresql+psycopg://bob@127.0.0.1:1/db"]
+    )
+    assert result.exit_code == 2
+    assert "p@ss" not in result.stdout + result.stderr
+    assert "p@ss" not in redact(parsed.render_as_string(hide_password=False))
+
+
+@pytest.mark.postgres
+def test_special_character_password_reaches_server(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trust auth ignores the password, but it must survive URL building unmangled.
+    monkeypatch.setenv("HPSEARCH_DB_PASSWORD", "p@ss:w/rd#1%")
+    bare = sqlalchemy.make_url(postgres_url).set(password=None).render_as_string(False)
+    store = open_storage(bare)
+    assert sqlalchemy.make_url(store.url).password == "p@ss:w/rd#1%"
+    assert os.environ["HPSEARCH_DB_PASSWORD"] not in repr(store.engine.url)
