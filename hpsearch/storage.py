@@ -90,14 +90,14 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
 def open_storage(
     url: str, *, create: bool = True, heartbeat_interval: int | None = None
 ) -> optuna.storages.RDBStorage:
-    """Open (and, if ``create``, initialise) the storage at ``url``.
+    """Open the storage at ``url``, creating Optuna's tables if they are missing.
 
     Args:
         heartbeat_interval: seconds between running trials' heartbeats; a trial silent for
             three intervals is failed and retried once with the same params.
 
     Raises:
-        HpsearchError: bad URL, missing SQLite file (when not ``create``), unreachable
+        HpsearchError: bad URL, missing SQLite file (unless ``create``), unreachable
             database or wrong credentials; the message never contains the password.
     """
     from hpsearch.workers import (
@@ -134,14 +134,17 @@ def open_storage(
 
     def connect() -> optuna.storages.RDBStorage:
         # Workers starting together on a new database would race to create its tables.
-        with StudyLock(parsed, "__schema__").hold(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                parsed.render_as_string(hide_password=False),
-                engine_kwargs=engine_kwargs,
-                skip_table_creation=not create,
-                **heartbeat,  # type: ignore[arg-type]
-            )
+        lock = StudyLock(parsed, "__schema__")
+        try:
+            with lock.hold(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    parsed.render_as_string(hide_password=False),
+                    engine_kwargs=engine_kwargs,
+                    **heartbeat,  # type: ignore[arg-type]
+                )
+        finally:
+            lock.close()
 
     try:
         return with_db_retries(

@@ -117,6 +117,13 @@ class StudyLock:
         self.key = int.from_bytes(
             hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True
         )
+        self._engine: sqlalchemy.Engine | None = None
+
+    def close(self) -> None:
+        """Return the lock's database connection, if it has one."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -142,33 +149,36 @@ class StudyLock:
     @contextlib.contextmanager
     def _advisory_lock(self, backend: str) -> Iterator[None]:
         # A session-level lock on a connection of its own: the server releases it if the
-        # worker dies while holding it.
-        engine = sqlalchemy.create_engine(
-            self.url, poolclass=sqlalchemy.NullPool, connect_args={"connect_timeout": 10}
-        )
-        try:
-            with engine.connect() as connection:
-                if backend == "postgresql":
-                    connection.execute(
-                        sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key}
-                    )
-                    unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
-                    params: dict[str, Any] = {"k": self.key}
-                else:
-                    connection.execute(
-                        sqlalchemy.text("SELECT GET_LOCK(:n, 600)"), {"n": self.name}
-                    )
-                    unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:n)")
-                    params = {"n": self.name}
-                connection.commit()
+        # worker dies while holding it. One pooled connection, health-checked before use.
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(
+                self.url,
+                pool_size=1,
+                max_overflow=0,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": 10},
+            )
+        params: dict[str, Any]
+        if backend == "postgresql":
+            lock = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
+            unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
+            params = {"k": self.key}
+        else:
+            lock = sqlalchemy.text("SELECT GET_LOCK(:n, 600)")
+            unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:n)")
+            params = {"n": self.name}
+        with self._engine.connect() as connection:
+            connection.execute(lock, params)
+            connection.commit()
+            try:
+                yield
+            finally:
                 try:
-                    yield
-                finally:
-                    with contextlib.suppress(Exception):
-                        connection.execute(unlock, params)
-                        connection.commit()
-        finally:
-            engine.dispose()
+                    connection.execute(unlock, params)
+                    connection.commit()
+                except Exception:
+                    # A lock whose connection died is released by the server already.
+                    connection.invalidate()
 
 
 class Heartbeat:

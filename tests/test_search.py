@@ -45,7 +45,6 @@ def test_other_problem_in_same_study_name_is_refused(
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
 def test_every_sampler_runs(tiny_house_file: Path, sqlite_url: str, sampler: str) -> None:
-    pytest.importorskip("cmaes") if sampler == "cmaes" else None
     config = load_study_file(tiny_house_file)
     study, progress = run_study(
         config, resolve_settings(config, storage=sqlite_url, trials=2, sampler=sampler)
