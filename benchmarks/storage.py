@@ -15,43 +15,20 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import optuna
-import sqlalchemy
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hpsearch.search import claim_trial, study_lock  # noqa: E402
 from hpsearch.storage import open_storage  # noqa: E402
+from tests.pg import fresh_database  # noqa: E402
 
 EPOCHS = 30
 STEP_S = 0.1
-
-
-@contextmanager
-def fresh_postgres(url: str) -> Iterator[str]:
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"hpsearch_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sqlalchemy.make_url(url).set(database=name).render_as_string(False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                sqlalchemy.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
-            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}"'))
-        admin.dispose()
 
 
 def overhead(url: str | None, trials: int) -> dict[str, float]:
@@ -119,7 +96,10 @@ def main() -> None:
     parser.add_argument("--per-worker", type=int, default=6)
     args = parser.parse_args()
 
-    with TemporaryDirectory() as folder, fresh_postgres(args.postgres) as pg_url:
+    with (
+        TemporaryDirectory() as folder,
+        fresh_database(args.postgres, prefix="hpsearch_bench") as pg_url,
+    ):
         sqlite_url = f"sqlite:///{Path(folder) / 'bench.db'}"
         backends = {"in-memory": None, "sqlite": sqlite_url, "postgresql": pg_url}
         print(

@@ -148,6 +148,26 @@ def study_counts(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
+def read_progress(
+    study: optuna.Study, target: int, started: float, trials_this_run: int
+) -> Progress:
+    """The study's counts and best value now, retrying database errors."""
+
+    def read() -> Progress:
+        counts = study_counts(study)
+        return Progress(
+            target=target,
+            complete=counts[TrialState.COMPLETE],
+            pruned=counts[TrialState.PRUNED],
+            failed=counts[TrialState.FAIL],
+            best_value=best_value(study),
+            started_at=started,
+            trials_this_run=trials_this_run,
+        )
+
+    return with_db_retries(read, "reading progress")
+
+
 def best_value(study: optuna.Study) -> float | None:
     try:
         return float(study.best_value)
@@ -318,19 +338,7 @@ def run_trials(
     heartbeat_s = storage.heartbeat_interval if storage is not None else None
 
     def progress() -> Progress:
-        def read() -> Progress:
-            counts = study_counts(study)
-            return Progress(
-                target=settings.trials,
-                complete=counts[TrialState.COMPLETE],
-                pruned=counts[TrialState.PRUNED],
-                failed=counts[TrialState.FAIL],
-                best_value=best_value(study),
-                started_at=started,
-                trials_this_run=trials_this_run,
-            )
-
-        return with_db_retries(read, "reading progress")
+        return read_progress(study, settings.trials, started, trials_this_run)
 
     def tell(
         trial: optuna.Trial,
@@ -521,20 +529,8 @@ def run_local_workers(
     finished_before = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
 
     def progress() -> Progress:
-        def read() -> Progress:
-            counts = study_counts(study)
-            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-            return Progress(
-                target=settings.trials,
-                complete=counts[TrialState.COMPLETE],
-                pruned=counts[TrialState.PRUNED],
-                failed=counts[TrialState.FAIL],
-                best_value=best_value(study),
-                started_at=started,
-                trials_this_run=finished - finished_before,
-            )
-
-        return with_db_retries(read, "reading progress")
+        state = read_progress(study, settings.trials, started, 0)
+        return replace(state, trials_this_run=state.finished - finished_before)
 
     for process in processes:
         process.start()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from optuna.trial import TrialState
 
 from hpsearch.storage import open_storage
 from tests.conftest import TINY_HOUSE
+from tests.pg import fresh_database
 
 REPO = Path(__file__).parent.parent
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -105,23 +105,8 @@ def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
 @pytest.fixture
 def pg_url(postgres_url: str) -> Iterator[str]:
     """A fresh database on the test server, dropped afterwards."""
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"hpsearch_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(False)
-    try:
+    with fresh_database(postgres_url) as url:
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                sqlalchemy.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
-            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 @pytest.mark.postgres
