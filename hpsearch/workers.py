@@ -234,6 +234,10 @@ def signals_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        # One interrupt is enough: a second (Ctrl-C, then the pool's SIGTERM) must not cut
+        # short the clean-up that marks the running trial.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -338,3 +338,41 @@ def test_special_character_password_reaches_server(
     store = open_storage(bare)
     assert sqlalchemy.make_url(store.url).password == "p@ss:w/rd#1%"
     assert os.environ["HPSEARCH_DB_PASSWORD"] not in repr(store.engine.url)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_local_workers_leaves_nothing_running(tmp_path: Path) -> None:
+    study_file = _slow_house_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'pool.db'}"
+    args = [
+        *hpsearch_cmd(),
+        "run",
+        str(study_file),
+        "--trials",
+        "4",
+        "--storage",
+        url,
+        "--pruner",
+        "none",
+        "--workers",
+        "2",
+    ]
+    # Its own process group, as a terminal gives it: Ctrl-C reaches parent and workers.
+    process = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for_reports(url, "slow-house", 2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    study = optuna.load_study(study_name="slow-house", storage=url)
+    assert TrialState.RUNNING not in [t.state for t in study.trials]
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="slow-house", storage=url)
+    assert sum(t.state in FINISHED for t in study.trials) == 4
