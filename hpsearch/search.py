@@ -43,6 +43,8 @@ from hpsearch.workers import (
 logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A retry re-reports the epochs its failed attempt had reported; Optuna keeps the first.
+warnings.filterwarnings("ignore", message="The reported value is ignored because")
 # A study whose every trial fails is broken (bad config, out of memory): stop, don't spin.
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -188,6 +190,21 @@ def open_study(
     the study file's first trials once.
     """
     lock = study_lock(storage, settings.study_name)
+    try:
+        return _create_or_load(storage, config, settings, sampler, pruner, lock)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _create_or_load(
+    storage: optuna.storages.BaseStorage,
+    config: StudyConfig,
+    settings: RunSettings,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    lock: StudyLock | None,
+) -> optuna.Study:
     with lock.hold() if lock is not None else contextlib.nullcontext():
         study = optuna.create_study(
             storage=storage,
@@ -344,21 +361,32 @@ def run_trials(
         trial: optuna.Trial,
         value: float | None = None,
         state: TrialState | None = None,
-        user_attrs: dict[str, Any] | None = None,
-    ) -> optuna.trial.FrozenTrial:
-        def action() -> optuna.trial.FrozenTrial:
-            for key, attr in (user_attrs or {}).items():
-                trial.set_user_attr(key, attr)
-            return study.tell(trial, value, state=state, skip_if_finished=True)
+        reason: str | None = None,
+    ) -> optuna.trial.FrozenTrial | None:
+        """Finish ``trial``; ``None`` if another worker already had (it went stale)."""
+
+        def action() -> optuna.trial.FrozenTrial | None:
+            if study._storage.get_trial(trial._trial_id).state.is_finished():
+                return None
+            try:
+                if reason is not None:
+                    trial.set_user_attr("fail_reason", reason)
+                return study.tell(trial, value, state=state)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return None
 
         return with_db_retries(action, "telling a trial")
+
+    def fail_and_retry(trial: optuna.Trial, reason: str) -> None:
+        failed = tell(trial, state=TrialState.FAIL, reason=reason)
+        if failed is not None:  # else whoever failed it has queued the retry
+            with_db_retries(functools.partial(retry_trial, study, failed), "queueing a retry")
 
     state = progress()
     if on_progress is not None:
         on_progress(state)
-    # A retry re-reports the epochs its failed attempt had reported; Optuna keeps the first.
-    warnings.filterwarnings("ignore", message="The reported value is ignored because")
-    with signals_interrupt():
+    release_lock = contextlib.closing(lock) if lock is not None else contextlib.nullcontext()
+    with signals_interrupt(), release_lock:
         while True:
             if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
                 logger.info("timeout of %ss reached", settings.timeout)
@@ -391,9 +419,9 @@ def run_trials(
                     tell(trial, state=TrialState.PRUNED)
                     consecutive_failures = 0
                 except KeyboardInterrupt as interrupt:
-                    reason = f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
-                    failed = tell(trial, state=TrialState.FAIL, user_attrs={"fail_reason": reason})
-                    retry_trial(study, failed)
+                    fail_and_retry(
+                        trial, f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
+                    )
                     raise
                 except Exception as error:
                     if is_transient_db_error(error):
@@ -404,20 +432,11 @@ def run_trials(
                             trial.number,
                             str(error).splitlines()[0],
                         )
-                        failed = tell(
-                            trial,
-                            state=TrialState.FAIL,
-                            user_attrs={"fail_reason": "database connection lost"},
-                        )
-                        queue_retry: Callable[[], None] = functools.partial(
-                            retry_trial, study, failed
-                        )
-                        with_db_retries(queue_retry, "queueing a retry")
+                        fail_and_retry(trial, "database connection lost")
                         trials_this_run += 1
                         continue
                     logger.warning("trial %d failed: %s", trial.number, error, exc_info=True)
-                    trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
-                    tell(trial, state=TrialState.FAIL)
+                    tell(trial, state=TrialState.FAIL, reason=f"{type(error).__name__}: {error}")
                     consecutive_failures += 1
                     if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                         raise HpsearchError(

@@ -117,3 +117,26 @@ def test_failing_trials_stop_the_run(
     study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 5
     assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory"
+
+
+def test_interrupt_after_another_worker_failed_the_trial(sqlite_url: str) -> None:
+    # Another worker found this trial stale, failed it and queued its retry; the interrupt
+    # must neither crash on the finished trial nor queue a second retry.
+    from hpsearch.config import RunSettings
+    from hpsearch.search import run_trials
+    from hpsearch.storage import open_storage
+    from hpsearch.workers import retry_trial
+
+    study = optuna.create_study(storage=open_storage(sqlite_url, heartbeat_interval=5))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0, 1)
+        frozen = study._storage.get_trial(trial._trial_id)
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        retry_trial(study, frozen)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, objective, RunSettings(storage=sqlite_url, trials=3))
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
