@@ -16,6 +16,7 @@ from hpsearch.data import Splits
 from hpsearch.models import count_parameters
 from hpsearch.space import suggest_params
 from hpsearch.training import EpochResult, NonFiniteLossError, TrainConfig, TrainState, train
+from hpsearch.workers import is_transient_db_error
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,11 @@ class Objective:
             logger.info("trial %d: %s", trial.number, error)
             self._forget(series)
             raise optuna.TrialPruned(str(error)) from None
-        except Exception:  # pruned, or a bug or out-of-memory error: no retry will come
-            self._forget(series)
+        except Exception as error:
+            # Pruned, or a bug or an out-of-memory error: no retry will come. A lost database
+            # connection is retried, and the retry resumes from the checkpoint.
+            if not is_transient_db_error(error):
+                self._forget(series)
             raise
         # Interrupts and crashes keep the checkpoint: the retry resumes from it.
         result = last[0]

@@ -78,3 +78,39 @@ def test_pruner_stops_bad_trial(tiny_usps_file: Path) -> None:
     assert trial.user_attrs["epochs_run"] == 1
     assert list(trial.intermediate_values) == [1]
     assert "pruner stopped it" in trial.user_attrs["pruned_reason"]
+
+
+def test_checkpoint_kept_when_database_is_lost(tiny_usps_file: Path, tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from hpsearch.checkpoints import CheckpointStore
+
+    config = load_study_file(tiny_usps_file)
+    store = CheckpointStore(tmp_path, "tiny")
+    objective = Objective(
+        config,
+        config.problem.load_data(**config.data),
+        torch.device("cpu"),
+        seed=0,
+        checkpoints=store,
+    )
+
+    class LosesDatabase(optuna.trial.FixedTrial):
+        def report(self, value: float, step: int) -> None:
+            if step == 2:
+                raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    trial = LosesDatabase({"n_conv_layers": 1, "lr": 0.005, "loss": "mse"}, number=4)
+    with pytest.raises(OperationalError):
+        objective(trial)
+    saved = store.load(4)
+    assert saved is not None and saved.epoch == 1  # the retry resumes after epoch 1
+
+    # An ordinary error leaves nothing behind.
+    class Broken(optuna.trial.FixedTrial):
+        def report(self, value: float, step: int) -> None:
+            raise ValueError("bug")
+
+    with pytest.raises(ValueError):
+        objective(Broken({"n_conv_layers": 1, "lr": 0.005, "loss": "mse"}, number=4))
+    assert store.load(4) is None
