@@ -58,3 +58,9 @@ class CheckpointStore:
 
     def delete(self, series: int) -> None:
         self.path(series).unlink(missing_ok=True)
+        # Leave no empty folders behind once a study's last checkpoint is gone.
+        for folder in (self.folder, self.folder.parent):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (other trials, other studies), or never made
+                break

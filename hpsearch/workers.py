@@ -23,10 +23,18 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import optuna
+import psycopg
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+    ProgrammingError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +74,11 @@ def is_transient_db_error(error: BaseException) -> bool:
     ``StorageInternalError``, so the whole cause chain is searched."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, OperationalError):
+        if isinstance(seen, OperationalError | InterfaceError | PendingRollbackError):
             return True
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, psycopg.OperationalError | psycopg.InterfaceError):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

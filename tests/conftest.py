@@ -93,8 +93,16 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolate_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HPSEARCH_STORAGE", "HPSEARCH_DATA_DIR", "HPSEARCH_DEVICE"):
+def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Default files (hpsearch.db, hpsearch-checkpoints/) land in the test's own folder.
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "HPSEARCH_STORAGE",
+        "HPSEARCH_DATA_DIR",
+        "HPSEARCH_DEVICE",
+        "HPSEARCH_CHECKPOINT_DIR",
+        "HPSEARCH_DB_PASSWORD",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

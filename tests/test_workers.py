@@ -140,7 +140,18 @@ def test_workers_survive_dropped_connections(pg_url: str, postgres_url: str) -> 
     )
     killed = 0
     try:
-        # Cut every connection of the workers, again and again, while they run.
+        # Once the workers are running trials, cut every connection they hold, again and
+        # again, until they finish.
+        store = open_storage(pg_url)  # under the schema lock, like the workers
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                study = optuna.load_study(study_name="drops", storage=store)
+                if sum(t.state in FINISHED for t in study.trials) >= 3:
+                    break
+            except KeyError:
+                pass
+            time.sleep(0.3)
         while any(p.poll() is None for p in workers):
             time.sleep(0.7)
             with admin.connect() as connection:
