@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from hpsearch.search import claim_trial, study_lock  # noqa: E402
 from hpsearch.storage import open_storage  # noqa: E402
+from tests.cheap_worker import spawn  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 
 EPOCHS = 30
@@ -66,20 +66,11 @@ def throughput(url: str, workers: int, per_worker: int) -> float:
     """Finished trials per second with ``workers`` processes, first start to last finish."""
     total = workers * per_worker
     name = f"tp{workers}"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.cheap_worker", url, name, str(total), str(STEP_S)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(workers)
-    ]
+    processes = spawn(url, name, total, workers, STEP_S)
     for process in processes:
-        _, err = process.communicate(timeout=600)
+        output, _ = process.communicate(timeout=600)
         if process.returncode != 0:
-            raise SystemExit(f"worker failed: {err}")
+            raise SystemExit(f"worker failed: {output}")
     trials = optuna.load_study(study_name=name, storage=url).trials
     start = min(t.datetime_start for t in trials if t.datetime_start)
     end = max(t.datetime_complete for t in trials if t.datetime_complete)

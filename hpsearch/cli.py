@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hpsearch.display import format_value
 from hpsearch.errors import HpsearchError
 
 app = typer.Typer(
@@ -65,12 +66,6 @@ def _quiet_libraries(verbose: bool) -> None:
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-
-
-def _fmt(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:.6g}" if abs(value) < 1e5 else f"{value:,.0f}"
 
 
 @app.command()
@@ -228,7 +223,7 @@ def studies(storage: StorageOption = None) -> None:
             str(summary.user_attrs.get("problem", "-")),
             summary.direction.name.lower(),
             *(str(counts[state]) for state in (S.COMPLETE, S.PRUNED, S.FAIL, S.RUNNING)),
-            _fmt(best_value(study)),
+            format_value(best_value(study)),
         )
     console.print(table)
 
@@ -274,14 +269,15 @@ def best(
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
         return
     table = Table(
-        title=f"{study_name}: best trial {trial.number}, {record['metric']} = {_fmt(trial.value)}"
+        title=f"{study_name}: best trial {trial.number}, "
+        f"{record['metric']} = {format_value(trial.value)}"
     )
     table.add_column("key", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     for key, value in sorted(record["config"].items()):
         table.add_row(key + (" *" if key in trial.params else ""), str(value))
     for key, value in sorted(attrs.items()):
-        table.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
+        table.add_row(key, format_value(value) if isinstance(value, float) else str(value))
     console.print(table)
     console.print("* searched; the rest were fixed by the study file or the report's defaults")
 
@@ -318,7 +314,7 @@ def trials(
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return _fmt(value)
+        return format_value(value)
     if hasattr(value, "total_seconds"):
         seconds = value.total_seconds()
         return "-" if math.isnan(seconds) else f"{seconds:.1f}s"

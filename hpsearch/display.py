@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -13,10 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hpsearch.search import Progress as StudyProgress
+if TYPE_CHECKING:
+    from hpsearch.search import Progress as StudyProgress
 
 
-def _fmt(value: float | None) -> str:
+def format_value(value: float | None) -> str:
+    """A metric for the terminal: 6 significant digits, thousands separators above 1e5."""
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:.6g}" if abs(value) < 1e5 else f"{value:,.0f}"
@@ -64,7 +66,7 @@ class ProgressDisplay:
         eta = eta_seconds(state, time.monotonic())
         counts = (
             f"complete {state.complete}  pruned {state.pruned}  failed {state.failed}  "
-            f"best {self.metric} {_fmt(state.best_value)}"
+            f"best {self.metric} {format_value(state.best_value)}"
         )
         self.progress.update(
             self.task,
@@ -92,8 +94,8 @@ def summary_table(study: optuna.Study, metric: str, top: int = 5) -> Table:
     for t in complete[:top]:
         seconds: Any = t.user_attrs.get("train_seconds")
         params = "  ".join(
-            f"{name}={_fmt(v) if isinstance(v, float) else v}"
+            f"{name}={format_value(v) if isinstance(v, float) else v}"
             for name, v in sorted(t.params.items())
         )
-        table.add_row(str(t.number), _fmt(t.value), _fmt(seconds), params)
+        table.add_row(str(t.number), format_value(t.value), format_value(seconds), params)
     return table

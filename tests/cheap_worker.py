@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 
@@ -27,6 +29,25 @@ def objective(trial: optuna.Trial, seconds_per_step: float) -> float:
         trial.report(x**2 + y + 3 - step, step)
     trial.set_user_attr("pid", os.getpid())
     return x**2 + y
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def spawn(
+    url: str, name: str, trials: int, count: int, seconds: float = 0.01
+) -> list[subprocess.Popen[str]]:
+    """Start ``count`` cheap worker processes on one study; output merged into stdout."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.cheap_worker", url, name, str(trials), str(seconds)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(count)
+    ]
 
 
 def main() -> None:

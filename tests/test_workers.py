@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,26 +17,11 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpsearch.storage import open_storage
+from tests.cheap_worker import spawn
 from tests.conftest import TINY_HOUSE
 from tests.pg import fresh_database
 
-REPO = Path(__file__).parent.parent
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def start_cheap_workers(
-    url: str, name: str, trials: int, count: int, seconds: float = 0.01
-) -> list[subprocess.Popen[str]]:
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.cheap_worker", url, name, str(trials), str(seconds)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(count)
-    ]
 
 
 def finish(processes: list[subprocess.Popen[str]], timeout: float = 240) -> list[str]:
@@ -69,7 +53,7 @@ def check_exact(url: str, name: str, trials: int, logs: list[str]) -> optuna.Stu
 @pytest.mark.slow
 def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = start_cheap_workers(url, "cheap", 40, 1)
+    first = spawn(url, "cheap", 40, 1)
     time.sleep(2)  # one worker creates the study; the dashboard needs the file
     dashboard_log = tmp_path / "dashboard.log"
     exe = shutil.which("hpsearch")
@@ -81,7 +65,7 @@ def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        workers = first + start_cheap_workers(url, "cheap", 40, 3)
+        workers = first + spawn(url, "cheap", 40, 3)
         # Poll the dashboard's API while the workers write.
         deadline = time.monotonic() + 240
         import urllib.request
@@ -99,7 +83,7 @@ def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
     check_exact(url, "cheap", 40, logs)
     assert "database is locked" not in dashboard_log.read_text()
     # A worker started on the full study runs nothing.
-    assert "ran 0 trials" in finish(start_cheap_workers(url, "cheap", 40, 1))[0]
+    assert "ran 0 trials" in finish(spawn(url, "cheap", 40, 1))[0]
 
 
 @pytest.fixture
@@ -113,7 +97,7 @@ def pg_url(postgres_url: str) -> Iterator[str]:
 @pytest.mark.slow
 def test_eight_workers_on_postgres_created_together(pg_url: str) -> None:
     # All eight start at once on an empty database: one schema, one study, no error.
-    workers = start_cheap_workers(pg_url, "cheap", 48, 8)
+    workers = spawn(pg_url, "cheap", 48, 8)
     logs = finish(workers)
     study = check_exact(pg_url, "cheap", 48, logs)
     assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["cheap"]
@@ -123,7 +107,7 @@ def test_eight_workers_on_postgres_created_together(pg_url: str) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_ten_workers_create_one_study(pg_url: str) -> None:
-    logs = finish(start_cheap_workers(pg_url, "race", 10, 10, seconds=0.0))
+    logs = finish(spawn(pg_url, "race", 10, 10, seconds=0.0))
     assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["race"]
     assert all("Traceback" not in log for log in logs)
 
@@ -131,7 +115,7 @@ def test_ten_workers_create_one_study(pg_url: str) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_workers_survive_dropped_connections(pg_url: str, postgres_url: str) -> None:
-    workers = start_cheap_workers(pg_url, "drops", 30, 3, seconds=0.2)
+    workers = spawn(pg_url, "drops", 30, 3, seconds=0.2)
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     database = sqlalchemy.make_url(pg_url).database
     terminate = sqlalchemy.text(
