@@ -33,9 +33,12 @@ class CheckpointStore:
     def path(self, series: int) -> Path:
         return self.folder / f"trial-{series}.pt"
 
-    def save(self, series: int, state: TrainState) -> None:
+    def save(self, series: int, state: TrainState, tag: str = "") -> None:
+        """Write ``state``; ``tag`` names what it belongs to (the trial's configuration and
+        seed), and ``load`` returns it only for the same tag."""
         self.folder.mkdir(parents=True, exist_ok=True)
         payload = {field.name: getattr(state, field.name) for field in fields(state)}
+        payload["tag"] = tag
         handle, tmp_name = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as tmp:
@@ -45,16 +48,23 @@ class CheckpointStore:
             Path(tmp_name).unlink(missing_ok=True)
             raise
 
-    def load(self, series: int) -> TrainState | None:
+    def load(self, series: int, tag: str = "") -> TrainState | None:
+        """The checkpoint of ``series`` if there is one and it carries ``tag``: a file left
+        by another study of the same name (another database) is ignored, not resumed."""
         path = self.path(series)
         if not path.exists():
             return None
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            return TrainState(**payload)
+            found = payload.pop("tag", "")
+            state = TrainState(**payload)
         except Exception as error:  # a damaged checkpoint costs a restart, not the trial
             logger.warning("ignoring unreadable checkpoint %s: %s", path, error)
             return None
+        if found != tag:
+            logger.warning("ignoring checkpoint %s: it belongs to another trial", path)
+            return None
+        return state
 
     def delete(self, series: int) -> None:
         self.path(series).unlink(missing_ok=True)

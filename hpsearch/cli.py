@@ -110,13 +110,17 @@ def run(
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads for training. Default: PyTorch's choice.")
+        int | None,
+        typer.Option(help="CPU threads per worker. Default: cores / workers.", show_default=False),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
+            envvar="HPSEARCH_WORKERS",
             help="Worker processes on this machine, sharing the study; CPU threads "
-            "are split between them. Default: 1."
+            "are split between them. Default: one single-threaded worker per CPU core; "
+            "on CUDA, as many per GPU as its free memory holds (2 GiB each, at most 8).",
+            show_default=False,
         ),
     ] = None,
     checkpoint_dir: Annotated[
@@ -319,6 +323,100 @@ def _cell(value: Any) -> str:
         seconds = value.total_seconds()
         return "-" if math.isnan(seconds) else f"{seconds:.1f}s"
     return str(value)
+
+
+@app.command()
+@clean_errors
+def finalize(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    storage: StorageOption = None,
+    top_k: Annotated[int, typer.Option(help="Configurations to retrain.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Seeds per configuration.")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for model.pt and finalize.json. Default: ./final-STUDY."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(envvar="HPSEARCH_DEVICE", help="auto, cpu or cuda.")
+    ] = "auto",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="HPSEARCH_DATA_DIR", help="Folder with the data sets."),
+    ] = None,
+) -> None:
+    """Retrain the best configurations with several seeds, choose by validation mean -/+ std,
+    retrain the choice on train + validation and score it once on the held-out test split."""
+    from hpsearch.data import resolve_data_dir
+    from hpsearch.finalize import finalize as run_finalize
+    from hpsearch.problems import get_problem
+    from hpsearch.search import resolve_device
+
+    if top_k < 1 or seeds < 1:
+        raise HpsearchError("--top-k and --seeds must be >= 1")
+    study = _load_study(study_name, storage)
+    attrs = study.user_attrs
+    if "problem" not in attrs:
+        raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
+    problem = get_problem(attrs["problem"])
+    metric = str(attrs["metric"])
+    options = attrs.get("data")
+    if options is None:  # studies from before the data options were recorded
+        from hpsearch.config import load_study_file
+
+        options = load_study_file(attrs["study_file"]).data
+    splits = problem.load_data(resolve_data_dir(data_dir), **options)
+    splits = splits.to(resolve_device(device))
+    out = out or Path(f"final-{study_name}")
+    err_console.print(
+        f"finalizing {study_name}: top {top_k} configurations x {seeds} seeds on "
+        f"{len(splits.x_train)} training rows, chosen on {len(splits.x_val)} validation rows",
+        highlight=False,
+    )
+
+    def show(candidate: Any) -> None:
+        err_console.print(
+            f"  trial {candidate.trial}: {metric} {format_value(candidate.mean)} "
+            f"± {format_value(candidate.std)} over {len(candidate.val_scores)} seeds "
+            f"(search: {format_value(candidate.search_value)}; {candidate.seconds:.0f} s)",
+            highlight=False,
+        )
+
+    result = run_finalize(
+        study, problem, splits, metric, top_k=top_k, seeds=seeds, out=out, on_candidate=show
+    )
+    table = Table(
+        title=f"{study_name}: trial {result.chosen.trial} retrained on "
+        f"{result.train_rows} rows, scored once on {result.test_rows} test rows"
+    )
+    table.add_column("test metric")
+    table.add_column("tuned network", justify="right", overflow="fold")
+    base = result.baseline["test"] if result.baseline else {}
+    table.add_column(result.baseline["name"] if result.baseline else "", justify="right")
+    for key, value in result.test_metrics.items():
+        if isinstance(value, dict):
+            value = " ".join(f"{k}:{format_value(v)}" for k, v in value.items())
+        shown = value if isinstance(value, str) else format_value(value)
+        table.add_row(key, shown, format_value(base[key]) if key in base else "")
+    console.print(table)
+    err_console.print(f"saved {out}/model.pt and {out}/finalize.json", highlight=False)
+
+
+@app.command()
+@clean_errors
+def report(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    storage: StorageOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder. Default: ./report-STUDY.")
+    ] = None,
+) -> None:
+    """Write the lab report's tables and figures for a study: index.html (self-contained),
+    tables.md and the figures as PNG."""
+    from hpsearch.report import build_report
+
+    study = _load_study(study_name, storage)
+    page = build_report(study, out or Path(f"report-{study_name}"))
+    err_console.print(f"wrote {page}", highlight=False)
 
 
 @app.command()

@@ -389,6 +389,21 @@ def load_study_file(path: str | Path) -> StudyConfig:
     return parse_study(raw, source=str(path), default_name=path.stem)
 
 
+def default_workers(settings: RunSettings) -> int:
+    """One worker per core on the CPU, per-GPU memory-probed on CUDA (``auto_workers``),
+    never more than the trials to run."""
+    import torch
+
+    from hpsearch.workers import auto_workers
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if settings.threads is not None and device != "cuda":  # --threads fixes the split
+        return max(1, auto_workers("cpu") // settings.threads)
+    return max(1, min(auto_workers(device), settings.trials))
+
+
 def resolve_settings(config: StudyConfig, **overrides: Any) -> RunSettings:
     """Merge settings: built-in defaults < study file < environment and flags.
 
@@ -410,6 +425,8 @@ def resolve_settings(config: StudyConfig, **overrides: Any) -> RunSettings:
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}")
     settings = replace(settings, **given)
+    if "workers" not in given:
+        settings = replace(settings, workers=default_workers(settings))
     if settings.trials < 1:
         raise HpsearchError(f"--trials must be >= 1, got {settings.trials}")
     if settings.timeout is not None and not (

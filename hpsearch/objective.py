@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -60,7 +61,11 @@ class Objective:
         # A retry keeps the seed and checkpoint of the first trial of its series.
         series = int(trial.user_attrs.get("retry_of", trial.number))
         seed = trial_seed(self.seed, series)
-        resume = self.checkpoints.load(series) if self.checkpoints else None
+        # Only a retry resumes, and only from a checkpoint of the same configuration and seed
+        # (a file left by a same-named study in another database is not this trial's).
+        tag = json.dumps({"params": params, "seed": seed}, sort_keys=True, default=str)
+        is_retry = "retry_of" in trial.user_attrs
+        resume = self.checkpoints.load(series, tag) if self.checkpoints and is_retry else None
         if resume is not None:
             logger.info(
                 "trial %d resumes trial %d after epoch %d", trial.number, series, resume.epoch
@@ -97,7 +102,7 @@ class Objective:
 
         def on_checkpoint(state: TrainState) -> None:
             if self.checkpoints is not None:
-                self.checkpoints.save(series, state)
+                self.checkpoints.save(series, state, tag)
 
         try:
             train(

@@ -232,6 +232,7 @@ def _create_or_load(
             study.set_user_attr("problem", config.problem.name)
             study.set_user_attr("metric", config.metric)
             study.set_user_attr("study_file", config.source)
+            study.set_user_attr("data", dict(config.data))  # to rebuild the splits
             for params in config.enqueue:
                 study.enqueue_trial(params, skip_if_exists=True)
     return study

@@ -258,7 +258,44 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def worker_threads(workers: int, cores: int | None = None) -> int:
     """CPU threads per local worker so that workers x threads <= cores."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     return max(1, cores // max(workers, 1))
+
+
+# A GPU worker's share of device memory: the CUDA context (~0.5 GiB), the data set on the
+# device, and the largest default model's weights, activations and optimizer state.
+GPU_WORKER_BYTES = 2 * 1024**3
+MAX_WORKERS_PER_GPU = 8
+
+
+def auto_workers(device_type: str, cores: int | None = None) -> int:
+    """The default number of local workers.
+
+    CPU: one single-threaded worker per core. Small models scale badly over threads (the
+    report's USPS model trains 1.4x faster per core as 2 one-thread workers than as one
+    two-thread worker; the house-price MLP 2x), so whole trials in parallel win
+    (benchmarks/workers.py measures it).
+    CUDA: per visible GPU, as many workers as its free memory holds at ``GPU_WORKER_BYTES``
+    each, at most ``MAX_WORKERS_PER_GPU`` and at most one per CPU core (each worker's Python
+    thread launches its kernels).
+    """
+    cores = cores or usable_cores()
+    if device_type != "cuda":
+        return cores
+    import torch
+
+    per_gpu = []
+    for index in range(torch.cuda.device_count()):
+        free, _total = torch.cuda.mem_get_info(index)
+        per_gpu.append(max(1, min(MAX_WORKERS_PER_GPU, free // GPU_WORKER_BYTES)))
+    return max(1, min(sum(per_gpu), cores))

@@ -104,6 +104,8 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "HPSEARCH_DB_PASSWORD",
     ):
         monkeypatch.delenv(name, raising=False)
+    # One in-process worker unless a test asks for more (the default is one per core).
+    monkeypatch.setenv("HPSEARCH_WORKERS", "1")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 from hpsearch import config as cfg
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import PROBLEMS
+from hpsearch.search import create_pruner
 from hpsearch.space import grid_search_space
 
 STUDIES_DIR = Path(__file__).parent.parent / "studies"
@@ -16,7 +17,9 @@ SHIPPED = sorted(STUDIES_DIR.glob("*.toml"))
 def test_packaged_studies_are_the_top_level_ones() -> None:
     assert {p.name for p in SHIPPED} >= {
         "usps.toml",
+        "usps-report.toml",
         "house-prices.toml",
+        "house-prices-report.toml",
         "house-prices-gaussian.toml",
     }
     assert set(cfg.packaged_studies()) == {p.stem for p in SHIPPED}
@@ -29,8 +32,20 @@ def _within(spec: cfg.ParamSpec, value: object) -> bool:
     return spec.low <= value <= spec.high  # type: ignore[operator]
 
 
+REPORT_STUDIES = [p for p in SHIPPED if p.stem in ("usps-report", "house-prices-report")]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_study_loads_and_contains_the_report_best(path: Path) -> None:
+def test_every_shipped_study_loads(path: Path) -> None:
+    study = cfg.load_study_file(path)
+    assert study.problem.name in PROBLEMS and study.metric in study.problem.metrics
+    create_pruner(study.pruner, study.pruner_options, study)
+
+
+@pytest.mark.parametrize(
+    "path", [*REPORT_STUDIES, STUDIES_DIR / "house-prices-gaussian.toml"], ids=lambda p: p.name
+)
+def test_report_studies_contain_the_report_best(path: Path) -> None:
     study = cfg.load_study_file(path)
     assert study.problem.name in PROBLEMS
     assert study.metric in study.problem.metrics
@@ -41,6 +56,14 @@ def test_every_shipped_study_loads_and_contains_the_report_best(path: Path) -> N
         assert _within(spec, defaults[name]), (path.name, name, defaults[name])
     # And the report's configuration is enqueued as the first trial.
     assert study.enqueue and all(study.enqueue[0][k] == defaults[k] for k in study.enqueue[0])
+
+
+def test_report_study_is_the_report_space() -> None:
+    usps = cfg.load_study_file(STUDIES_DIR / "usps-report.toml")
+    assert usps.space["channels"].choices == (64, 128, 256)
+    assert set(usps.space["activation"].choices) == {"relu", "tanh", "sigmoid"}
+    assert (usps.base_params["epochs"], usps.base_params["dropout"]) == (30, 0.1)
+    assert usps.base_params["lr_schedule"] == "step"
 
 
 def test_main_studies_vary_what_the_report_varied() -> None:
@@ -57,7 +80,7 @@ def test_main_studies_vary_what_the_report_varied() -> None:
         "dropout",
         "lr_schedule",
     } <= set(usps.space)
-    assert usps.space["channels"].choices == (64, 128, 256)
+    assert usps.space["channels"].choices == (16, 32, 64)
     assert (usps.space["n_conv_layers"].low, usps.space["n_conv_layers"].high) == (1, 4)
     house = cfg.load_study_file(STUDIES_DIR / "house-prices.toml")
     assert {
@@ -172,6 +195,44 @@ def test_settings_precedence() -> None:
     ]:
         with pytest.raises(HpsearchError, match=message):
             cfg.resolve_settings(study, **bad)
+
+
+def test_default_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from hpsearch import workers
+
+    study = cfg.load_study_file(STUDIES_DIR / "usps.toml")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(workers, "usable_cores", lambda: 6)
+    # CPU: one single-threaded worker per core, never more than the trials.
+    assert cfg.resolve_settings(study, device="cpu").workers == 6
+    assert cfg.resolve_settings(study, device="auto", trials=4).workers == 4
+    assert cfg.resolve_settings(study, device="cpu", threads=2).workers == 3
+    assert cfg.resolve_settings(study, device="cpu", workers=1).workers == 1
+    assert workers.worker_threads(6) == 1 and workers.worker_threads(2) == 3
+
+
+def test_default_workers_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA probe, with torch.cuda faked: free memory / 2 GiB per GPU, at most 8 each,
+    at most one per core, spread over the devices."""
+    import torch
+
+    from hpsearch import search, workers
+
+    gib = 1024**3
+    free = {0: 70 * gib, 1: 5 * gib}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 80 * gib))
+    assert workers.auto_workers("cuda", cores=16) == 8 + 2
+    assert workers.auto_workers("cuda", cores=4) == 4
+    free[1] = gib // 2  # a full GPU still gets one worker
+    assert workers.auto_workers("cuda", cores=16) == 9
+    study = cfg.load_study_file(STUDIES_DIR / "usps.toml")
+    monkeypatch.setattr(workers, "usable_cores", lambda: 16)
+    assert cfg.resolve_settings(study, device="auto", trials=200).workers == 9
+    assert search.worker_devices("auto", 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
 
 
 def test_grid_search_space(tmp_path: Path) -> None:

@@ -103,8 +103,9 @@ def test_checkpoint_kept_when_database_is_lost(tiny_usps_file: Path, tmp_path: P
     trial = LosesDatabase({"n_conv_layers": 1, "lr": 0.005, "loss": "mse"}, number=4)
     with pytest.raises(OperationalError):
         objective(trial)
-    saved = store.load(4)
-    assert saved is not None and saved.epoch == 1  # the retry resumes after epoch 1
+    saved = torch.load(store.path(4), weights_only=True)
+    assert saved["epoch"] == 1  # the retry resumes after epoch 1
+    assert '"lr": 0.005' in saved["tag"]
 
     # An ordinary error leaves nothing behind.
     class Broken(optuna.trial.FixedTrial):
@@ -113,4 +114,55 @@ def test_checkpoint_kept_when_database_is_lost(tiny_usps_file: Path, tmp_path: P
 
     with pytest.raises(ValueError):
         objective(Broken({"n_conv_layers": 1, "lr": 0.005, "loss": "mse"}, number=4))
-    assert store.load(4) is None
+    assert not store.path(4).exists()
+
+
+def test_checkpoints_resume_only_their_own_retry(tiny_usps_file: Path, tmp_path: Path) -> None:
+    """A checkpoint file with this trial's number but from another study of the same name
+    (another database) is never resumed: only by a retry of the same configuration and
+    seed."""
+    from hpsearch.checkpoints import CheckpointStore
+
+    config = load_study_file(tiny_usps_file)
+    store = CheckpointStore(tmp_path, "tiny")
+    objective = Objective(
+        config,
+        config.problem.load_data(**config.data),
+        torch.device("cpu"),
+        seed=0,
+        checkpoints=store,
+    )
+
+    class Dies(optuna.trial.FixedTrial):
+        def report(self, value: float, step: int) -> None:
+            if step == 2:
+                raise KeyboardInterrupt
+
+    params = {"n_conv_layers": 2, "lr": 0.005, "loss": "mse"}
+    with pytest.raises(KeyboardInterrupt):
+        objective(Dies(params, number=7))
+    assert store.path(7).exists()
+
+    class Retry(optuna.trial.FixedTrial):
+        def __init__(self, params: dict, number: int, retry_of: int | None) -> None:
+            super().__init__(params, number=number)
+            if retry_of is not None:
+                self.set_user_attr("retry_of", retry_of)
+
+    # A fresh trial 7 (another study, same name): starts from scratch.
+    fresh = Retry({**params, "n_conv_layers": 1}, number=7, retry_of=None)
+    objective(fresh)
+    assert "resumed_from_epoch" not in fresh.user_attrs
+    # (It finished, so its own checkpoint is gone; make the stale one again.)
+    with pytest.raises(KeyboardInterrupt):
+        objective(Dies(params, number=7))
+    # A retry of series 7 with another configuration: from scratch too.
+    other = Retry({**params, "lr": 0.001}, number=9, retry_of=7)
+    objective(other)
+    assert "resumed_from_epoch" not in other.user_attrs
+    # The true retry resumes after epoch 1.
+    with pytest.raises(KeyboardInterrupt):
+        objective(Dies(params, number=7))
+    retry = Retry(params, number=10, retry_of=7)
+    objective(retry)
+    assert retry.user_attrs["resumed_from_epoch"] == 1

@@ -15,16 +15,22 @@ def test_trials_is_the_study_total_and_reruns_resume(tiny_usps_file: Path, sqlit
     config = load_study_file(tiny_usps_file)
     seen: list[Progress] = []
     study, progress = run_study(
-        config, resolve_settings(config, storage=sqlite_url, trials=2), on_progress=seen.append
+        config,
+        resolve_settings(config, workers=1, storage=sqlite_url, trials=2),
+        on_progress=seen.append,
     )
     assert progress.finished == 2 and progress.trials_this_run == 2
     assert [p.finished for p in seen] == [0, 1, 2]
     assert seen[-1].best_value == study.best_value
     # Same command, larger total: runs only the difference.
-    study, progress = run_study(config, resolve_settings(config, storage=sqlite_url, trials=3))
+    study, progress = run_study(
+        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=3)
+    )
     assert progress.finished == 3 and progress.trials_this_run == 1
     # A finished study runs nothing.
-    study, progress = run_study(config, resolve_settings(config, storage=sqlite_url, trials=3))
+    study, progress = run_study(
+        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=3)
+    )
     assert progress.trials_this_run == 0
     states = [t.state for t in study.trials]
     assert len(states) == 3 and all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
@@ -37,17 +43,19 @@ def test_other_problem_in_same_study_name_is_refused(
     tiny_usps_file: Path, tiny_house_file: Path, sqlite_url: str
 ) -> None:
     usps = load_study_file(tiny_usps_file)
-    run_study(usps, resolve_settings(usps, storage=sqlite_url, trials=1, study_name="s"))
+    run_study(usps, resolve_settings(usps, workers=1, storage=sqlite_url, trials=1, study_name="s"))
     house = load_study_file(tiny_house_file)
     with pytest.raises(HpsearchError, match="holds usps"):
-        run_study(house, resolve_settings(house, storage=sqlite_url, trials=1, study_name="s"))
+        run_study(
+            house, resolve_settings(house, workers=1, storage=sqlite_url, trials=1, study_name="s")
+        )
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
 def test_every_sampler_runs(tiny_house_file: Path, sqlite_url: str, sampler: str) -> None:
     config = load_study_file(tiny_house_file)
     study, progress = run_study(
-        config, resolve_settings(config, storage=sqlite_url, trials=2, sampler=sampler)
+        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=2, sampler=sampler)
     )
     assert progress.finished == 2
     assert type(study.sampler).__name__.lower().startswith(sampler)
@@ -62,7 +70,7 @@ def test_grid_sampler_visits_the_grid(tmp_path: Path, sqlite_url: str) -> None:
         "[space.activation]\ntype = 'categorical'\nchoices = ['relu', 'tanh']\n"
     )
     config = load_study_file(path)
-    study, _ = run_study(config, resolve_settings(config, storage=sqlite_url))
+    study, _ = run_study(config, resolve_settings(config, workers=1, storage=sqlite_url))
     combos = {(t.params["n_hidden_layers"], t.params["activation"]) for t in study.trials}
     assert combos == {(1, "relu"), (1, "tanh"), (2, "relu"), (2, "tanh")}
 
@@ -94,7 +102,7 @@ def test_enqueued_report_config_runs_first(tmp_path: Path, sqlite_url: str) -> N
         "[[enqueue]]\nhidden_units = 128\n"
     )
     config = load_study_file(path)
-    study, _ = run_study(config, resolve_settings(config, storage=sqlite_url))
+    study, _ = run_study(config, resolve_settings(config, workers=1, storage=sqlite_url))
     assert study.trials[0].params == {"hidden_units": 128}
 
 
@@ -107,7 +115,7 @@ def test_failing_trials_stop_the_run(
     monkeypatch.setattr("hpsearch.objective.train", broken_train)
     config = load_study_file(tiny_usps_file)
     with pytest.raises(HpsearchError, match="5 trials failed in a row, last: RuntimeError: CUDA"):
-        run_study(config, resolve_settings(config, storage=sqlite_url, trials=10))
+        run_study(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=10))
     study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 5
     assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory"

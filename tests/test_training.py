@@ -33,7 +33,7 @@ def _fit(config: TrainConfig, **kwargs: object) -> training.TrainResult:
 
 @pytest.mark.parametrize("optimizer", training.OPTIMIZERS)
 def test_every_optimizer_learns(optimizer: str) -> None:
-    lr = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.005}[optimizer]
+    lr = {"sgd": 0.05, "adam": 0.01, "adamw": 0.01, "rmsprop": 0.005}[optimizer]
     result = _fit(TrainConfig(epochs=30, batch_size=32, optimizer=optimizer, lr=lr))
     assert result.epochs_run == 30
     first, last = result.history[0].metrics["mse"], result.history[-1].metrics["mse"]
@@ -74,6 +74,36 @@ def test_step_schedule_divides_lr_by_ten_every_ten_epochs() -> None:
         scheduler.step()
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.01)
     assert lrs[10] == pytest.approx(0.001) and lrs[20] == pytest.approx(0.0001)
+
+
+def test_cosine_schedule_ends_near_zero_at_the_last_epoch() -> None:
+    model = torch.nn.Linear(2, 1)
+    config = TrainConfig(epochs=10, batch_size=1, lr=0.01, lr_schedule="cosine")
+    optimizer = training.make_optimizer(model, config)
+    scheduler = training.make_scheduler(optimizer, config)
+    assert scheduler is not None
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[5] == pytest.approx(0.005)
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.0003
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_fused_adam_matches_the_default_implementation(optimizer: str) -> None:
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        config = TrainConfig(epochs=3, batch_size=16, optimizer=optimizer, fused=fused)
+        opt = training.make_optimizer(model, config)
+        assert bool(opt.defaults.get("fused")) is fused
+        training.train(model, x, y, torch.nn.functional.mse_loss, config, evaluate=lambda m: {})
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
 
 
 def test_on_epoch_can_stop_training() -> None:

@@ -1,0 +1,128 @@
+"""Best validation score vs wall time: hpsearch's default search against random search
+without pruning, on the same wall-clock budget, over several seeds, in one run.
+
+    python benchmarks/search_budget.py house-prices --budget 60 --seeds 0 1 2
+    python benchmarks/search_budget.py usps --budget 240 --seeds 0 1 2
+
+Each run is a real `hpsearch run STUDY --timeout BUDGET` (default workers, a fresh SQLite
+file); only trials finished within BUDGET seconds of the command's start count. The table
+gives the best validation score at a quarter, half and all of the budget (mean and spread
+over seeds), and the time each strategy needs to reach the target: by default the score
+random search reaches on every seed by the end of its budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import optuna
+
+STRATEGIES = {
+    "default (study file)": [],
+    "random, no pruning": ["--sampler", "random", "--pruner", "none"],
+}
+
+
+def run(study: str, args: list[str], seed: int, budget: float, folder: Path) -> tuple:
+    """One search; returns (direction, [(seconds since start, value)] of finished trials)."""
+    url = f"sqlite:///{folder / f'{seed}-{len(args)}.db'}"
+    command = [sys.executable, "-m", "hpsearch", "run", study, "--storage", url]
+    command += ["--trials", "100000", "--timeout", str(budget), "--seed", str(seed), *args]
+    started = datetime.datetime.now()
+    log = folder / "log.txt"
+    with log.open("a") as out:
+        code = subprocess.call(command, stdout=out, stderr=out, env={**os.environ})
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({code}); see {log}")
+    loaded = optuna.load_study(study_name=None, storage=url)
+    finished = [
+        ((t.datetime_complete - started).total_seconds(), t.value)
+        for t in loaded.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if t.datetime_complete is not None and t.value is not None
+    ]
+    return loaded.direction, sorted(finished)
+
+
+def best_by(points: list[tuple[float, float]], seconds: float, maximize: bool) -> float | None:
+    values = [value for at, value in points if at <= seconds]
+    if not values:
+        return None
+    return max(values) if maximize else min(values)
+
+
+def time_to(points: list[tuple[float, float]], target: float, maximize: bool) -> float | None:
+    for at, value in points:
+        if (value >= target) if maximize else (value <= target):
+            return at
+    return None
+
+
+def summary(values: list[float | None], fmt: str) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    text = format(statistics.mean(present), fmt)
+    if len(present) > 1:
+        text += " ±" + format(statistics.stdev(present), fmt)
+    missing = len(values) - len(present)
+    return text + (f" ({missing} none)" if missing else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="problem or study file, as for hpsearch run")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per search")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target", type=float, default=None)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict[str, list[list[tuple[float, float]]]] = {}
+    maximize = False
+    wall = time.perf_counter()
+    with TemporaryDirectory() as tmp:
+        for seed in args.seeds:  # interleaved, so drift hits both strategies alike
+            for name, flags in STRATEGIES.items():
+                direction, points = run(args.study, flags, seed, args.budget, Path(tmp))
+                maximize = direction == optuna.study.StudyDirection.MAXIMIZE
+                results.setdefault(name, []).append(points)
+    budget = args.budget
+    target = args.target
+    if target is None:  # what random search reaches on every seed
+        finals = [best_by(p, budget, maximize) for p in results["random, no pruning"]]
+        present = [v for v in finals if v is not None]
+        target = (min(present) if maximize else max(present)) if present else None
+    fmt = ".4f" if maximize else ",.0f"
+    print(
+        f"{args.study}: budget {budget:.0f} s per search, seeds {args.seeds}, "
+        f"{'maximize' if maximize else 'minimize'}; {time.perf_counter() - wall:.0f} s in all"
+    )
+    header = f"{'strategy':<22}{'trials':>8}"
+    for share in (0.25, 0.5, 1.0):
+        header += f"{f'best @ {share * budget:.0f}s':>24}"
+    print(header + f"{'time to ' + (format(target, fmt) if target else '-'):>22}")
+    times: dict[str, float] = {}
+    for name, runs in results.items():
+        line = f"{name:<22}{statistics.mean(len(p) for p in runs):>8.1f}"
+        for share in (0.25, 0.5, 1.0):
+            line += f"{summary([best_by(p, share * budget, maximize) for p in runs], fmt):>24}"
+        reach = [time_to(p, target, maximize) if target else None for p in runs]
+        line += f"{summary(reach, '.0f') + ' s':>22}"
+        present = [r for r in reach if r is not None]
+        if len(present) == len(reach):
+            times[name] = statistics.mean(present)
+        print(line)
+    if len(times) == 2:
+        default, random = times["default (study file)"], times["random, no pruning"]
+        print(f"default search reaches the target {random / default:.1f}x sooner than random")
+
+
+if __name__ == "__main__":
+    main()

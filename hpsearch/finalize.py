@@ -1,0 +1,277 @@
+"""From a study to one trusted model: retrain the best configurations with several seeds,
+choose robustly on validation, train the choice on train + validation and score it once on
+the held-out test split.
+
+This module is the only code that reads ``Splits.x_test`` / ``y_test``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from hpsearch.data import Splits
+from hpsearch.errors import HpsearchError
+from hpsearch.problems import Metrics, Problem
+from hpsearch.training import TrainConfig, gaussian_nll, predict, train
+
+MODEL_FILE = "model.pt"
+RESULT_FILE = "finalize.json"
+
+
+@dataclass
+class Candidate:
+    """One configuration retrained with several seeds, scored on validation."""
+
+    trial: int
+    params: dict[str, Any]
+    search_value: float
+    val_scores: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.val_scores)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.val_scores) if len(self.val_scores) > 1 else 0.0
+
+    def robust(self, maximize: bool) -> float:
+        """Mean minus one standard deviation (plus, when lower is better)."""
+        return self.mean - self.std if maximize else self.mean + self.std
+
+
+@dataclass
+class FinalResult:
+    study: str
+    problem: str
+    metric: str
+    chosen: Candidate
+    candidates: list[Candidate]
+    test_metrics: dict[str, Any]
+    train_rows: int
+    test_rows: int
+    seconds: float
+    checksums: dict[str, str]
+    baseline: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def candidate(c: Candidate) -> dict[str, Any]:
+            return {**asdict(c), "val_mean": c.mean, "val_std": c.std}
+
+        return {
+            "study": self.study,
+            "problem": self.problem,
+            "metric": self.metric,
+            "selection": "top-k trials retrained on train with each seed; chosen by "
+            "validation mean -/+ one std; the choice retrained on train + validation "
+            "(seed 0) and scored once on test",
+            "chosen": candidate(self.chosen),
+            "candidates": [candidate(c) for c in self.candidates],
+            "test": self.test_metrics,
+            "baseline": self.baseline,
+            "train_rows": self.train_rows,
+            "test_rows": self.test_rows,
+            "seconds": round(self.seconds, 1),
+            "checksums": self.checksums,
+            "torch": torch.__version__,
+            "optuna": optuna.__version__,
+        }
+
+
+def top_configurations(study: optuna.Study, k: int) -> list[tuple[int, dict[str, Any], float]]:
+    """The best ``k`` complete trials with distinct configurations: (number, params, value)."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if t.value is not None and math.isfinite(t.value) and "config" in t.user_attrs
+    ]
+    trials.sort(key=lambda t: t.value, reverse=maximize)  # type: ignore[arg-type, return-value]
+    chosen: list[tuple[int, dict[str, Any], float]] = []
+    seen: set[str] = set()
+    for trial in trials:
+        key = json.dumps(trial.user_attrs["config"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            chosen.append((trial.number, dict(trial.user_attrs["config"]), float(trial.value)))  # type: ignore[arg-type]
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> dict[str, Any]:
+    """The problem's metrics on the test split, plus per-class accuracy (classification),
+    R2 (regression) and interval coverage (Gaussian regressor)."""
+    x, y = splits.x_test, splits.y_test
+    metrics: dict[str, Any] = dict(problem.evaluate(model, x, y, splits))
+    output = predict(model, x)
+    if problem.model == "conv":
+        hits = output.argmax(dim=-1) == y
+        metrics["per_class_accuracy"] = {
+            str(c): float(hits[y == c].float().mean()) for c in torch.unique(y).tolist()
+        }
+        return metrics
+    mean = output[:, 0] if output.dim() == 2 else output
+    y64, mean64 = y.double(), mean.double()
+    residual = float(((y64 - mean64) ** 2).sum())
+    total = float(((y64 - y64.mean()) ** 2).sum())
+    metrics["r2"] = 1.0 - residual / total if total > 0 else math.nan
+    if problem.model == "gaussian":
+        sigma = torch.exp(0.5 * output[:, 1].double())
+        z = ((y64 - mean64) / sigma).abs()
+        metrics["coverage_68"] = float((z <= 1.0).double().mean())
+        metrics["coverage_95"] = float((z <= 1.959964).double().mean())
+        metrics["nll_normalized"] = float(gaussian_nll(output.double(), y64))
+    return metrics
+
+
+def _fit(
+    problem: Problem,
+    params: Mapping[str, Any],
+    splits: Splits,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    evaluate: Callable[[nn.Module], Metrics],
+) -> tuple[nn.Module, Metrics]:
+    torch.manual_seed(seed)
+    model = problem.build_model(params, splits).to(x.device)
+    result = train(
+        model,
+        x,
+        y,
+        problem.losses[params["loss"]],
+        TrainConfig.from_params(params, seed=seed),
+        evaluate=evaluate,
+        eval_every=max(1, int(params["epochs"])),
+    )
+    return model, result.metrics
+
+
+def finalize(
+    study: optuna.Study,
+    problem: Problem,
+    splits: Splits,
+    metric: str,
+    *,
+    top_k: int = 3,
+    seeds: int = 3,
+    out: Path | None = None,
+    with_baseline: bool = True,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> FinalResult:
+    """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
+    split, choose by validation mean -/+ std, retrain the choice on train + validation and
+    score it once on test. With ``out``, save the weights and ``finalize.json`` there.
+    ``with_baseline`` also fits the problem's classic baseline (hpsearch.baselines) on the
+    same rows.
+
+    Raises:
+        HpsearchError: the study has no complete trial.
+    """
+    started = time.perf_counter()
+    configs = top_configurations(study, top_k)
+    if not configs:
+        raise HpsearchError(f"study {study.study_name!r} has no complete trial to finalize")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    name = metric.removeprefix("val_")
+
+    def validation(model: nn.Module) -> Metrics:
+        return problem.evaluate(model, splits.x_val, splits.y_val, splits)
+
+    candidates = []
+    for number, params, value in configs:
+        candidate = Candidate(trial=number, params=params, search_value=value)
+        tic = time.perf_counter()
+        for seed in range(seeds):
+            _, metrics = _fit(
+                problem, params, splits, splits.x_train, splits.y_train, seed, validation
+            )
+            candidate.val_scores.append(float(metrics[name]))
+        candidate.seconds = round(time.perf_counter() - tic, 1)
+        candidates.append(candidate)
+        if on_candidate is not None:
+            on_candidate(candidate)
+    finite = [c for c in candidates if all(math.isfinite(v) for v in c.val_scores)]
+    if not finite:
+        raise HpsearchError("every retrained configuration diverged; nothing to finalize")
+    pick = max if maximize else min
+    chosen = pick(finite, key=lambda c: c.robust(maximize))
+    x_all = torch.cat([splits.x_train, splits.x_val])
+    y_all = torch.cat([splits.y_train, splits.y_val])
+    model, _ = _fit(problem, chosen.params, splits, x_all, y_all, 0, lambda m: {})
+    result = FinalResult(
+        study=study.study_name,
+        problem=problem.name,
+        metric=metric,
+        chosen=chosen,
+        candidates=candidates,
+        test_metrics=test_metrics(problem, model, splits),  # the one look at test
+        train_rows=len(x_all),
+        test_rows=len(splits.x_test),
+        seconds=time.perf_counter() - started,
+        checksums=dict(splits.checksums),
+    )
+    if with_baseline:
+        from hpsearch.baselines import baseline
+
+        result.baseline = baseline(problem, splits)
+    if out is not None:
+        save(result, model, out)
+    # For `hpsearch report` and the dashboard: the answer, stored with the study.
+    study.set_user_attr(
+        "finalize",
+        {
+            "trial": chosen.trial,
+            "params": chosen.params,
+            "val_mean": chosen.mean,
+            "val_std": chosen.std,
+            "test": result.test_metrics,
+            "baseline": result.baseline,
+            "train_rows": result.train_rows,
+            "test_rows": result.test_rows,
+            "out": str(out) if out is not None else None,
+        },
+    )
+    return result
+
+
+def save(result: FinalResult, model: nn.Module, out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), out / MODEL_FILE)
+        (out / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    except OSError as error:
+        raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
+
+
+def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a finalized model from ``--out``'s folder: ``(model in eval mode, record)``,
+    the record being ``finalize.json`` (configuration, metrics, data checksums)."""
+    from hpsearch import models
+    from hpsearch.problems import get_problem
+
+    folder = Path(folder)
+    record = json.loads((folder / RESULT_FILE).read_text())
+    problem = get_problem(record["problem"])
+    state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+    params = record["chosen"]["params"]
+    kwargs: dict[str, Any] = {}
+    if problem.model != "conv":  # the MLPs' input width is in the first layer's weights
+        first = next(key for key in state if key.endswith("weight"))
+        kwargs["n_features"] = state[first].shape[1]
+    model = models.build_model(problem.model, params, **kwargs)
+    model.load_state_dict(state)
+    return model.eval(), record
