@@ -74,14 +74,14 @@ def main() -> None:
     cores = usable_cores()
     splits = [(w, cores // w) for w in range(1, cores + 1) if cores % w == 0]
     print(f"{cores} cores; {args.trials} trials per row; each row's time includes process start")
-    print(f"{'problem':<14}{'workers x threads':>19}{'trials/min':>12}{'vs 1 worker':>13}")
+    print(f"{'problem':<24}{'workers x threads':>19}{'trials/min':>12}{'vs 1 worker':>13}")
     for problem, epochs in (("usps", args.usps_epochs), ("house-prices", args.house_epochs)):
         base = None
         for workers, threads in splits:
             rate = trials_per_minute(problem, epochs, args.trials, workers, threads)
             base = base or rate
             print(
-                f"{problem + f' ({epochs} ep)':<14}{f'{workers} x {threads}':>19}"
+                f"{problem + f' ({epochs} epochs)':<24}{f'{workers} x {threads}':>19}"
                 f"{rate:>12.1f}{rate / base:>12.2f}x",
                 flush=True,
             )

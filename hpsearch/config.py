@@ -211,6 +211,9 @@ def _allowed_values(problem: Problem) -> dict[str, tuple[Any, ...]]:
         "lr_schedule": training.LR_SCHEDULES,
         "loss": tuple(problem.losses),
         "batch_norm": (True, False),
+        "fused": (True, False),
+        "channels_last": (True, False),
+        "bf16": (True, False),
     }
 
 

@@ -160,3 +160,41 @@ def test_train_config_from_params() -> None:
     assert (config.epochs, config.batch_size, config.lr, config.seed) == (3, 8, 0.1, 5)
     with pytest.raises(ValueError, match="unknown optimizer"):
         training.make_optimizer(torch.nn.Linear(1, 1), TrainConfig(1, 1, optimizer="lbfgs"))
+
+
+def test_channels_last_trains_the_same_model() -> None:
+    from hpsearch.models import build_model
+
+    x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
+    params = {"n_conv_layers": 2, "channels": 8, "activation": "relu", "dropout": 0.0}
+    outputs = []
+    for channels_last in (True, False):
+        torch.manual_seed(0)
+        model = build_model("conv", params)
+        config = TrainConfig(
+            epochs=1, batch_size=16, optimizer="sgd", lr=0.01, channels_last=channels_last
+        )
+        training.train(
+            model,
+            x,
+            y,
+            training.CLASSIFICATION_LOSSES["cross_entropy"],
+            config,
+            evaluate=lambda m: {},
+        )
+        conv = [m for m in model if isinstance(m, torch.nn.Conv2d)][1].weight  # 8 in-channels
+        assert conv.is_contiguous(memory_format=torch.channels_last) is channels_last
+        outputs.append(training.predict(model, x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-3, atol=1e-4)  # same math
+
+
+def test_bf16_autocast_trains() -> None:
+    x, y = torch.randn(256, 3), torch.randn(256, 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    before = float(torch.nn.functional.mse_loss(model(x), y).detach())
+    config = TrainConfig(epochs=20, batch_size=32, lr=0.01, bf16=True)
+    result = training.train(
+        model, x, y, torch.nn.functional.mse_loss, config, evaluate=lambda m: {}
+    )
+    assert result.train_loss < before and model[0].weight.dtype == torch.float32
