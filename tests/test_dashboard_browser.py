@@ -1,0 +1,179 @@
+"""`hpsearch dashboard` in a real browser: headless Chromium (Debian's), driven by Playwright.
+
+Needs /usr/bin/chromium (or $HPSEARCH_TEST_CHROMIUM) and the playwright package; without
+them the test is skipped, except under CI=true, where it fails (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_HOUSE
+
+CHROMIUM = os.environ.get("HPSEARCH_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def _need_browser() -> None:
+    missing = []
+    if not Path(CHROMIUM).exists():
+        missing.append(CHROMIUM)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package")
+    if missing:
+        message = f"browser test needs {' and '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _outward_address() -> str | None:
+    """This machine's non-loopback IPv4 address, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _start_dashboard(folder: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    exe = shutil.which("hpsearch")
+    assert exe is not None
+    port = _free_port()
+    server = subprocess.Popen(
+        [exe, "dashboard", "--port", str(port), *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _reachable("127.0.0.1", port):
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise AssertionError(f"dashboard did not start: {server.communicate()[0]}")
+        time.sleep(0.5)
+    return server, port
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[int, str, int]]:
+    """A real `hpsearch run` (3 trials), then `hpsearch dashboard` on its SQLite file."""
+    _need_browser()
+    study_file = tmp_path / "tiny-house.toml"
+    study_file.write_text(TINY_HOUSE.format(problem="house-prices"))
+    exe = shutil.which("hpsearch")
+    assert exe is not None
+    run = subprocess.run(
+        [exe, "run", str(study_file), "--trials", "3", "--workers", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    server, port = _start_dashboard(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as r:
+            assert r.status == 200
+        yield port, study_file.stem, 3
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_dashboard_in_chromium(
+    dashboard: tuple[int, str, int], request: pytest.FixtureRequest
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    port, study_name, trials = dashboard
+    base = f"http://127.0.0.1:{port}/dashboard"
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            # The study list shows the study; clicking it opens the study page.
+            page.goto(f"{base}/")
+            page.get_by_text(study_name).first.click()
+            page.wait_for_url(f"{base}/studies/*")
+            # The history plot renders, one point per finished trial (pruned included).
+            page.wait_for_selector("#plot-history .main-svg", timeout=30_000)
+            page.wait_for_function(
+                f"document.querySelectorAll('#plot-history path.point').length >= {trials}",
+                timeout=30_000,
+            )
+            assert page.locator("#plot-history path.point").count() == trials
+            # Kept beside the test suite (test-screenshots/, git-ignored) for a look.
+            folder = request.config.rootpath / "test-screenshots"
+            folder.mkdir(exist_ok=True)
+            shot = folder / "dashboard-history.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            # The trial list counts the trials.
+            page.goto(f"{page.url.rstrip('/')}/trials")
+            page.get_by_text(f"{trials} Trials").wait_for(timeout=30_000)
+        finally:
+            browser.close()
+    assert problems == []
+
+
+def test_dashboard_listens_on_loopback_unless_asked(
+    dashboard: tuple[int, str, int], tmp_path: Path
+) -> None:
+    port, _, _ = dashboard
+    assert _reachable("127.0.0.1", port)
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    assert not _reachable(address, port)
+    # --host 0.0.0.0 is the explicit way to expose it.
+    server, open_port = _start_dashboard(tmp_path, "--host", "0.0.0.0")
+    try:
+        assert _reachable(address, open_port)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
