@@ -165,9 +165,9 @@ def _focus(ax: Any, values: Iterable[float], study: optuna.Study) -> None:
         return
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     if maximize:
-        low, high = finite[len(finite) // 4], finite[-1]
+        low, high = finite[len(finite) // 10], finite[-1]
     else:
-        low, high = finite[0], finite[(3 * len(finite)) // 4]
+        low, high = finite[0], finite[(9 * len(finite)) // 10]
     pad = (high - low) * 0.05 or abs(high) * 0.01 or 1.0
     ax.set_ylim(low - pad, high + pad)
 

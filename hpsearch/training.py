@@ -75,11 +75,12 @@ class TrainConfig:
     lr_step_epochs: int = 10
     lr_gamma: float = 0.1
     fused: bool = True  # fused Adam/AdamW kernels; off gives PyTorch's default (foreach)
-    # Image batches and conv weights in NHWC order: 12% faster epochs on the CPU for the
+    # Image batches and conv weights in NHWC order: 17-25% shorter epochs on the CPU for the
     # report's USPS model (benchmarks/epoch_speed.py); no effect on MLPs.
     channels_last: bool = True
-    # bfloat16 autocast of forward passes in training: 17% faster epochs on this project's
-    # CPU (AMX), slower on CPUs without bf16 units; off by default, switch on per study.
+    # bfloat16 autocast of forward passes in training: 17-23% shorter epochs on this
+    # project's CPU (AMX), slower on CPUs without bf16 units and different numerics; off by
+    # default, switch on per study.
     bf16: bool = False
     seed: int = 0
 

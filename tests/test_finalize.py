@@ -63,7 +63,7 @@ def test_finalize_regressors_report_dollars_r2_and_coverage(
 ) -> None:
     config, study = _study(tiny_house_file, sqlite_url, trials=3)
     splits = config.problem.load_data(data.resolve_data_dir(), **config.data)
-    result = finalize(study, config.problem, splits, config.metric, top_k=1, seeds=2, out=None)
+    result = finalize(study, config.problem, splits, config.metric, top_k=1, seeds=2, out=Path("f"))
     test = result.test_metrics
     assert 10_000 < test["rmse"] < 200_000 and test["mae"] <= test["rmse"]
     assert -1.0 < test["r2"] <= 1.0
@@ -71,8 +71,12 @@ def test_finalize_regressors_report_dollars_r2_and_coverage(
     if config.problem.name == "house-prices-gaussian":
         assert 0.0 <= test["coverage_68"] <= test["coverage_95"] <= 1.0
         assert "nll" in test
-    model_free = not Path("final").exists()
-    assert model_free  # no --out, nothing written
+    # Reloaded, the saved model gives the same test RMSE.
+    reloaded, record = load_model("f")
+    output = predict(reloaded, splits.x_test)
+    mean = output[:, 0] if output.dim() == 2 else output
+    error = (mean - splits.y_test).double() * splits.target_std
+    assert float(error.pow(2).mean().sqrt()) == pytest.approx(record["test"]["rmse"], rel=1e-5)
 
 
 def test_finalize_command(tiny_usps_file: Path, sqlite_url: str) -> None:
