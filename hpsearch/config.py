@@ -174,6 +174,10 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, str]] = {
     "momentum": (0.0, 1.0, "a number from 0 to 1"),
     "lr_gamma": (1e-12, 1.0, "a number in (0, 1]"),
     "weight_decay": (0.0, math.inf, "a number >= 0"),
+    "aug_translate": (0.0, 0.5, "a number from 0 to 0.5 (fraction of the image)"),
+    "aug_rotate": (0.0, 180.0, "a number of degrees from 0 to 180"),
+    "aug_scale": (0.0, 0.9, "a number from 0 to 0.9"),
+    "aug_shear": (0.0, 60.0, "a number of degrees from 0 to 60"),
 }
 _INTEGER_PARAMS = {
     "epochs",

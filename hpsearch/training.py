@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpsearch.augment import Affine, random_affine
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
 
@@ -82,7 +84,16 @@ class TrainConfig:
     # project's CPU (AMX), slower on CPUs without bf16 units and different numerics; off by
     # default, switch on per study.
     bf16: bool = False
+    # Random affine distortion of each training image (hpsearch.augment); 0 turns each off.
+    aug_translate: float = 0.0  # fraction of the image size
+    aug_rotate: float = 0.0  # degrees
+    aug_scale: float = 0.0  # relative size change
+    aug_shear: float = 0.0  # degrees
     seed: int = 0
+
+    @property
+    def augmentation(self) -> Affine:
+        return Affine(self.aug_translate, self.aug_rotate, self.aug_scale, self.aug_shear)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, seed: int = 0) -> TrainConfig:
@@ -236,6 +247,8 @@ def train(
         if config.bf16
         else contextlib.nullcontext()
     )
+    augmentation = config.augmentation if x_train.dim() == 4 else Affine()
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.train()
     for epoch in range(first_epoch, config.epochs + 1):
         # Summed on the device: one host sync per epoch instead of one per batch.
@@ -243,8 +256,11 @@ def train(
         n_batches = 0
         for idx in batch_indices(len(x_train), config.batch_size, generator, device):
             optimizer.zero_grad(set_to_none=True)
+            batch = x_train[idx]
+            if augmentation.active:
+                batch = random_affine(batch, augmentation).contiguous(memory_format=memory_format)
             with autocast:
-                loss = loss_fn(model(x_train[idx]), y_train[idx])
+                loss = loss_fn(model(batch), y_train[idx])
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()

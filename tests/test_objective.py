@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -80,20 +81,20 @@ def test_pruner_stops_bad_trial(tiny_usps_file: Path) -> None:
     assert "pruner stopped it" in trial.user_attrs["pruned_reason"]
 
 
+def _checkpointing_objective(study_file: Path, folder: Path) -> tuple[Objective, Any]:
+    """An Objective on the tiny USPS study that checkpoints into ``folder``."""
+    from hpsearch.checkpoints import CheckpointStore
+
+    config = load_study_file(study_file)
+    store = CheckpointStore(folder, "tiny")
+    data = config.problem.load_data(**config.data)
+    return Objective(config, data, torch.device("cpu"), seed=0, checkpoints=store), store
+
+
 def test_checkpoint_kept_when_database_is_lost(tiny_usps_file: Path, tmp_path: Path) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from hpsearch.checkpoints import CheckpointStore
-
-    config = load_study_file(tiny_usps_file)
-    store = CheckpointStore(tmp_path, "tiny")
-    objective = Objective(
-        config,
-        config.problem.load_data(**config.data),
-        torch.device("cpu"),
-        seed=0,
-        checkpoints=store,
-    )
+    objective, store = _checkpointing_objective(tiny_usps_file, tmp_path)
 
     class LosesDatabase(optuna.trial.FixedTrial):
         def report(self, value: float, step: int) -> None:
@@ -121,17 +122,7 @@ def test_checkpoints_resume_only_their_own_retry(tiny_usps_file: Path, tmp_path:
     """A checkpoint file with this trial's number but from another study of the same name
     (another database) is never resumed: only by a retry of the same configuration and
     seed."""
-    from hpsearch.checkpoints import CheckpointStore
-
-    config = load_study_file(tiny_usps_file)
-    store = CheckpointStore(tmp_path, "tiny")
-    objective = Objective(
-        config,
-        config.problem.load_data(**config.data),
-        torch.device("cpu"),
-        seed=0,
-        checkpoints=store,
-    )
+    objective, store = _checkpointing_objective(tiny_usps_file, tmp_path)
 
     class Dies(optuna.trial.FixedTrial):
         def report(self, value: float, step: int) -> None:

@@ -61,32 +61,29 @@ def test_divergence_raises_non_finite() -> None:
     assert not math.isfinite(caught.value.loss)
 
 
-def test_step_schedule_divides_lr_by_ten_every_ten_epochs() -> None:
+def _lrs(schedule: str, epochs: int) -> list[float]:
+    """The learning rate of each epoch under ``schedule``, starting from 0.01."""
     model = torch.nn.Linear(2, 1)
-    config = TrainConfig(epochs=30, batch_size=1, lr=0.01, lr_schedule="step")
+    config = TrainConfig(epochs=epochs, batch_size=1, lr=0.01, lr_schedule=schedule)
     optimizer = training.make_optimizer(model, config)
     scheduler = training.make_scheduler(optimizer, config)
     assert scheduler is not None
     lrs = []
-    for _ in range(30):
+    for _ in range(epochs):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return lrs
+
+
+def test_step_schedule_divides_lr_by_ten_every_ten_epochs() -> None:
+    lrs = _lrs("step", 30)
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.01)
     assert lrs[10] == pytest.approx(0.001) and lrs[20] == pytest.approx(0.0001)
 
 
 def test_cosine_schedule_ends_near_zero_at_the_last_epoch() -> None:
-    model = torch.nn.Linear(2, 1)
-    config = TrainConfig(epochs=10, batch_size=1, lr=0.01, lr_schedule="cosine")
-    optimizer = training.make_optimizer(model, config)
-    scheduler = training.make_scheduler(optimizer, config)
-    assert scheduler is not None
-    lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = _lrs("cosine", 10)
     assert lrs[0] == pytest.approx(0.01) and lrs[5] == pytest.approx(0.005)
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.0003
 
