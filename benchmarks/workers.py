@@ -26,23 +26,22 @@ def run_trials(problem: str, epochs: int, trials: int, threads: int, device: str
     import torch
 
     from hpsearch.data import resolve_data_dir
+    from hpsearch.finalize import fit
     from hpsearch.problems import PROBLEMS
-    from hpsearch.training import TrainConfig, train
 
     torch.set_num_threads(threads)
     spec = PROBLEMS[problem]
     splits = spec.load_data(resolve_data_dir(None)).to(torch.device(device))
     params = {**spec.defaults, "epochs": epochs}
     for seed in range(trials):
-        torch.manual_seed(seed)
-        model = spec.build_model(params, splits).to(device)
-        train(
-            model,
+        fit(
+            spec,
+            params,
+            splits,
             splits.x_train,
             splits.y_train,
-            spec.losses[params["loss"]],
-            TrainConfig.from_params(params, seed=seed),
-            evaluate=lambda m: spec.evaluate(m, splits.x_val, splits.y_val, splits),
+            seed,
+            lambda m: spec.evaluate(m, splits.x_val, splits.y_val, splits),
         )
 
 

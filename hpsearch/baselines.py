@@ -9,30 +9,28 @@ and scored on the same test rows, so a user sees what the search bought.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from hpsearch.data import Splits
-from hpsearch.problems import Problem
+from hpsearch.problems import Problem, dollar_errors, r2_score
 
 
-def _numpy(splits: Splits) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _numpy(splits: Splits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train + validation rows (flattened inputs, targets) and the flattened test inputs."""
     x = np.concatenate([splits.x_train.cpu().numpy(), splits.x_val.cpu().numpy()])
     y = np.concatenate([splits.y_train.cpu().numpy(), splits.y_val.cpu().numpy()])
-    return (
-        x.reshape(len(x), -1),
-        y,
-        splits.x_test.cpu().numpy().reshape(len(splits.x_test), -1),
-        (splits.y_test.cpu().numpy()),
-    )
+    x_test = splits.x_test.cpu().numpy()
+    return x.reshape(len(x), -1), y, x_test.reshape(len(x_test), -1)
 
 
 def baseline(problem: Problem, splits: Splits) -> dict[str, Any]:
     """Fit the problem's baseline on train + validation; its test metrics, name and seconds."""
-    x, y, x_test, y_test = _numpy(splits)
+    x, y, x_test = _numpy(splits)
+    y_test = splits.y_test.cpu()
     started = time.perf_counter()
     metrics: dict[str, Any]
     if problem.model == "conv":
@@ -41,20 +39,12 @@ def baseline(problem: Problem, splits: Splits) -> dict[str, Any]:
         model = SVC(C=10.0, kernel="rbf", gamma="scale").fit(x, y)
         predicted = model.predict(x_test)
         name = "RBF SVM (C=10)"
-        metrics = {"accuracy": float((predicted == y_test).mean())}
+        metrics = {"accuracy": float((predicted == y_test.numpy()).mean())}
     else:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         model = HistGradientBoostingRegressor(random_state=0).fit(x, y)
-        predicted = model.predict(x_test)
+        mean = torch.as_tensor(model.predict(x_test))
         name = "gradient boosting (HistGradientBoostingRegressor)"
-        error = (predicted - y_test).astype(np.float64) * splits.target_std
-        mse = float((error**2).mean())
-        centered = (y_test - y_test.mean()).astype(np.float64) * splits.target_std
-        metrics = {
-            "rmse": math.sqrt(mse),
-            "mse": mse,
-            "mae": float(np.abs(error).mean()),
-            "r2": 1.0 - float((error**2).sum()) / float((centered**2).sum()),
-        }
+        metrics = {**dollar_errors(mean, y_test, splits), "r2": r2_score(mean, y_test)}
     return {"name": name, "test": metrics, "seconds": round(time.perf_counter() - started, 1)}

@@ -399,13 +399,10 @@ def load_study_file(path: str | Path) -> StudyConfig:
 def default_workers(settings: RunSettings) -> int:
     """One worker per core on the CPU, per-GPU memory-probed on CUDA (``auto_workers``),
     never more than the trials to run."""
-    import torch
-
+    from hpsearch.search import resolve_device
     from hpsearch.workers import auto_workers
 
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(settings.device).type
     if settings.threads is not None and device != "cuda":  # --threads fixes the split
         return max(1, auto_workers("cpu") // settings.threads)
     return max(1, min(auto_workers(device), settings.trials))
@@ -432,8 +429,6 @@ def resolve_settings(config: StudyConfig, **overrides: Any) -> RunSettings:
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}")
     settings = replace(settings, **given)
-    if "workers" not in given:
-        settings = replace(settings, workers=default_workers(settings))
     if settings.trials < 1:
         raise HpsearchError(f"--trials must be >= 1, got {settings.trials}")
     if settings.timeout is not None and not (
@@ -452,6 +447,8 @@ def resolve_settings(config: StudyConfig, **overrides: Any) -> RunSettings:
         raise HpsearchError(f"unknown device {settings.device!r}; choose from {', '.join(DEVICES)}")
     if settings.threads is not None and settings.threads < 1:
         raise HpsearchError(f"--threads must be >= 1, got {settings.threads}")
+    if "workers" not in given:
+        settings = replace(settings, workers=default_workers(settings))
     if settings.workers < 1:
         raise HpsearchError(f"--workers must be >= 1, got {settings.workers}")
     if settings.heartbeat_interval < 1:

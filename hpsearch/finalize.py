@@ -22,8 +22,8 @@ from torch import nn
 
 from hpsearch.data import Splits
 from hpsearch.errors import HpsearchError
-from hpsearch.problems import Metrics, Problem
-from hpsearch.training import TrainConfig, gaussian_nll, predict, train
+from hpsearch.problems import Metrics, Problem, r2_score
+from hpsearch.training import NonFiniteLossError, TrainConfig, gaussian_nll, predict, train
 
 MODEL_FILE = "model.pt"
 RESULT_FILE = "finalize.json"
@@ -124,11 +124,9 @@ def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> dict[str
         }
         return metrics
     mean = output[:, 0] if output.dim() == 2 else output
-    y64, mean64 = y.double(), mean.double()
-    residual = float(((y64 - mean64) ** 2).sum())
-    total = float(((y64 - y64.mean()) ** 2).sum())
-    metrics["r2"] = 1.0 - residual / total if total > 0 else math.nan
+    metrics["r2"] = r2_score(mean, y)
     if problem.model == "gaussian":
+        y64, mean64 = y.double(), mean.double()
         sigma = torch.exp(0.5 * output[:, 1].double())
         z = ((y64 - mean64) / sigma).abs()
         metrics["coverage_68"] = float((z <= 1.0).double().mean())
@@ -137,7 +135,7 @@ def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> dict[str
     return metrics
 
 
-def _fit(
+def fit(
     problem: Problem,
     params: Mapping[str, Any],
     splits: Splits,
@@ -146,6 +144,8 @@ def _fit(
     seed: int,
     evaluate: Callable[[nn.Module], Metrics],
 ) -> tuple[nn.Module, Metrics]:
+    """Train a fresh model of ``params`` on ``(x, y)`` with ``seed``; the model and
+    ``evaluate``'s metrics after the last epoch."""
     torch.manual_seed(seed)
     model = problem.build_model(params, splits).to(x.device)
     result = train(
@@ -196,9 +196,12 @@ def finalize(
         candidate = Candidate(trial=number, params=params, search_value=value)
         tic = time.perf_counter()
         for seed in range(seeds):
-            _, metrics = _fit(
-                problem, params, splits, splits.x_train, splits.y_train, seed, validation
-            )
+            try:
+                _, metrics = fit(
+                    problem, params, splits, splits.x_train, splits.y_train, seed, validation
+                )
+            except NonFiniteLossError:  # diverged with this seed: the candidate is out
+                metrics = {name: math.nan}
             candidate.val_scores.append(float(metrics[name]))
         candidate.seconds = round(time.perf_counter() - tic, 1)
         candidates.append(candidate)
@@ -211,7 +214,7 @@ def finalize(
     chosen = pick(finite, key=lambda c: c.robust(maximize))
     x_all = torch.cat([splits.x_train, splits.x_val])
     y_all = torch.cat([splits.y_train, splits.y_val])
-    model, _ = _fit(problem, chosen.params, splits, x_all, y_all, 0, lambda m: {})
+    model, _ = fit(problem, chosen.params, splits, x_all, y_all, 0, lambda m: {})
     result = FinalResult(
         study=study.study_name,
         problem=problem.name,

@@ -29,24 +29,33 @@ def classification_metrics(
     }
 
 
-def _dollar_errors(mean: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
+def dollar_errors(mean: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
+    """RMSE, MSE and MAE in dollars of normalized predictions ``mean`` against ``y``."""
     error = (mean - y).double() * splits.target_std  # normalized units -> dollars
     mse = float((error**2).mean())
     return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(error.abs().mean())}
+
+
+def r2_score(mean: torch.Tensor, y: torch.Tensor) -> float:
+    """Coefficient of determination of ``mean`` against ``y`` (scale-free)."""
+    y64 = y.double()
+    residual = float(((y64 - mean.double()) ** 2).sum())
+    total = float(((y64 - y64.mean()) ** 2).sum())
+    return 1.0 - residual / total if total > 0 else math.nan
 
 
 def regression_metrics(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits
 ) -> Metrics:
     """RMSE, MSE and MAE of the prediction, in dollars."""
-    return _dollar_errors(training.predict(model, x), y, splits)
+    return dollar_errors(training.predict(model, x), y, splits)
 
 
 def gaussian_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
     """Dollar errors of the mean, and the mean Gaussian NLL per house in dollar units
     (the normalized NLL plus ``log(target_std)``)."""
     output = training.predict(model, x)
-    metrics = _dollar_errors(output[:, 0], y, splits)
+    metrics = dollar_errors(output[:, 0], y, splits)
     nll = float(training.gaussian_nll(output.double(), y.double()))
     metrics["nll"] = nll + math.log(splits.target_std)
     return metrics

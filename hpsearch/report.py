@@ -247,9 +247,9 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     Raises:
         HpsearchError: the study has no finished trial, or ``out`` cannot be written.
     """
-    counts = {s: 0 for s in TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state] += 1
+    from hpsearch.search import study_counts
+
+    counts = study_counts(study)
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 0:
         raise HpsearchError(f"study {study.study_name!r} has no finished trial to report on")
     metric = str(study.user_attrs.get("metric", "value"))

@@ -137,7 +137,7 @@ class TrainState:
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam and AdamW use PyTorch's fused kernels (one kernel for all parameters): a small
     model's step is dominated by per-tensor overhead, and fusing cuts the house-price MLP's
-    optimizer step by a quarter on the CPU (benchmarks/epoch_speed.py)."""
+    optimizer step by a quarter on the CPU (benchmarks/step_overhead.py)."""
     params = list(model.parameters())
     if config.optimizer == "sgd":
         return torch.optim.SGD(

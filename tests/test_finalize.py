@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,28 @@ def test_the_search_never_reads_the_test_split(tiny_usps_file: Path, tmp_path: P
         study, _ = run_study(config, resolve_settings(config, workers=1, storage=url, trials=3))
         runs.append([(t.state, t.value, t.params) for t in study.trials])
     assert calls == [2007] and runs[0] == runs[1]
+
+
+def test_a_diverging_retrain_drops_its_candidate(
+    tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpsearch import finalize as module
+    from hpsearch.training import NonFiniteLossError
+
+    config, study = _study(tiny_usps_file, sqlite_url)
+    splits = config.problem.load_data(data.resolve_data_dir(), **config.data)
+    first = top_configurations(study, 2)[0][1]
+    real_fit = module.fit
+
+    def fit(problem, params, splits, x, y, seed, evaluate):  # type: ignore[no-untyped-def]
+        if params == first and x is splits.x_train and seed == 1:
+            raise NonFiniteLossError(1, float("nan"))
+        return real_fit(problem, params, splits, x, y, seed, evaluate)
+
+    monkeypatch.setattr(module, "fit", fit)
+    result = finalize(
+        study, config.problem, splits, config.metric, top_k=2, seeds=2, with_baseline=False
+    )
+    diverged = result.candidates[0]
+    assert diverged.params == first and math.isnan(diverged.val_scores[1])
+    assert result.chosen is result.candidates[1]
