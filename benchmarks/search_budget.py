@@ -1,14 +1,17 @@
 """Best validation score vs wall time: hpsearch's default search against random search
-without pruning, on the same wall-clock budget, over several seeds, in one run.
+without pruning (or against another study's space, ``--against``), on the same wall-clock
+budget, over several seeds, in one run.
 
     python benchmarks/search_budget.py house-prices --budget 60 --seeds 0 1 2
     python benchmarks/search_budget.py usps --budget 240 --seeds 0 1 2
+    python benchmarks/search_budget.py usps.toml --against usps-no-aug.toml --budget 240
 
 Each run is a real `hpsearch run STUDY --timeout BUDGET` (default workers, a fresh SQLite
 file); only trials finished within BUDGET seconds of the first trial's start count. The table
 gives the best validation score at a quarter, half and all of the budget (mean and spread
 over seeds), and the time each strategy needs to reach the target: by default the score
-random search reaches on every seed by the end of its budget.
+the second strategy (random search, or the ``--against`` study) reaches on every seed by the
+end of its budget. Only validation scores are read: the test split plays no part.
 """
 
 from __future__ import annotations
@@ -24,15 +27,14 @@ from tempfile import TemporaryDirectory
 
 import optuna
 
-STRATEGIES = {
-    "default (study file)": [],
-    "random, no pruning": ["--sampler", "random", "--pruner", "none"],
-}
+RANDOM_FLAGS = ["--sampler", "random", "--pruner", "none"]
 
 
-def run(study: str, args: list[str], seed: int, budget: float, folder: Path) -> tuple:
+def run(study: str, args: list[str], seed: int, budget: float, folder: Path, tag: int) -> tuple:
     """One search; returns (direction, [(seconds since start, value)] of finished trials)."""
-    url = f"sqlite:///{folder / f'{seed}-{len(args)}.db'}"
+    url = f"sqlite:///{folder / f'{seed}-{tag}.db'}"
+    if Path(study).is_file():  # the search runs in ``folder``
+        study = str(Path(study).resolve())
     command = [sys.executable, "-m", "hpsearch", "run", study, "--storage", url]
     command += ["--trials", "100000", "--timeout", str(budget), "--seed", str(seed), *args]
     log = folder / "log.txt"
@@ -82,36 +84,49 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per search")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=None)
+    parser.add_argument(
+        "--against", default=None, help="compare with this study's default search, not random"
+    )
     args = parser.parse_args()
+    study = args.study
+    strategies: dict[str, tuple[str, list[str]]] = {f"{Path(study).stem} (default)": (study, [])}
+    if args.against:
+        strategies[f"{Path(args.against).stem} (default)"] = (args.against, [])
+    else:
+        strategies["random, no pruning"] = (study, RANDOM_FLAGS)
+    names = list(strategies)
+    if len(set(names)) != 2:
+        raise SystemExit("the two studies need different file names")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, list[list[tuple[float, float]]]] = {}
     maximize = False
     wall = time.perf_counter()
     with TemporaryDirectory() as tmp:
         for seed in args.seeds:  # interleaved, so drift hits both strategies alike
-            for name, flags in STRATEGIES.items():
-                direction, points = run(args.study, flags, seed, args.budget, Path(tmp))
+            for tag, (name, (target_study, flags)) in enumerate(strategies.items()):
+                direction, points = run(target_study, flags, seed, args.budget, Path(tmp), tag)
                 maximize = direction == optuna.study.StudyDirection.MAXIMIZE
                 results.setdefault(name, []).append(points)
     budget = args.budget
     target = args.target
-    if target is None:  # what random search reaches on every seed
-        finals = [best_by(p, budget, maximize) for p in results["random, no pruning"]]
+    if target is None:  # what the second strategy reaches on every seed
+        finals = [best_by(p, budget, maximize) for p in results[names[1]]]
         present = [v for v in finals if v is not None]
         target = (min(present) if maximize else max(present)) if present else None
     fmt = ".4f" if maximize else ",.0f"
     print(
-        f"{args.study}: budget {budget:.0f} s per search, seeds {args.seeds}, "
+        f"{' vs '.join(names)}: budget {budget:.0f} s per search, seeds {args.seeds}, "
         f"{'maximize' if maximize else 'minimize'}; {time.perf_counter() - wall:.0f} s in all"
     )
-    header = f"{'strategy':<22}{'complete':>10}"
+    width = max(22, *(len(name) + 2 for name in names))
+    header = f"{'strategy':<{width}}{'complete':>10}"
     for share in (0.25, 0.5, 1.0):
         header += f"{f'best @ {share * budget:.0f}s':>24}"
     print(header + f"{'time to ' + (format(target, fmt) if target else '-'):>22}")
     times: dict[str, float] = {}
     for name, runs in results.items():
         done = statistics.mean(sum(at <= budget for at, _ in p) for p in runs)
-        line = f"{name:<22}{done:>10.1f}"
+        line = f"{name:<{width}}{done:>10.1f}"
         for share in (0.25, 0.5, 1.0):
             line += f"{summary([best_by(p, share * budget, maximize) for p in runs], fmt):>24}"
         reach = [time_to(p, target, maximize) if target else None for p in runs]
@@ -121,8 +136,8 @@ def main() -> None:
             times[name] = statistics.mean(present)
         print(line)
     if len(times) == 2:
-        default, random = times["default (study file)"], times["random, no pruning"]
-        print(f"default search reaches the target {random / default:.1f}x sooner than random")
+        first, second = times[names[0]], times[names[1]]
+        print(f"{names[0]} reaches the target {second / first:.1f}x sooner than {names[1]}")
 
 
 if __name__ == "__main__":

@@ -46,5 +46,5 @@ def baseline(problem: Problem, splits: Splits) -> dict[str, Any]:
         model = HistGradientBoostingRegressor(random_state=0).fit(x, y)
         mean = torch.as_tensor(model.predict(x_test))
         name = "gradient boosting (HistGradientBoostingRegressor)"
-        metrics = {**dollar_errors(mean, y_test, splits), "r2": r2_score(mean, y_test)}
+        metrics = {**dollar_errors(mean, y_test, splits), "r2": r2_score(mean, y_test, splits)}
     return {"name": name, "test": metrics, "seconds": round(time.perf_counter() - started, 1)}

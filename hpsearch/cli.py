@@ -336,6 +336,13 @@ def finalize(
         Path | None,
         typer.Option(help="Folder for model.pt and finalize.json. Default: ./final-STUDY."),
     ] = None,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            help="Also retrain every configuration x seed on train + validation and score "
+            "the average of their predictions on test (top-k x seeds more fits)."
+        ),
+    ] = True,
     device: Annotated[
         str, typer.Option(envvar="HPSEARCH_DEVICE", help="auto, cpu or cuda.")
     ] = "auto",
@@ -345,7 +352,8 @@ def finalize(
     ] = None,
 ) -> None:
     """Retrain the best configurations with several seeds, choose by validation mean -/+ std,
-    retrain the choice on train + validation and score it once on the held-out test split."""
+    retrain the choice on train + validation and score it once on the held-out test split,
+    beside an ensemble of all of them and the problem's classic baseline."""
     from hpsearch.data import resolve_data_dir
     from hpsearch.finalize import finalize as run_finalize
     from hpsearch.problems import get_problem
@@ -382,7 +390,15 @@ def finalize(
         )
 
     result = run_finalize(
-        study, problem, splits, metric, top_k=top_k, seeds=seeds, out=out, on_candidate=show
+        study,
+        problem,
+        splits,
+        metric,
+        top_k=top_k,
+        seeds=seeds,
+        out=out,
+        ensemble=ensemble,
+        on_candidate=show,
     )
     table = Table(
         title=f"{study_name}: trial {result.chosen.trial} retrained on "
@@ -390,15 +406,34 @@ def finalize(
     )
     table.add_column("test metric")
     table.add_column("tuned network", justify="right", overflow="fold")
-    base = result.baseline["test"] if result.baseline else {}
-    table.add_column(result.baseline["name"] if result.baseline else "", justify="right")
-    for key, value in result.test_metrics.items():
+    columns = [result.test_metrics]
+    if result.ensemble_test is not None:
+        table.add_column(
+            f"ensemble of {len(result.ensemble_members)}", justify="right", overflow="fold"
+        )
+        columns.append(result.ensemble_test)
+    if result.calibration is not None:
+        table.add_column(
+            f"sigma x {result.calibration['scale']:.3f} (val-calibrated)", justify="right"
+        )
+        columns.append(result.calibration["test"])
+    if result.baseline:
+        table.add_column(result.baseline["name"], justify="right")
+        columns.append(result.baseline["test"])
+
+    def cell(metrics: dict[str, Any], key: str) -> str:
+        value = metrics.get(key)
+        if value is None:
+            return ""
         if isinstance(value, dict):
-            value = " ".join(f"{k}:{format_value(v)}" for k, v in value.items())
-        shown = value if isinstance(value, str) else format_value(value)
-        table.add_row(key, shown, format_value(base[key]) if key in base else "")
+            return " ".join(f"{k}:{format_value(v)}" for k, v in value.items())
+        return value if isinstance(value, str) else format_value(value)
+
+    for key in result.test_metrics:
+        table.add_row(key, *(cell(metrics, key) for metrics in columns))
     console.print(table)
-    err_console.print(f"saved {out}/model.pt and {out}/finalize.json", highlight=False)
+    saved = "model.pt, ensemble.pt" if result.ensemble_test is not None else "model.pt"
+    err_console.print(f"saved {out}/{saved} and {out}/finalize.json", highlight=False)
 
 
 @app.command()

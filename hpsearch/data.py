@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,6 +31,9 @@ HOUSE_PRICES_FILE = "house_prices/train.csv"
 HOUSE_PRICES_OPENML_ID = 42165
 HOUSE_PRICES_TARGET = "SalePrice"
 REPORT_HOUSE_FEATURES = ("OverallQual", "YearBuilt", "TotalBsmtSF", "GrLivArea")
+# Named feature sets: the report's four columns, every numeric column (missing values take the
+# training median, plus a was-missing indicator), or those plus one-hot categorical columns.
+HOUSE_FEATURE_SETS = ("report", "numeric", "all")
 
 # Checksums of the copies shipped with hpsearch, plus those of torchvision's own USPS
 # download (the shipped files were rebuilt from a float copy, so their bytes differ).
@@ -54,9 +57,11 @@ class Splits:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    # Scale of the regression target, to turn normalized errors back into dollars.
+    # Scale of the regression target, to turn normalized errors back into dollars; with
+    # ``log_target`` the normalized target is log(price).
     target_mean: float = 0.0
     target_std: float = 1.0
+    log_target: bool = False
     checksums: dict[str, str] = field(default_factory=dict)
     # Source rows of each split ("train", "val", "test"), for audits and tests.
     rows: dict[str, np.ndarray] = field(default_factory=dict)
@@ -67,13 +72,12 @@ class Splits:
             name: getattr(self, name).to(device)
             for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         }
-        return Splits(
-            **moved,
-            target_mean=self.target_mean,
-            target_std=self.target_std,
-            checksums=self.checksums,
-            rows=self.rows,
-        )
+        return replace(self, **moved)
+
+    def to_dollars(self, normalized: torch.Tensor) -> torch.Tensor:
+        """Normalized regression targets or predictions -> prices (float64)."""
+        value = normalized.double() * self.target_std + self.target_mean
+        return torch.exp(value) if self.log_target else value
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -204,10 +208,56 @@ def _read_house_prices(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return frame, {HOUSE_PRICES_FILE: f"openml:{HOUSE_PRICES_OPENML_ID}"}
 
 
+def _house_feature_frame(
+    frame: pd.DataFrame, features: str | Sequence[str], train_idx: np.ndarray
+) -> pd.DataFrame:
+    """The model's input columns, before imputation and scaling.
+
+    Raises:
+        HpsearchError: unknown feature set, or a named feature that is not a numeric column.
+    """
+    if isinstance(features, str):
+        if features not in HOUSE_FEATURE_SETS:
+            raise HpsearchError(
+                f"unknown house-price feature set {features!r}; choose from "
+                f"{', '.join(HOUSE_FEATURE_SETS)} or give a list of numeric columns"
+            )
+        if features == "report":
+            return frame[list(REPORT_HOUSE_FEATURES)]
+        inputs = frame.drop(columns=["Id", HOUSE_PRICES_TARGET], errors="ignore")
+        numeric = inputs.select_dtypes(include="number")
+        # Was-missing indicators for the columns with gaps in the training rows.
+        gaps = [c for c in numeric.columns if numeric[c].iloc[train_idx].isna().any()]
+        parts = [numeric, numeric[gaps].isna().astype(np.float64).add_suffix("_missing")]
+        if features == "all":
+            categorical = inputs.drop(columns=numeric.columns).astype("string").fillna("NA")
+            # Levels seen in the training rows only; an unseen level is all zeros.
+            for column in categorical.columns:
+                levels = sorted(categorical[column].iloc[train_idx].unique())
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            f"{column}={level}": (categorical[column] == level).astype(np.float64)
+                            for level in levels
+                        }
+                    )
+                )
+        return pd.concat(parts, axis=1)
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        raise HpsearchError(f"unknown house-price feature(s): {', '.join(missing)}")
+    non_numeric = [name for name in features if not pd.api.types.is_numeric_dtype(frame[name])]
+    if non_numeric:
+        raise HpsearchError(f"non-numeric house-price feature(s): {', '.join(non_numeric)}")
+    return frame[list(features)]
+
+
 def load_house_prices(
     data_dir: str | Path | None = None,
     *,
-    features: Sequence[str] = REPORT_HOUSE_FEATURES,
+    features: str | Sequence[str] = "report",
+    log_target: bool = False,
+    max_train_living_area: float | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -215,32 +265,36 @@ def load_house_prices(
     """House prices as ``(N, F)`` float features and a ``(N,)`` normalized SalePrice.
 
     Rows are split at random (fixed ``seed``) into train / validation / test, fractions of
-    the whole table. Missing feature values take the training median; features and the target
-    are standardized with training statistics only.
+    the whole table. ``features`` is a named set (``HOUSE_FEATURE_SETS``) or a list of numeric
+    columns. Missing feature values take the training median; features and the target are
+    standardized with training statistics only. ``log_target`` models log(SalePrice).
+    ``max_train_living_area`` drops training rows with more living area (GrLivArea, square
+    feet): the data's author advises dropping the few houses over 4,000; validation and test
+    rows are never dropped, and the dropped rows are listed in ``rows["train_dropped"]``.
 
     Raises:
-        HpsearchError: a feature is not a numeric column of the table.
+        HpsearchError: an unknown feature set or column.
     """
     frame, checksums = _read_house_prices(resolve_data_dir(data_dir))
-    missing = [name for name in features if name not in frame.columns]
-    if missing:
-        raise HpsearchError(f"unknown house-price feature(s): {', '.join(missing)}")
-    non_numeric = [name for name in features if not pd.api.types.is_numeric_dtype(frame[name])]
-    if non_numeric:
-        raise HpsearchError(f"non-numeric house-price feature(s): {', '.join(non_numeric)}")
-    x_all = frame[list(features)].to_numpy(dtype=np.float64)
-    y_all = frame[HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)
-
     indices = np.arange(len(frame))
     rest_idx, test_idx = train_test_split(indices, test_size=test_fraction, random_state=seed)
     train_idx, val_idx = train_test_split(
         rest_idx, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
     )
+    dropped = np.array([], dtype=train_idx.dtype)
+    if max_train_living_area is not None:
+        too_large = frame["GrLivArea"].to_numpy()[train_idx] > max_train_living_area
+        train_idx, dropped = train_idx[~too_large], train_idx[too_large]
+    x_all = _house_feature_frame(frame, features, train_idx).to_numpy(dtype=np.float64)
+    y_all = frame[HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)
+    if log_target:
+        y_all = np.log(y_all)
+
     x_train = x_all[train_idx]
     medians = np.nanmedian(x_train, axis=0)
     x_mean = np.nanmean(x_train, axis=0)
     x_std = np.nanstd(x_train, axis=0)
-    x_std[x_std == 0] = 1.0
+    x_std[~(x_std > 0)] = 1.0
     y_mean, y_std = float(y_all[train_idx].mean()), float(y_all[train_idx].std())
 
     def features_of(idx: np.ndarray) -> torch.Tensor:
@@ -260,6 +314,7 @@ def load_house_prices(
         y_test=target_of(test_idx),
         target_mean=y_mean,
         target_std=y_std,
+        log_target=log_target,
         checksums=checksums,
-        rows={"train": train_idx, "val": val_idx, "test": test_idx},
+        rows={"train": train_idx, "val": val_idx, "test": test_idx, "train_dropped": dropped},
     )

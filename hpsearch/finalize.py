@@ -1,6 +1,8 @@
 """From a study to one trusted model: retrain the best configurations with several seeds,
 choose robustly on validation, train the choice on train + validation and score it once on
-the held-out test split.
+the held-out test split. Beside it, an ensemble of every retrained configuration x seed
+(each trained on train + validation, predictions averaged) is scored once on test too, and a
+Gaussian regressor's intervals get a scale factor fitted on validation.
 
 This module is the only code that reads ``Splits.x_test`` / ``y_test``.
 """
@@ -22,10 +24,12 @@ from torch import nn
 
 from hpsearch.data import Splits
 from hpsearch.errors import HpsearchError
+from hpsearch.models import Ensemble, ScaledVariance
 from hpsearch.problems import Metrics, Problem, r2_score
 from hpsearch.training import NonFiniteLossError, TrainConfig, gaussian_nll, predict, train
 
 MODEL_FILE = "model.pt"
+ENSEMBLE_FILE = "ensemble.pt"
 RESULT_FILE = "finalize.json"
 
 
@@ -37,6 +41,8 @@ class Candidate:
     params: dict[str, Any]
     search_value: float
     val_scores: list[float] = field(default_factory=list)
+    # Gaussian regressor: mean squared z-score of the validation targets, per seed.
+    val_z2: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -64,7 +70,13 @@ class FinalResult:
     test_rows: int
     seconds: float
     checksums: dict[str, str]
+    target: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    # The ensemble's members as (trial, seed) and its test metrics; None without --ensemble.
+    ensemble_members: list[tuple[int, int]] = field(default_factory=list)
+    ensemble_test: dict[str, Any] | None = None
+    # Gaussian regressor: the validation-fitted sigma scale and the scaled model's test metrics.
+    calibration: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         def candidate(c: Candidate) -> dict[str, Any]:
@@ -80,6 +92,14 @@ class FinalResult:
             "chosen": candidate(self.chosen),
             "candidates": [candidate(c) for c in self.candidates],
             "test": self.test_metrics,
+            "ensemble": {
+                "members": [{"trial": t, "seed": seed} for t, seed in self.ensemble_members],
+                "test": self.ensemble_test,
+            }
+            if self.ensemble_test is not None
+            else None,
+            "calibration": self.calibration,
+            "target": self.target,
             "baseline": self.baseline,
             "train_rows": self.train_rows,
             "test_rows": self.test_rows,
@@ -124,7 +144,7 @@ def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> dict[str
         }
         return metrics
     mean = output[:, 0] if output.dim() == 2 else output
-    metrics["r2"] = r2_score(mean, y)
+    metrics["r2"] = r2_score(mean, y, splits)
     if problem.model == "gaussian":
         y64, mean64 = y.double(), mean.double()
         sigma = torch.exp(0.5 * output[:, 1].double())
@@ -160,6 +180,13 @@ def fit(
     return model, result.metrics
 
 
+def mean_z2(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean squared z-score of ``y`` under a Gaussian regressor's predictions: 1 when its
+    intervals are calibrated, above 1 when they are too narrow."""
+    output = predict(model, x).double()
+    return float(((y.double() - output[:, 0]) ** 2 / output[:, 1].exp()).mean())
+
+
 def finalize(
     study: optuna.Study,
     problem: Problem,
@@ -170,13 +197,15 @@ def finalize(
     seeds: int = 3,
     out: Path | None = None,
     with_baseline: bool = True,
+    ensemble: bool = True,
     on_candidate: Callable[[Candidate], None] | None = None,
 ) -> FinalResult:
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
     split, choose by validation mean -/+ std, retrain the choice on train + validation and
     score it once on test. With ``out``, save the weights and ``finalize.json`` there.
     ``with_baseline`` also fits the problem's classic baseline (hpsearch.baselines) on the
-    same rows.
+    same rows. ``ensemble`` also retrains every finite candidate with every seed on train +
+    validation and scores the average of their predictions once on test.
 
     Raises:
         HpsearchError: the study has no complete trial.
@@ -197,11 +226,14 @@ def finalize(
         tic = time.perf_counter()
         for seed in range(seeds):
             try:
-                _, metrics = fit(
+                model, metrics = fit(
                     problem, params, splits, splits.x_train, splits.y_train, seed, validation
                 )
             except NonFiniteLossError:  # diverged with this seed: the candidate is out
                 metrics = {name: math.nan}
+            else:
+                if problem.model == "gaussian":
+                    candidate.val_z2.append(mean_z2(model, splits.x_val, splits.y_val))
             candidate.val_scores.append(float(metrics[name]))
         candidate.seconds = round(time.perf_counter() - tic, 1)
         candidates.append(candidate)
@@ -215,6 +247,19 @@ def finalize(
     x_all = torch.cat([splits.x_train, splits.x_val])
     y_all = torch.cat([splits.y_train, splits.y_val])
     model, _ = fit(problem, chosen.params, splits, x_all, y_all, 0, lambda m: {})
+    members: list[tuple[Candidate, int, nn.Module]] = [(chosen, 0, model)]
+    if ensemble:
+        for candidate in finite:
+            for seed in range(seeds):
+                if candidate is chosen and seed == 0:
+                    continue
+                try:
+                    member, _ = fit(
+                        problem, candidate.params, splits, x_all, y_all, seed, lambda m: {}
+                    )
+                except NonFiniteLossError:  # rare on train + validation: leave it out
+                    continue
+                members.append((candidate, seed, member))
     result = FinalResult(
         study=study.study_name,
         problem=problem.name,
@@ -226,13 +271,31 @@ def finalize(
         test_rows=len(splits.x_test),
         seconds=time.perf_counter() - started,
         checksums=dict(splits.checksums),
+        target={
+            "mean": splits.target_mean,
+            "std": splits.target_std,
+            "log": splits.log_target,
+        },
     )
+    if ensemble:  # the ensemble's one look at test
+        averaged = Ensemble(problem.model, [member for _, _, member in members])
+        result.ensemble_members = [(c.trial, seed) for c, seed, _ in members]
+        result.ensemble_test = test_metrics(problem, averaged, splits)
+    if chosen.val_z2:
+        # sigma x scale makes the chosen configuration's validation z-scores unit variance.
+        scale = math.sqrt(statistics.fmean(chosen.val_z2))
+        result.calibration = {
+            "scale": scale,
+            "fitted_on": "validation, the chosen configuration's per-seed models",
+            "test": test_metrics(problem, ScaledVariance(model, scale), splits),
+        }
     if with_baseline:
         from hpsearch.baselines import baseline
 
         result.baseline = baseline(problem, splits)
     if out is not None:
-        save(result, model, out)
+        saved = [(c.params, member) for c, _, member in members] if ensemble else []
+        save(result, model, out, saved)
     # For `hpsearch report` and the dashboard: the answer, stored with the study.
     study.set_user_attr(
         "finalize",
@@ -242,6 +305,9 @@ def finalize(
             "val_mean": chosen.mean,
             "val_std": chosen.std,
             "test": result.test_metrics,
+            "ensemble_test": result.ensemble_test,
+            "ensemble_size": len(result.ensemble_members),
+            "calibration": result.calibration,
             "baseline": result.baseline,
             "train_rows": result.train_rows,
             "test_rows": result.test_rows,
@@ -251,30 +317,58 @@ def finalize(
     return result
 
 
-def save(result: FinalResult, model: nn.Module, out: Path) -> None:
+def save(
+    result: FinalResult,
+    model: nn.Module,
+    out: Path,
+    members: list[tuple[dict[str, Any], nn.Module]] | None = None,
+) -> None:
+    """Write the model's weights, the ensemble members' params and weights (if any) and
+    ``finalize.json`` into ``out``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out / MODEL_FILE)
+        if members:
+            torch.save(
+                [{"params": params, "state": m.state_dict()} for params, m in members],
+                out / ENSEMBLE_FILE,
+            )
         (out / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
     except OSError as error:
         raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
 
 
-def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a finalized model from ``--out``'s folder: ``(model in eval mode, record)``,
-    the record being ``finalize.json`` (configuration, metrics, data checksums)."""
+def _rebuild(kind: str, params: Mapping[str, Any], state: dict[str, Any]) -> nn.Module:
     from hpsearch import models
+
+    kwargs: dict[str, Any] = {}
+    if kind != "conv":  # the MLPs' input width is in the first layer's weights
+        first = next(key for key in state if key.endswith("weight"))
+        kwargs["n_features"] = state[first].shape[1]
+    model = models.build_model(kind, params, **kwargs)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model(folder: str | Path, *, ensemble: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a finalized model from ``--out``'s folder: ``(model in eval mode, record)``,
+    the record being ``finalize.json`` (configuration, metrics, target scale, data
+    checksums). ``ensemble`` rebuilds the averaged ensemble instead of the single model.
+    Regression outputs are normalized targets: ``record["target"]`` turns them into prices.
+
+    Raises:
+        HpsearchError: ``ensemble`` asked of a folder finalized without one.
+    """
     from hpsearch.problems import get_problem
 
     folder = Path(folder)
     record = json.loads((folder / RESULT_FILE).read_text())
-    problem = get_problem(record["problem"])
+    kind = get_problem(record["problem"]).model
+    if ensemble:
+        if not (folder / ENSEMBLE_FILE).exists():
+            raise HpsearchError(f"{folder} holds no ensemble (finalized with --no-ensemble)")
+        saved = torch.load(folder / ENSEMBLE_FILE, map_location="cpu", weights_only=True)
+        members = [_rebuild(kind, m["params"], m["state"]) for m in saved]
+        return Ensemble(kind, members).eval(), record
     state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-    params = record["chosen"]["params"]
-    kwargs: dict[str, Any] = {}
-    if problem.model != "conv":  # the MLPs' input width is in the first layer's weights
-        first = next(key for key in state if key.endswith("weight"))
-        kwargs["n_features"] = state[first].shape[1]
-    model = models.build_model(problem.model, params, **kwargs)
-    model.load_state_dict(state)
-    return model.eval(), record
+    return _rebuild(kind, record["chosen"]["params"], state), record

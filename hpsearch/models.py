@@ -6,7 +6,8 @@ stored params (``build_model("conv", study.best_params)``) and tests use literal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -153,6 +154,50 @@ def build_model(name: str, params: Mapping[str, Any], **kwargs: Any) -> nn.Modul
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
     return builder(params, **kwargs)
+
+
+class Ensemble(nn.Module):
+    """Average of several trained models of one kind, with the members' output format, so
+    every metric reads it as one model.
+
+    - ``conv``: the mean of the members' softmax probabilities, returned as log-probabilities
+      (the argmax is the ensemble's class, cross-entropy its log loss);
+    - ``mlp``: the mean prediction;
+    - ``gaussian``: the equal-weight mixture's mean and log variance (the mean of the
+      members' variances plus the spread of their means).
+    """
+
+    def __init__(self, kind: str, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if kind not in MODELS or not members:
+            raise ValueError(f"an ensemble needs members of a known kind, got {kind!r}")
+        self.kind = kind
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([member(x) for member in self.members])
+        if self.kind == "conv":
+            return outputs.softmax(dim=-1).mean(dim=0).clamp_min(1e-12).log()
+        if self.kind == "gaussian":
+            means, variances = outputs[..., 0], outputs[..., 1].exp()
+            mean = means.mean(dim=0)
+            variance = (variances + means**2).mean(dim=0) - mean**2
+            return torch.stack([mean, variance.clamp_min(1e-12).log()], dim=-1)
+        return outputs.mean(dim=0)
+
+
+class ScaledVariance(nn.Module):
+    """A Gaussian regressor whose standard deviation is multiplied by ``scale`` (a
+    calibration factor fitted on validation data)."""
+
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model = model
+        self.log_var_shift = 2.0 * math.log(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.model(x)
+        return torch.stack([output[:, 0], output[:, 1] + self.log_var_shift], dim=-1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,18 +30,29 @@ def classification_metrics(
 
 
 def dollar_errors(mean: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
-    """RMSE, MSE and MAE in dollars of normalized predictions ``mean`` against ``y``."""
-    error = (mean - y).double() * splits.target_std  # normalized units -> dollars
+    """RMSE, MSE and MAE in dollars of normalized predictions ``mean`` against ``y``
+    (with a log-price target, ``exp`` of the predicted log price, i.e. its median)."""
+    error = splits.to_dollars(mean) - splits.to_dollars(y)
     mse = float((error**2).mean())
     return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(error.abs().mean())}
 
 
-def r2_score(mean: torch.Tensor, y: torch.Tensor) -> float:
-    """Coefficient of determination of ``mean`` against ``y`` (scale-free)."""
-    y64 = y.double()
-    residual = float(((y64 - mean.double()) ** 2).sum())
+def r2_score(mean: torch.Tensor, y: torch.Tensor, splits: Splits) -> float:
+    """Coefficient of determination of ``mean`` against ``y``, on prices in dollars."""
+    y64, mean64 = splits.to_dollars(y), splits.to_dollars(mean)
+    residual = float(((y64 - mean64) ** 2).sum())
     total = float(((y64 - y64.mean()) ** 2).sum())
     return 1.0 - residual / total if total > 0 else math.nan
+
+
+def dollar_nll(normalized_nll: float, y: torch.Tensor, splits: Splits) -> float:
+    """Mean Gaussian NLL per house of prices in dollars, from the NLL of normalized targets:
+    plus ``log(target_std)``, and with a log-price target plus the mean log price (the
+    change of variables from log(price) to price)."""
+    nll = normalized_nll + math.log(splits.target_std)
+    if splits.log_target:
+        nll += float(torch.log(splits.to_dollars(y)).mean())
+    return nll
 
 
 def regression_metrics(
@@ -52,12 +63,11 @@ def regression_metrics(
 
 
 def gaussian_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
-    """Dollar errors of the mean, and the mean Gaussian NLL per house in dollar units
-    (the normalized NLL plus ``log(target_std)``)."""
+    """Dollar errors of the mean, and the mean Gaussian NLL per house in dollar units."""
     output = training.predict(model, x)
     metrics = dollar_errors(output[:, 0], y, splits)
     nll = float(training.gaussian_nll(output.double(), y.double()))
-    metrics["nll"] = nll + math.log(splits.target_std)
+    metrics["nll"] = dollar_nll(nll, y, splits)
     return metrics
 
 

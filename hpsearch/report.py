@@ -293,13 +293,16 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     final = study.user_attrs.get("finalize")
     if final:
         parts.append("<h2>Finalized model (hpsearch finalize), held-out test split</h2>")
-        baseline = final.get("baseline") or {}
+        columns: list[tuple[str, dict[str, Any]]] = [("tuned network", final["test"])]
+        if final.get("ensemble_test"):
+            columns.append((f"ensemble of {final['ensemble_size']}", final["ensemble_test"]))
+        if final.get("calibration"):
+            scale = final["calibration"]["scale"]
+            columns.append((f"sigma x {scale:.3f} (val-calibrated)", final["calibration"]["test"]))
+        if final.get("baseline"):
+            columns.append((final["baseline"]["name"], final["baseline"]["test"]))
         rows = [
-            [
-                key,
-                format_value(value),
-                format_value(baseline.get("test", {}).get(key)),
-            ]
+            [key, *(format_value(metrics.get(key)) for _, metrics in columns)]
             for key, value in final["test"].items()
             if isinstance(value, int | float)
         ]
@@ -307,7 +310,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
             f"<p>Trial {final['trial']} retrained on {final['train_rows']} rows, scored once "
             f"on {final['test_rows']} test rows.</p>"
         )
-        parts.append(_html_table(["metric", "tuned network", baseline.get("name", "")], rows))
+        parts.append(_html_table(["metric", *(name for name, _ in columns)], rows))
     parts.append("<h2>Tables: score by hyperparameter value</h2>")
     for name, table_rows in tables.items():
         parts.append(f"<h3>{html.escape(name)}</h3>")

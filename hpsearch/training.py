@@ -47,7 +47,12 @@ CLASSIFICATION_LOSSES: dict[str, LossFn] = {
     "cross_entropy": F.cross_entropy,
     "mse": _onehot_mse,
 }
-REGRESSION_LOSSES: dict[str, LossFn] = {"mse": F.mse_loss}
+REGRESSION_LOSSES: dict[str, LossFn] = {
+    "mse": F.mse_loss,
+    # Squared error within one standard deviation of the target, absolute error beyond:
+    # a few mispriced houses pull the fit less.
+    "huber": F.huber_loss,
+}
 GAUSSIAN_LOSSES: dict[str, LossFn] = {"gaussian_nll": gaussian_nll, "mse": _mean_mse}
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")

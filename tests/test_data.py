@@ -129,3 +129,47 @@ def test_missing_files_offline_give_clear_error(
 def test_splits_move_to_device() -> None:
     splits = data.load_house_prices().to("cpu")
     assert splits.x_train.device.type == "cpu" and splits.rows
+
+
+def test_house_feature_sets_log_target_and_a_training_only_filter() -> None:
+    import numpy as np
+    import pandas as pd
+
+    table = pd.read_csv(data.PACKAGED_DATA_DIR / data.HOUSE_PRICES_FILE)
+    prices = torch.as_tensor(table["SalePrice"].to_numpy(dtype=np.float64))
+    report = data.load_house_prices()
+    numeric = data.load_house_prices(features="numeric")
+    everything = data.load_house_prices(features="all")
+    assert report.x_train.shape[1] == 4 < numeric.x_train.shape[1] < everything.x_train.shape[1]
+    for splits in (numeric, everything):
+        assert torch.isfinite(splits.x_train).all() and torch.isfinite(splits.x_test).all()
+        assert all((splits.rows[k] == report.rows[k]).all() for k in ("train", "val", "test"))
+    # Normalized targets turn back into the table's prices, with or without the log.
+    logged = data.load_house_prices(log_target=True)
+    for splits in (report, logged):
+        expected = prices[splits.rows["test"]]
+        assert torch.allclose(splits.to_dollars(splits.y_test), expected, rtol=1e-5)
+    assert logged.log_target and abs(float(logged.y_train.mean())) < 1e-5
+    # Large houses leave the training rows only, and are listed.
+    filtered = data.load_house_prices(max_train_living_area=4000)
+    area = table["GrLivArea"].to_numpy()
+    dropped = filtered.rows["train_dropped"]
+    assert len(dropped) >= 1 and (area[dropped] > 4000).all()
+    assert (area[filtered.rows["train"]] <= 4000).all()
+    assert set(filtered.rows["train"]) | set(dropped) == set(report.rows["train"])
+    assert (filtered.rows["test"] == report.rows["test"]).all()
+    assert (filtered.rows["val"] == report.rows["val"]).all()
+    with pytest.raises(HpsearchError, match="unknown house-price feature set 'every'"):
+        data.load_house_prices(features="every")
+
+
+def test_one_hot_levels_come_from_training_rows() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"Id": [1, 2, 3], "Size": [None, 2, 3], "Kind": ["a", "b", None], "SalePrice": [1, 2, 3]}
+    )
+    columns = data._house_feature_frame(frame, "all", np.array([0, 2]))
+    assert list(columns.columns) == ["Size", "Size_missing", "Kind=NA", "Kind=a"]
+    # Row 1's level "b" was never seen in training: all zeros.
+    assert columns.loc[1, ["Kind=NA", "Kind=a"]].tolist() == [0.0, 0.0]

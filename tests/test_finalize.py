@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from hpsearch import data
 from hpsearch.cli import app
 from hpsearch.config import load_study_file, resolve_settings
+from hpsearch.errors import HpsearchError
 from hpsearch.finalize import RESULT_FILE, finalize, load_model, top_configurations
 from hpsearch.search import run_study
 from hpsearch.training import predict
@@ -57,6 +58,16 @@ def test_finalize_usps_saves_a_model_that_reloads(tiny_usps_file: Path, sqlite_u
     model, loaded = load_model(out)
     accuracy = float((predict(model, splits.x_test).argmax(-1) == splits.y_test).float().mean())
     assert accuracy == pytest.approx(test["accuracy"]) and loaded["study"] == study.study_name
+    # The ensemble: every candidate x seed, retrained on train + validation, averaged.
+    assert sorted(result.ensemble_members) == sorted(
+        (c.trial, seed) for c in result.candidates for seed in range(2)
+    )
+    assert result.ensemble_test is not None and 0.5 < result.ensemble_test["accuracy"] <= 1.0
+    assert record["ensemble"]["test"]["accuracy"] == result.ensemble_test["accuracy"]
+    averaged, _ = load_model(out, ensemble=True)
+    hits = predict(averaged, splits.x_test).argmax(-1) == splits.y_test
+    assert float(hits.float().mean()) == pytest.approx(result.ensemble_test["accuracy"])
+    assert study.user_attrs["finalize"]["ensemble_size"] == 4
 
 
 def test_finalize_regressors_report_dollars_r2_and_coverage(
@@ -69,9 +80,20 @@ def test_finalize_regressors_report_dollars_r2_and_coverage(
     assert 10_000 < test["rmse"] < 200_000 and test["mae"] <= test["rmse"]
     assert -1.0 < test["r2"] <= 1.0
     assert result.baseline is not None and 10_000 < result.baseline["test"]["rmse"] < 60_000
+    assert result.ensemble_test is not None and 10_000 < result.ensemble_test["rmse"] < 200_000
     if config.problem.name == "house-prices-gaussian":
         assert 0.0 <= test["coverage_68"] <= test["coverage_95"] <= 1.0
         assert "nll" in test
+        # The validation-fitted scale widens or narrows the intervals and nothing else.
+        assert result.calibration is not None and result.calibration["scale"] > 0
+        calibrated = result.calibration["test"]
+        assert calibrated["rmse"] == pytest.approx(test["rmse"])
+        wider = result.calibration["scale"] > 1
+        assert (calibrated["coverage_95"] >= test["coverage_95"]) == wider or (
+            calibrated["coverage_95"] == test["coverage_95"]
+        )
+    else:
+        assert result.calibration is None
     # Reloaded, the saved model gives the same test RMSE.
     reloaded, record = load_model("f")
     output = predict(reloaded, splits.x_test)
@@ -83,13 +105,18 @@ def test_finalize_regressors_report_dollars_r2_and_coverage(
 def test_finalize_command(tiny_usps_file: Path, sqlite_url: str) -> None:
     _study(tiny_usps_file, sqlite_url, trials=2)
     runner = CliRunner()
-    result = runner.invoke(
-        app,
-        ["finalize", "tiny-usps", "--storage", sqlite_url, "--top-k", "1", "--seeds", "1"],
-    )
+    args = ["finalize", "tiny-usps", "--storage", sqlite_url, "--top-k", "1", "--seeds", "1"]
+    result = runner.invoke(app, [*args, "--no-ensemble"])
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "scored once on 2007 test rows" in result.output
+    assert "ensemble" not in result.output
     assert (Path("final-tiny-usps") / "model.pt").is_file()
+    assert not (Path("final-tiny-usps") / "ensemble.pt").exists()
+    with pytest.raises(HpsearchError, match="holds no ensemble"):
+        load_model("final-tiny-usps", ensemble=True)
+    result = runner.invoke(app, [*args, "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2" in result.output and (Path("final-tiny-usps") / "ensemble.pt").is_file()
     bad = runner.invoke(app, ["finalize", "nope", "--storage", sqlite_url])
     assert bad.exit_code == 2 and "no study named 'nope'" in bad.output
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from hpsearch import models
+from hpsearch.models import Ensemble, ScaledVariance
 
 CONV_GRID = list(
     itertools.product([1, 2, 3, 4], [64, 128, 256], ["relu", "tanh", "sigmoid"], [True, False])
@@ -95,3 +97,28 @@ def test_builders_are_deterministic_under_seed() -> None:
     b = models.build_mlp_regressor(params)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, row: list[float]) -> None:
+        super().__init__()
+        self.row = torch.tensor(row)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.row.expand(len(x), -1)
+
+
+def test_ensembles_average_probabilities_values_and_mixtures() -> None:
+    x = torch.zeros(3, 4)
+    log_probs = Ensemble("conv", [_Constant([0.0, 0.0]), _Constant([math.log(3.0), 0.0])])(x)
+    # Members say (0.5, 0.5) and (0.75, 0.25): the ensemble says (0.625, 0.375).
+    assert torch.allclose(log_probs.exp(), torch.tensor([0.625, 0.375]).expand(3, -1))
+    mean = Ensemble("mlp", [_Constant([1.0]), _Constant([3.0])])(x)
+    assert torch.allclose(mean, torch.full((3, 1), 2.0))
+    # Two unit-variance Gaussians at 0 and 2: the mixture has mean 1 and variance 1 + 1.
+    mixture = Ensemble("gaussian", [_Constant([0.0, 0.0]), _Constant([2.0, 0.0])])(x)
+    assert torch.allclose(mixture, torch.tensor([1.0, math.log(2.0)]).expand(3, -1))
+    scaled = ScaledVariance(_Constant([1.0, 0.0]), 2.0)(x)
+    assert torch.allclose(scaled, torch.tensor([1.0, math.log(4.0)]).expand(3, -1))
+    with pytest.raises(ValueError, match="known kind"):
+        Ensemble("conv", [])

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from hpsearch import models, training
-from hpsearch.training import NonFiniteLossError, TrainConfig, train
+from hpsearch.training import (
+    REGRESSION_LOSSES,
+    NonFiniteLossError,
+    TrainConfig,
+    gaussian_nll,
+    train,
+)
 
 
 def _toy_regression(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,3 +201,26 @@ def test_bf16_autocast_trains() -> None:
         model, x, y, torch.nn.functional.mse_loss, config, evaluate=lambda m: {}
     )
     assert result.train_loss < before and model[0].weight.dtype == torch.float32
+
+
+def test_dollar_nll_with_a_log_target_is_the_log_normal_nll() -> None:
+    """Scored in dollars, a Gaussian on normalized log prices is a log-normal on prices."""
+    from hpsearch.data import load_house_prices
+    from hpsearch.problems import dollar_nll
+
+    splits = load_house_prices(log_target=True)
+    y = splits.y_val
+    output = torch.stack([y * 0.9 + 0.05, torch.full_like(y, -1.0)], dim=-1)
+    normalized = float(gaussian_nll(output.double(), y.double()))
+    mu = output[:, 0].double() * splits.target_std + splits.target_mean
+    sigma = torch.exp(0.5 * output[:, 1].double()) * splits.target_std
+    prices = splits.to_dollars(y)
+    expected = -torch.distributions.LogNormal(mu, sigma).log_prob(prices).mean()
+    assert dollar_nll(normalized, y, splits) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_huber_is_a_regression_loss() -> None:
+    huber = REGRESSION_LOSSES["huber"]
+    error = torch.tensor([0.5, 3.0])
+    # Half the square within one unit, linear beyond.
+    assert torch.allclose(huber(error, torch.zeros(2)), torch.tensor((0.125 + 2.5) / 2))
