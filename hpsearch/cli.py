@@ -356,6 +356,7 @@ def finalize(
     beside an ensemble of all of them and the problem's classic baseline."""
     from hpsearch.data import resolve_data_dir
     from hpsearch.finalize import finalize as run_finalize
+    from hpsearch.finalize import test_columns
     from hpsearch.problems import get_problem
     from hpsearch.search import resolve_device
 
@@ -405,21 +406,10 @@ def finalize(
         f"{result.train_rows} rows, scored once on {result.test_rows} test rows"
     )
     table.add_column("test metric")
-    table.add_column("tuned network", justify="right", overflow="fold")
-    columns = [result.test_metrics]
-    if result.ensemble_test is not None:
-        table.add_column(
-            f"ensemble of {len(result.ensemble_members)}", justify="right", overflow="fold"
-        )
-        columns.append(result.ensemble_test)
-    if result.calibration is not None:
-        table.add_column(
-            f"sigma x {result.calibration['scale']:.3f} (val-calibrated)", justify="right"
-        )
-        columns.append(result.calibration["test"])
-    if result.baseline:
-        table.add_column(result.baseline["name"], justify="right")
-        columns.append(result.baseline["test"])
+    columns = test_columns(study.user_attrs["finalize"])
+    for label, _ in columns:
+        table.add_column(label, justify="right", overflow="fold")
+    metric_columns = [metrics for _, metrics in columns]
 
     def cell(metrics: dict[str, Any], key: str) -> str:
         value = metrics.get(key)
@@ -430,7 +420,7 @@ def finalize(
         return value if isinstance(value, str) else format_value(value)
 
     for key in result.test_metrics:
-        table.add_row(key, *(cell(metrics, key) for metrics in columns))
+        table.add_row(key, *(cell(metrics, key) for metrics in metric_columns))
     console.print(table)
     saved = "model.pt, ensemble.pt" if result.ensemble_test is not None else "model.pt"
     err_console.print(f"saved {out}/{saved} and {out}/finalize.json", highlight=False)

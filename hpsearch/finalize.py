@@ -317,6 +317,21 @@ def finalize(
     return result
 
 
+def test_columns(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, test metrics) of each model in a stored ``finalize`` summary, in the order
+    ``hpsearch finalize`` and ``hpsearch report`` show them: the tuned network, the ensemble,
+    the calibrated intervals and the baseline, each where present."""
+    columns: list[tuple[str, dict[str, Any]]] = [("tuned network", summary["test"])]
+    if summary.get("ensemble_test"):
+        columns.append((f"ensemble of {summary['ensemble_size']}", summary["ensemble_test"]))
+    if summary.get("calibration"):
+        scale = summary["calibration"]["scale"]
+        columns.append((f"sigma x {scale:.3f} (val-calibrated)", summary["calibration"]["test"]))
+    if summary.get("baseline"):
+        columns.append((summary["baseline"]["name"], summary["baseline"]["test"]))
+    return columns
+
+
 def save(
     result: FinalResult,
     model: nn.Module,

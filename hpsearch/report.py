@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.display import format_value
 from hpsearch.errors import HpsearchError
+from hpsearch.finalize import test_columns
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
 
@@ -293,14 +294,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     final = study.user_attrs.get("finalize")
     if final:
         parts.append("<h2>Finalized model (hpsearch finalize), held-out test split</h2>")
-        columns: list[tuple[str, dict[str, Any]]] = [("tuned network", final["test"])]
-        if final.get("ensemble_test"):
-            columns.append((f"ensemble of {final['ensemble_size']}", final["ensemble_test"]))
-        if final.get("calibration"):
-            scale = final["calibration"]["scale"]
-            columns.append((f"sigma x {scale:.3f} (val-calibrated)", final["calibration"]["test"]))
-        if final.get("baseline"):
-            columns.append((final["baseline"]["name"], final["baseline"]["test"]))
+        columns = test_columns(final)
         rows = [
             [key, *(format_value(metrics.get(key)) for _, metrics in columns)]
             for key, value in final["test"].items()
