@@ -178,6 +178,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, str]] = {
     "aug_rotate": (0.0, 180.0, "a number of degrees from 0 to 180"),
     "aug_scale": (0.0, 0.9, "a number from 0 to 0.9"),
     "aug_shear": (0.0, 60.0, "a number of degrees from 0 to 60"),
+    "aug_elastic": (0.0, 4.0, "a number of pixels from 0 to 4"),
 }
 _INTEGER_PARAMS = {
     "epochs",

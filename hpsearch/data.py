@@ -252,12 +252,27 @@ def _house_feature_frame(
     return frame[list(features)]
 
 
+def _log_skewed(x_all: np.ndarray, train_idx: np.ndarray, threshold: float = 0.75) -> np.ndarray:
+    """``log1p`` of each column whose training values are non-negative and right-skewed
+    (sample skewness above ``threshold``); other columns, and NaNs, are left as they are."""
+    x_train = x_all[train_idx]
+    mean, std = np.nanmean(x_train, axis=0), np.nanstd(x_train, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        skew = np.nanmean((x_train - mean) ** 3, axis=0) / std**3
+    skewed = (np.nanmin(x_train, axis=0) >= 0) & (std > 0) & (skew > threshold)
+    out = x_all.copy()
+    out[:, skewed] = np.log1p(np.clip(x_all[:, skewed], 0, None))
+    return out
+
+
 def load_house_prices(
     data_dir: str | Path | None = None,
     *,
     features: str | Sequence[str] = "report",
     log_target: bool = False,
     max_train_living_area: float | None = None,
+    log_features: bool = False,
+    clip_inputs: bool = False,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -271,6 +286,10 @@ def load_house_prices(
     ``max_train_living_area`` drops training rows with more living area (GrLivArea, square
     feet): the data's author advises dropping the few houses over 4,000; validation and test
     rows are never dropped, and the dropped rows are listed in ``rows["train_dropped"]``.
+    ``log_features`` replaces each right-skewed non-negative column (training skewness above
+    0.75, the usual Ames recipe) by ``log1p`` of it. ``clip_inputs`` clips every validation
+    and test feature to the range the training rows span, so a network is never asked to
+    extrapolate beyond the houses it was fitted on.
 
     Raises:
         HpsearchError: an unknown feature set or column.
@@ -281,6 +300,35 @@ def load_house_prices(
     train_idx, val_idx = train_test_split(
         rest_idx, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
     )
+    return house_prices_from_rows(
+        frame,
+        train_idx,
+        val_idx,
+        test_idx,
+        features=features,
+        log_target=log_target,
+        max_train_living_area=max_train_living_area,
+        log_features=log_features,
+        clip_inputs=clip_inputs,
+        checksums=checksums,
+    )
+
+
+def house_prices_from_rows(
+    frame: pd.DataFrame,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    *,
+    features: str | Sequence[str] = "report",
+    log_target: bool = False,
+    max_train_living_area: float | None = None,
+    log_features: bool = False,
+    clip_inputs: bool = False,
+    checksums: dict[str, str] | None = None,
+) -> Splits:
+    """``load_house_prices`` on given rows of the house-price table (for cross-validation
+    over the non-test rows in benchmarks); every statistic comes from ``train_idx`` alone."""
     dropped = np.array([], dtype=train_idx.dtype)
     if max_train_living_area is not None:
         too_large = frame["GrLivArea"].to_numpy()[train_idx] > max_train_living_area
@@ -289,6 +337,8 @@ def load_house_prices(
     y_all = frame[HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)
     if log_target:
         y_all = np.log(y_all)
+    if log_features:
+        x_all = _log_skewed(x_all, train_idx)
 
     x_train = x_all[train_idx]
     medians = np.nanmedian(x_train, axis=0)
@@ -296,10 +346,13 @@ def load_house_prices(
     x_std = np.nanstd(x_train, axis=0)
     x_std[~(x_std > 0)] = 1.0
     y_mean, y_std = float(y_all[train_idx].mean()), float(y_all[train_idx].std())
+    low, high = np.nanmin(x_train, axis=0), np.nanmax(x_train, axis=0)
 
     def features_of(idx: np.ndarray) -> torch.Tensor:
         x = x_all[idx].copy()
         x = np.where(np.isnan(x), medians, x)
+        if clip_inputs:
+            x = np.clip(x, low, high)
         return torch.from_numpy(((x - x_mean) / x_std).astype(np.float32))
 
     def target_of(idx: np.ndarray) -> torch.Tensor:
@@ -315,6 +368,6 @@ def load_house_prices(
         target_mean=y_mean,
         target_std=y_std,
         log_target=log_target,
-        checksums=checksums,
+        checksums=dict(checksums or {}),
         rows={"train": train_idx, "val": val_idx, "test": test_idx, "train_dropped": dropped},
     )

@@ -89,16 +89,20 @@ class TrainConfig:
     # project's CPU (AMX), slower on CPUs without bf16 units and different numerics; off by
     # default, switch on per study.
     bf16: bool = False
-    # Random affine distortion of each training image (hpsearch.augment); 0 turns each off.
+    # Random affine and elastic distortion of each training image (hpsearch.augment); 0
+    # turns each off.
     aug_translate: float = 0.0  # fraction of the image size
     aug_rotate: float = 0.0  # degrees
     aug_scale: float = 0.0  # relative size change
     aug_shear: float = 0.0  # degrees
+    aug_elastic: float = 0.0  # pixels, root-mean-square displacement
     seed: int = 0
 
     @property
     def augmentation(self) -> Affine:
-        return Affine(self.aug_translate, self.aug_rotate, self.aug_scale, self.aug_shear)
+        return Affine(
+            self.aug_translate, self.aug_rotate, self.aug_scale, self.aug_shear, self.aug_elastic
+        )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, seed: int = 0) -> TrainConfig:

@@ -51,6 +51,31 @@ def test_rotation_and_scale_keep_the_centre_and_the_ink() -> None:
     assert not torch.allclose(turned, x)
 
 
+def test_elastic_field_is_smooth_and_sized_in_pixels() -> None:
+    from hpsearch.augment import elastic_field
+
+    torch.manual_seed(0)
+    field = elastic_field(256, 16, 16, 2.0, torch.device("cpu"), torch.float32)
+    assert field.shape == (256, 16, 16, 2)
+    pixels = field * torch.tensor([8.0, 8.0])  # back to pixels on a 16x16 grid
+    rms = pixels.pow(2).sum(-1).mean((1, 2)).sqrt()
+    # Per image, an RMS displacement drawn from U(0, 2) pixels.
+    assert rms.max() <= 2.0 + 1e-4 and abs(float(rms.mean()) - 1.0) < 0.15
+    # Smooth: neighbouring pixels move together far more than pixels half an image apart.
+    near = (pixels[:, :, 1:] - pixels[:, :, :-1]).norm(dim=-1).mean()
+    far = (pixels[:, :, 8:] - pixels[:, :, :-8]).norm(dim=-1).mean()
+    assert near < 0.5 * far
+
+
+def test_elastic_distortion_alone_changes_shape_not_place() -> None:
+    torch.manual_seed(0)
+    x = _digit()
+    bent = random_affine(x, Affine(elastic=1.0))
+    assert Affine(elastic=1.0).active and not torch.allclose(bent, x)
+    assert torch.allclose(_centre(bent), _centre(x), atol=1.0)
+    assert bent[:, :, 0, :].allclose(torch.tensor(-1.0), atol=0.05)
+
+
 def test_training_with_augmentation_learns() -> None:
     from hpsearch.models import build_model
 

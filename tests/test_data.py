@@ -173,3 +173,60 @@ def test_one_hot_levels_come_from_training_rows() -> None:
     assert list(columns.columns) == ["Size", "Size_missing", "Kind=NA", "Kind=a"]
     # Row 1's level "b" was never seen in training: all zeros.
     assert columns.loc[1, ["Kind=NA", "Kind=a"]].tolist() == [0.0, 0.0]
+
+
+def test_log_of_skewed_columns_uses_training_rows_only() -> None:
+    x = np.array(
+        [[1.0, -1.0, 0.0], [2.0, 1.0, 0.0], [3.0, -1.0, 1.0], [1000.0, 1.0, 0.0], [-5.0, 9.0, 0.0]]
+    )
+    train = np.array([0, 1, 2, 3])
+    out = data._log_skewed(x, train)
+    # Column 0 is non-negative and right-skewed in training: log1p, with the unseen negative
+    # value clipped to 0 first. Column 1 has negatives in training: untouched.
+    assert np.allclose(out[:, 0], np.log1p([1.0, 2.0, 3.0, 1000.0, 0.0]))
+    assert np.array_equal(out[:, 1], x[:, 1])
+    # A rare binary indicator is skewed too, but log1p(1) only rescales it: standardized, the
+    # column is unchanged.
+    z = (out[:, 2] - out[train, 2].mean()) / out[train, 2].std()
+    assert np.allclose(z, (x[:, 2] - x[train, 2].mean()) / x[train, 2].std())
+
+
+def test_clipped_inputs_stay_inside_the_training_range() -> None:
+    import pandas as pd
+
+    plain = data.load_house_prices(features="all", log_target=True)
+    clipped = data.load_house_prices(features="all", log_target=True, clip_inputs=True)
+    low, high = clipped.x_train.min(dim=0).values, clipped.x_train.max(dim=0).values
+    outside = (plain.x_test < low - 1e-5) | (plain.x_test > high + 1e-5)
+    assert outside.any()  # some test houses lie beyond the training rows (row 1298)
+    for x in (clipped.x_val, clipped.x_test):
+        assert ((x >= low - 1e-5) & (x <= high + 1e-5)).all()
+    assert torch.equal(plain.x_train, clipped.x_train)
+    inside = ~outside
+    assert torch.allclose(plain.x_test[inside], clipped.x_test[inside])
+    logged = data.load_house_prices(features="all", log_target=True, log_features=True)
+    table = pd.read_csv(data.PACKAGED_DATA_DIR / data.HOUSE_PRICES_FILE)
+    columns = data._house_feature_frame(table, "all", logged.rows["train"]).columns
+    area = list(columns).index("GrLivArea")
+    # Living area is right-skewed: logged, the largest test house sits closer to the rest.
+    assert logged.x_test[:, area].max() < plain.x_test[:, area].max()
+
+
+def test_house_prices_from_given_rows_match_the_loader() -> None:
+    loaded = data.load_house_prices(features="all", log_target=True, log_features=True)
+    frame, _ = data._read_house_prices(data.resolve_data_dir())
+    rows = loaded.rows
+    again = data.house_prices_from_rows(
+        frame,
+        rows["train"],
+        rows["val"],
+        rows["test"],
+        features="all",
+        log_target=True,
+        log_features=True,
+    )
+    assert torch.equal(again.x_train, loaded.x_train) and torch.equal(again.x_test, loaded.x_test)
+    assert again.target_mean == loaded.target_mean
+    # A fold with no test rows at all (benchmarks/house_cv.py): nothing to leak.
+    fold = data.house_prices_from_rows(frame, rows["train"], rows["val"], rows["test"][:0])
+    assert fold.x_test.shape == (0, 4) and len(fold.y_val) == len(rows["val"])
