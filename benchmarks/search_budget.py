@@ -113,7 +113,9 @@ def main() -> None:
         finals = [best_by(p, budget, maximize) for p in results[names[1]]]
         present = [v for v in finals if v is not None]
         target = (min(present) if maximize else max(present)) if present else None
-    fmt = ".4f" if maximize else ",.0f"
+    # Dollars as whole numbers; accuracies, NLLs and other small scores with 4 decimals.
+    values = [abs(v) for runs in results.values() for p in runs for _, v in p]
+    fmt = ",.0f" if values and statistics.median(values) >= 1000 else ".4f"
     print(
         f"{' vs '.join(names)}: budget {budget:.0f} s per search, seeds {args.seeds}, "
         f"{'maximize' if maximize else 'minimize'}; {time.perf_counter() - wall:.0f} s in all"
