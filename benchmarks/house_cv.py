@@ -20,7 +20,7 @@ import argparse
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,8 +41,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Trains on a fold's training rows and returns normalized predictions for its held-out rows.
+FitPredict = Callable[[data.Splits, int], torch.Tensor]
+
+
 def out_of_fold(
-    params: Mapping[str, Any],
+    fit_predict: FitPredict,
     options: Mapping[str, Any],
     frame: Any,
     rows: np.ndarray,
@@ -50,41 +54,35 @@ def out_of_fold(
     seed: int,
 ) -> np.ndarray:
     """Each row's price predicted by the model trained on the other folds (dollars)."""
-    problem = get_problem("house-prices")
     predictions = np.empty(len(rows))
     empty = np.array([], dtype=rows.dtype)
     for k, (fit_at, held_at) in enumerate(
         KFold(folds, shuffle=True, random_state=seed).split(rows)
     ):
         splits = data.house_prices_from_rows(frame, rows[fit_at], rows[held_at], empty, **options)
-        model, _ = finalize.fit(
-            problem,
-            params,
-            splits,
-            splits.x_train,
-            splits.y_train,
-            seed * 1000 + k,
-            evaluate=lambda model: {},
-        )
-        predictions[held_at] = splits.to_dollars(training.predict(model, splits.x_val)).numpy()
+        predictions[held_at] = splits.to_dollars(fit_predict(splits, seed * 1000 + k)).numpy()
     return predictions
 
 
-def boosting_out_of_fold(
-    options: Mapping[str, Any], frame: Any, rows: np.ndarray, folds: int, seed: int
-) -> np.ndarray:
-    """The same folds, predicted by the baseline ``hpsearch finalize`` prints."""
+def network(params: Mapping[str, Any]) -> FitPredict:
+    """A study configuration, trained as ``hpsearch finalize`` trains it."""
+    problem = get_problem("house-prices")
+
+    def fit_predict(splits: data.Splits, seed: int) -> torch.Tensor:
+        x, y = splits.x_train, splits.y_train
+        model, _ = finalize.fit(problem, params, splits, x, y, seed, evaluate=lambda m: {})
+        return training.predict(model, splits.x_val)
+
+    return fit_predict
+
+
+def boosting(splits: data.Splits, seed: int) -> torch.Tensor:
+    """The baseline ``hpsearch finalize`` prints (its own fixed random_state)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    predictions = np.empty(len(rows))
-    empty = np.array([], dtype=rows.dtype)
-    for fit_at, held_at in KFold(folds, shuffle=True, random_state=seed).split(rows):
-        splits = data.house_prices_from_rows(frame, rows[fit_at], rows[held_at], empty, **options)
-        model = HistGradientBoostingRegressor(random_state=0)
-        model.fit(splits.x_train.numpy(), splits.y_train.numpy())
-        predicted = torch.as_tensor(model.predict(splits.x_val.numpy()))
-        predictions[held_at] = splits.to_dollars(predicted).numpy()
-    return predictions
+    model = HistGradientBoostingRegressor(random_state=0)
+    model.fit(splits.x_train.numpy(), splits.y_train.numpy())
+    return torch.as_tensor(model.predict(splits.x_val.numpy()))
 
 
 def main() -> None:
@@ -96,16 +94,15 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     study = optuna.load_study(study_name=args.study, storage=args.storage)
     if study.user_attrs.get("problem") != "house-prices":
         raise SystemExit(f"{args.study} is not a house-prices study")
     options = dict(study.user_attrs.get("data", {}))
     split = {k: options.pop(k) for k in ("val_fraction", "test_fraction", "seed") if k in options}
-    searched = data.load_house_prices(**options, **split)  # only its row lists are used
-    rows = np.sort(np.concatenate([searched.rows["train"], searched.rows["val"]]))
     frame, _ = data._read_house_prices(data.resolve_data_dir())
+    train_idx, val_idx, _ = data.house_split_rows(len(frame), **split)
+    rows = np.sort(np.concatenate([train_idx, val_idx]))
     prices = frame[data.HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)[rows]
     largest = int(np.argmax(frame["GrLivArea"].to_numpy()[rows]))
     configs = finalize.top_configurations(study, args.top_k)
@@ -120,21 +117,19 @@ def main() -> None:
     )
     results: dict[str, list[float]] = {}
     largest_pred: dict[str, list[float]] = {}
+
+    def record(name: str, fit_predict: FitPredict, variant: Mapping[str, Any], seed: int) -> None:
+        predicted = out_of_fold(fit_predict, {**options, **variant}, frame, rows, args.folds, seed)
+        results.setdefault(name, []).append(math.sqrt(float(np.mean((predicted - prices) ** 2))))
+        largest_pred.setdefault(name, []).append(float(predicted[largest]))
+
     started = time.perf_counter()
     for name in args.variants:
         for _, params, _ in configs:
             for seed in args.seeds:
-                predicted = out_of_fold(
-                    params, {**options, **VARIANTS[name]}, frame, rows, args.folds, seed
-                )
-                rmse = math.sqrt(float(np.mean((predicted - prices) ** 2)))
-                results.setdefault(name, []).append(rmse)
-                largest_pred.setdefault(name, []).append(float(predicted[largest]))
+                record(name, network(params), VARIANTS[name], seed)
     for seed in args.seeds:
-        predicted = boosting_out_of_fold(options, frame, rows, args.folds, seed)
-        rmse = math.sqrt(float(np.mean((predicted - prices) ** 2)))
-        results.setdefault("gradient boosting baseline", []).append(rmse)
-        largest_pred.setdefault("gradient boosting baseline", []).append(float(predicted[largest]))
+        record("gradient boosting baseline", boosting, {}, seed)
     base = statistics.mean(results[args.variants[0]])
     print(f"{'data options':<30}{'out-of-fold RMSE':>22}{'ratio':>8}{'largest house':>16}")
     for name, values in results.items():

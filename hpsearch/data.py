@@ -295,10 +295,8 @@ def load_house_prices(
         HpsearchError: an unknown feature set or column.
     """
     frame, checksums = _read_house_prices(resolve_data_dir(data_dir))
-    indices = np.arange(len(frame))
-    rest_idx, test_idx = train_test_split(indices, test_size=test_fraction, random_state=seed)
-    train_idx, val_idx = train_test_split(
-        rest_idx, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
+    train_idx, val_idx, test_idx = house_split_rows(
+        len(frame), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
     return house_prices_from_rows(
         frame,
@@ -312,6 +310,20 @@ def load_house_prices(
         clip_inputs=clip_inputs,
         checksums=checksums,
     )
+
+
+def house_split_rows(
+    n_rows: int, *, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, validation and test row indices of ``load_house_prices``: at random (fixed
+    ``seed``), fractions of the whole table, before any training-row filter."""
+    rest_idx, test_idx = train_test_split(
+        np.arange(n_rows), test_size=test_fraction, random_state=seed
+    )
+    train_idx, val_idx = train_test_split(
+        rest_idx, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
+    )
+    return train_idx, val_idx, test_idx
 
 
 def house_prices_from_rows(
