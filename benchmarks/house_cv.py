@@ -9,9 +9,9 @@ study's top-k configurations and retrains each with and without every option on 
 the study's train + validation rows (the held-out test rows are left out of the table before
 the folds are cut: nothing here reads them), so every non-test house is predicted once by a
 model that never saw it. It prints the out-of-fold RMSE in dollars (mean and spread over
-configurations x seeds), the ratio to the study's own data options, and each option's
-prediction for the largest house, side by side in one run, with gradient boosting (the
-baseline ``hpsearch finalize`` prints) on the same folds.
+configurations x seeds), the ratio to the study's own data options, each option's
+prediction for the largest house and its RMSE over all the other houses, side by side in one
+run, with gradient boosting (the baseline ``hpsearch finalize`` prints) on the same folds.
 """
 
 from __future__ import annotations
@@ -31,13 +31,19 @@ from sklearn.model_selection import KFold
 from hpsearch import data, finalize, training
 from hpsearch.problems import get_problem
 
-# Each variant's options replace the study's own [data] options.
+# Each variant's options are laid over the study's own [data] options (a value of False or 0
+# turns one of the study's options off).
 VARIANTS: dict[str, dict[str, Any]] = {
     "study's options": {},
     "clip_inputs": {"clip_inputs": True},
     "log_features": {"log_features": True},
     "log_features + clip_inputs": {"log_features": True, "clip_inputs": True},
     "max_train_living_area 4000": {"max_train_living_area": 4000},
+    "no winsorize": {"winsorize": 0.0},
+    "winsorize 0.005": {"winsorize": 0.005},
+    "winsorize 0.01": {"winsorize": 0.01},
+    "winsorize 0.02": {"winsorize": 0.02},
+    "winsorize 0.05": {"winsorize": 0.05},
 }
 
 
@@ -116,11 +122,15 @@ def main() -> None:
         f"{frame['GrLivArea'].iloc[rows[largest]]} sq ft, sold ${prices[largest]:,.0f}"
     )
     results: dict[str, list[float]] = {}
+    others: dict[str, list[float]] = {}  # RMSE over every house but the largest
     largest_pred: dict[str, list[float]] = {}
+    rest = np.arange(len(rows)) != largest
 
     def record(name: str, fit_predict: FitPredict, variant: Mapping[str, Any], seed: int) -> None:
         predicted = out_of_fold(fit_predict, {**options, **variant}, frame, rows, args.folds, seed)
-        results.setdefault(name, []).append(math.sqrt(float(np.mean((predicted - prices) ** 2))))
+        squared = (predicted - prices) ** 2
+        results.setdefault(name, []).append(math.sqrt(float(np.mean(squared))))
+        others.setdefault(name, []).append(math.sqrt(float(np.mean(squared[rest]))))
         largest_pred.setdefault(name, []).append(float(predicted[largest]))
 
     started = time.perf_counter()
@@ -131,13 +141,17 @@ def main() -> None:
     for seed in args.seeds:
         record("gradient boosting baseline", boosting, {}, seed)
     base = statistics.mean(results[args.variants[0]])
-    print(f"{'data options':<30}{'out-of-fold RMSE':>22}{'ratio':>8}{'largest house':>16}")
+    print(
+        f"{'data options':<30}{'out-of-fold RMSE':>22}{'ratio':>8}{'largest house':>16}"
+        f"{'RMSE without it':>18}"
+    )
     for name, values in results.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         mean = statistics.mean(values)
         print(
             f"{name:<30}{f'${mean:,.0f} ±{spread:,.0f}':>22}{mean / base:>8.3f}"
             f"{f'${statistics.median(largest_pred[name]):,.0f}':>16}"
+            f"{f'${statistics.mean(others[name]):,.0f}':>18}"
         )
     print(f"({time.perf_counter() - started:.0f} s; largest house: median prediction)")
 

@@ -139,7 +139,10 @@ def main() -> None:
         print(line)
     if len(times) == 2:
         first, second = times[names[0]], times[names[1]]
-        print(f"{names[0]} reaches the target {second / first:.1f}x sooner than {names[1]}")
+        if first <= second:
+            print(f"{names[0]} reaches the target {second / first:.1f}x sooner than {names[1]}")
+        else:
+            print(f"{names[0]} takes {first / second:.1f}x as long to reach the target")
 
 
 if __name__ == "__main__":

@@ -162,13 +162,14 @@ class _Checker:
 # Numeric hyperparameters: (lowest allowed, highest allowed, whether the bounds are open).
 _NUMERIC_RANGES: dict[str, tuple[float, float, str]] = {
     "epochs": (1, math.inf, "an integer >= 1"),
-    "batch_size": (1, math.inf, "an integer >= 1"),
+    "batch_size": (2, math.inf, "an integer >= 2 (batch norm needs two rows a batch)"),
     "n_conv_layers": (1, 4, "an integer from 1 to 4 (16x16 inputs)"),
     "n_hidden_layers": (1, math.inf, "an integer >= 1"),
     "channels": (1, math.inf, "an integer >= 1"),
     "hidden_units": (1, math.inf, "an integer >= 1"),
     "kernel_size": (1, 15, "an odd integer from 1 to 15"),
     "lr_step_epochs": (1, math.inf, "an integer >= 1"),
+    "head_units": (0, math.inf, "an integer >= 0 (0 = a linear head)"),
     "dropout": (0.0, 0.95, "a number from 0 to 0.95"),
     "lr": (1e-12, math.inf, "a number > 0"),
     "momentum": (0.0, 1.0, "a number from 0 to 1"),
@@ -189,6 +190,7 @@ _INTEGER_PARAMS = {
     "hidden_units",
     "kernel_size",
     "lr_step_epochs",
+    "head_units",
 }
 
 
@@ -216,6 +218,7 @@ def _allowed_values(problem: Problem) -> dict[str, tuple[Any, ...]]:
         "lr_schedule": training.LR_SCHEDULES,
         "loss": tuple(problem.losses),
         "batch_norm": (True, False),
+        "pool": models.POOLING,
         "fused": (True, False),
         "channels_last": (True, False),
         "bf16": (True, False),

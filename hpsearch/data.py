@@ -265,6 +265,28 @@ def _log_skewed(x_all: np.ndarray, train_idx: np.ndarray, threshold: float = 0.7
     return out
 
 
+def _winsorize(x_all: np.ndarray, train_idx: np.ndarray, tail: float) -> np.ndarray:
+    """Each continuous column (more than two distinct training values; indicators and
+    one-hot columns are left alone) clipped to its training ``tail`` / ``1 - tail`` quantiles;
+    NaNs stay NaN. A column whose two quantiles coincide (mostly zeros: pool area, say) is
+    left alone too, rather than turned constant.
+
+    Raises:
+        HpsearchError: ``tail`` is not in (0, 0.5).
+    """
+    if not 0.0 < tail < 0.5:
+        raise HpsearchError(f"winsorize must be a tail fraction in (0, 0.5), got {tail}")
+    x_train = x_all[train_idx]
+    continuous = np.array(
+        [np.unique(column[~np.isnan(column)]).size > 2 for column in x_train.T], dtype=bool
+    )
+    low, high = np.nanquantile(x_train[:, continuous], [tail, 1.0 - tail], axis=0)
+    columns = np.flatnonzero(continuous)[low < high]
+    out = x_all.copy()
+    out[:, columns] = np.clip(x_all[:, columns], low[low < high], high[low < high])
+    return out
+
+
 def load_house_prices(
     data_dir: str | Path | None = None,
     *,
@@ -273,6 +295,7 @@ def load_house_prices(
     max_train_living_area: float | None = None,
     log_features: bool = False,
     clip_inputs: bool = False,
+    winsorize: float = 0.0,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -289,7 +312,10 @@ def load_house_prices(
     ``log_features`` replaces each right-skewed non-negative column (training skewness above
     0.75, the usual Ames recipe) by ``log1p`` of it. ``clip_inputs`` clips every validation
     and test feature to the range the training rows span, so a network is never asked to
-    extrapolate beyond the houses it was fitted on.
+    extrapolate beyond the houses it was fitted on. ``winsorize`` (a tail fraction, 0 = off)
+    clips every row's continuous columns (more than two distinct training values) to the
+    training ``winsorize`` and ``1 - winsorize`` quantiles, after ``log_features``, so the few
+    extreme houses neither pull the fit nor get extrapolated to.
 
     Raises:
         HpsearchError: an unknown feature set or column.
@@ -308,6 +334,7 @@ def load_house_prices(
         max_train_living_area=max_train_living_area,
         log_features=log_features,
         clip_inputs=clip_inputs,
+        winsorize=winsorize,
         checksums=checksums,
     )
 
@@ -337,6 +364,7 @@ def house_prices_from_rows(
     max_train_living_area: float | None = None,
     log_features: bool = False,
     clip_inputs: bool = False,
+    winsorize: float = 0.0,
     checksums: dict[str, str] | None = None,
 ) -> Splits:
     """``load_house_prices`` on given rows of the house-price table (for cross-validation
@@ -351,6 +379,8 @@ def house_prices_from_rows(
         y_all = np.log(y_all)
     if log_features:
         x_all = _log_skewed(x_all, train_idx)
+    if winsorize:
+        x_all = _winsorize(x_all, train_idx, winsorize)
 
     x_train = x_all[train_idx]
     medians = np.nanmedian(x_train, axis=0)

@@ -50,27 +50,51 @@ def build_conv_classifier(
     linear head to ``n_classes`` logits.
 
     Params: ``n_conv_layers`` (1-4 for 16x16 inputs), ``channels`` or ``channels_{i}``,
-    ``activation``, ``batch_norm``, ``dropout``.
+    ``activation``, ``batch_norm``, ``dropout``; optional ``pool`` (``"every"``, the report's
+    2x2 max-pool in each block, or ``"end"``: the blocks keep full resolution and one max-pool
+    after the last block shrinks the map to the same size, so the head is unchanged) and
+    ``head_units`` (0, the report's linear head, or the width of one hidden layer before it,
+    with the blocks' activation and dropout).
     """
     widths = layer_widths(params, "n_conv_layers", "channels")
     if not widths or min(widths) < 1:
         raise ValueError(f"conv classifier needs >= 1 layer of >= 1 channel, got {widths}")
+    pool = str(params.get("pool", "every"))
+    if pool not in POOLING:
+        raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLING)}")
     kernel = int(params.get("kernel_size", 3))
+    activation = str(params["activation"])
+    dropout = float(params.get("dropout", 0.0))
     layers: list[nn.Module] = []
-    channels, size = in_channels, image_size
+    channels, size, shrink = in_channels, image_size, 1
     for width in widths:
         layers.append(nn.Conv2d(channels, width, kernel, padding=kernel // 2))
         if params.get("batch_norm", True):
             layers.append(nn.BatchNorm2d(width))
-        layers.append(make_activation(str(params["activation"])))
+        layers.append(make_activation(activation))
         if size >= 2:  # a 16x16 input halves to 8, 4, 2, 1 over four blocks
-            layers.append(nn.MaxPool2d(2))
+            if pool == "every":
+                layers.append(nn.MaxPool2d(2))
+            shrink *= 2
             size //= 2
-        if params.get("dropout", 0.0) > 0:
-            layers.append(nn.Dropout(float(params["dropout"])))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         channels = width
-    layers += [nn.Flatten(), nn.Linear(channels * size * size, n_classes)]
+    if pool == "end" and shrink > 1:
+        layers.append(nn.MaxPool2d(shrink))
+    layers.append(nn.Flatten())
+    features = channels * size * size
+    head_units = int(params.get("head_units", 0))
+    if head_units > 0:
+        layers += [nn.Linear(features, head_units), make_activation(activation)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        features = head_units
+    layers.append(nn.Linear(features, n_classes))
     return nn.Sequential(*layers)  # (B, C, H, W) -> (B, n_classes)
+
+
+POOLING = ("every", "end")
 
 
 def _mlp_trunk(params: Mapping[str, Any], n_features: int) -> tuple[list[nn.Module], int]:
@@ -138,7 +162,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # ``hidden_units_{i}`` are accepted too).
 MODEL_PARAMS: dict[str, frozenset[str]] = {
     "conv": frozenset(
-        {"n_conv_layers", "channels", "activation", "batch_norm", "dropout", "kernel_size"}
+        {
+            "n_conv_layers",
+            "channels",
+            "activation",
+            "batch_norm",
+            "dropout",
+            "kernel_size",
+            "pool",
+            "head_units",
+        }
     ),
     "mlp": frozenset({"n_hidden_layers", "hidden_units", "activation", "dropout"}),
     "gaussian": frozenset({"n_hidden_layers", "hidden_units", "activation", "dropout"}),

@@ -61,9 +61,12 @@ class Objective:
         # A retry keeps the seed and checkpoint of the first trial of its series.
         series = int(trial.user_attrs.get("retry_of", trial.number))
         seed = trial_seed(self.seed, series)
-        # Only a retry resumes, and only from a checkpoint of the same configuration and seed
-        # (a file left by a same-named study in another database is not this trial's).
-        tag = json.dumps({"params": params, "seed": seed}, sort_keys=True, default=str)
+        # Only a retry resumes, and only from a checkpoint of the same configuration, data
+        # options and seed (a file left by a same-named study in another database is not
+        # this trial's).
+        tag = json.dumps(
+            {"params": params, "data": self.config.data, "seed": seed}, sort_keys=True, default=str
+        )
         is_retry = "retry_of" in trial.user_attrs
         resume = self.checkpoints.load(series, tag) if self.checkpoints and is_retry else None
         if resume is not None:

@@ -140,6 +140,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ),
         ("[study]\nproblem = 'usps'\n[space.lr]\ntype = 'uniform'\n", r"\[space.lr\] type must"),
         ("[study]\nproblem = 'usps'\n[fixed]\nloss = 'gaussian_nll'\n", r"\[fixed\] loss ="),
+        ("[study]\nproblem = 'usps'\n[fixed]\npool = 'middle'\n", r"\[fixed\] pool = 'middle'"),
+        ("[study]\nproblem = 'usps'\n[fixed]\nhead_units = -1\n", r"head_units = -1 must"),
         (
             "[study]\nproblem = 'usps'\n[data]\nfeatures = ['GrLivArea']\n",
             r"\[data\] unknown key\(s\) features",
@@ -246,3 +248,13 @@ def test_grid_search_space(tmp_path: Path) -> None:
         "lr": [0.001, 0.01],
         "activation": ["relu", "tanh"],
     }
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent / "benchmarks" / "studies").glob("*.toml")),
+    ids=lambda p: p.stem,
+)
+def test_benchmark_studies_load(path: Path) -> None:
+    config = cfg.load_study_file(path)
+    assert config.space

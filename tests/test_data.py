@@ -212,6 +212,42 @@ def test_clipped_inputs_stay_inside_the_training_range() -> None:
     assert logged.x_test[:, area].max() < plain.x_test[:, area].max()
 
 
+def test_winsorize_clips_continuous_tails_to_training_quantiles() -> None:
+    x = np.array(
+        [
+            [0.0, 1.0, 0.0, 5.0],
+            [1.0, 0.0, 0.0, np.nan],
+            [2.0, 1.0, 0.0, 6.0],
+            [3.0, 0.0, 0.0, 7.0],
+            [100.0, 1.0, 9.0, 8.0],  # training rows end here
+            [-50.0, 1.0, 50.0, 99.0],
+        ]
+    )
+    train = np.arange(5)
+    out = data._winsorize(x, train, 0.25)
+    low, high = np.quantile(x[train, 0], [0.25, 0.75])
+    assert np.array_equal(out[:, 0], np.clip(x[:, 0], low, high))  # test row clipped too
+    assert np.array_equal(out[:, 1], x[:, 1])  # an indicator is left alone
+    assert np.array_equal(out[:, 2], x[:, 2])  # mostly zeros: equal quantiles, left alone
+    assert np.isnan(out[1, 3]) and out[5, 3] == np.nanquantile(x[train, 3], 0.75)
+    assert out[0, 3] == np.nanquantile(x[train, 3], 0.25)
+    with pytest.raises(HpsearchError, match="tail fraction"):
+        data._winsorize(x, train, 0.5)
+
+
+def test_winsorized_house_prices_keep_every_feature() -> None:
+    plain = data.load_house_prices(features="all", log_target=True, log_features=True)
+    tamed = data.load_house_prices(
+        features="all", log_target=True, log_features=True, winsorize=0.02
+    )
+    assert tamed.x_train.shape == plain.x_train.shape
+    # No column turns constant, and the largest test house moves towards the others.
+    varies = plain.x_train.std(dim=0) > 0
+    assert (tamed.x_train.std(dim=0)[varies] > 0).all()
+    assert tamed.x_test.abs().max(dim=0).values.sum() < plain.x_test.abs().max(dim=0).values.sum()
+    assert torch.equal(tamed.y_test, plain.y_test)
+
+
 def test_house_prices_from_given_rows_match_the_loader() -> None:
     loaded = data.load_house_prices(features="all", log_target=True, log_features=True)
     frame, _ = data._read_house_prices(data.resolve_data_dir())

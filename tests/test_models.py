@@ -61,6 +61,31 @@ def test_conv_per_layer_channels_and_report_size() -> None:
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_pooling_at_the_end_keeps_full_resolution_and_the_same_head(depth: int) -> None:
+    params = {"n_conv_layers": depth, "channels": 8, "activation": "relu", "dropout": 0.1}
+    every = models.build_conv_classifier(params)
+    end = models.build_conv_classifier({**params, "pool": "end"})
+    pools = [m for m in end if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 1 and pools[0].kernel_size == 2**depth
+    assert isinstance(end[-3], torch.nn.MaxPool2d)  # after the last block, before Flatten
+    assert end[-1].in_features == every[-1].in_features
+    assert models.count_parameters(end) == models.count_parameters(every)
+    x = torch.randn(5, 1, 16, 16)
+    assert end(x).shape == every(x).shape == (5, 10)
+
+
+def test_hidden_head_layer() -> None:
+    params = {"n_conv_layers": 3, "channels": 8, "activation": "tanh", "dropout": 0.2}
+    model = models.build_conv_classifier({**params, "head_units": 32})
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(8 * 2 * 2, 32), (32, 10)]
+    assert isinstance(model[-3], torch.nn.Tanh) and isinstance(model[-2], torch.nn.Dropout)
+    assert model(torch.randn(4, 1, 16, 16)).shape == (4, 10)
+    plain = models.build_conv_classifier({**params, "head_units": 0})
+    assert [m for m in plain if isinstance(m, torch.nn.Linear)][0].out_features == 10
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
 @pytest.mark.parametrize("units", [32, 128])
 @pytest.mark.parametrize("activation", sorted(models.ACTIVATIONS))
 def test_regressors(depth: int, units: int, activation: str) -> None:
@@ -87,6 +112,10 @@ def test_bad_params_raise() -> None:
         models.build_conv_classifier({"n_conv_layers": 0, "channels": 8, "activation": "relu"})
     with pytest.raises(ValueError, match="unknown model"):
         models.build_model("transformer", {})
+    with pytest.raises(ValueError, match="unknown pool"):
+        models.build_conv_classifier(
+            {"n_conv_layers": 1, "channels": 8, "activation": "relu", "pool": "middle"}
+        )
 
 
 def test_builders_are_deterministic_under_seed() -> None:

@@ -72,7 +72,7 @@ def _lrs(schedule: str, epochs: int) -> list[float]:
     model = torch.nn.Linear(2, 1)
     config = TrainConfig(epochs=epochs, batch_size=1, lr=0.01, lr_schedule=schedule)
     optimizer = training.make_optimizer(model, config)
-    scheduler = training.make_scheduler(optimizer, config)
+    scheduler = training.make_scheduler(optimizer, config, batches_per_epoch=1)
     assert scheduler is not None
     lrs = []
     for _ in range(epochs):
@@ -224,3 +224,43 @@ def test_huber_is_a_regression_loss() -> None:
     error = torch.tensor([0.5, 3.0])
     # Half the square within one unit, linear beyond.
     assert torch.allclose(huber(error, torch.zeros(2)), torch.tensor((0.125 + 2.5) / 2))
+
+
+def test_n_batches_counts_what_batch_indices_yields() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for n, batch_size in [(100, 30), (101, 50), (90, 30), (1, 8), (7, 64), (1, 1), (5, 2)]:
+        yielded = list(training.batch_indices(n, batch_size, generator, torch.device("cpu")))
+        assert training.n_batches(n, batch_size) == len(yielded)
+
+
+def test_onecycle_steps_every_batch_up_to_lr_and_down_to_near_zero() -> None:
+    # 256 rows in batches of 64: 4 steps an epoch, 40 in all; OneCycleLR raises if stepped
+    # past its total, so finishing shows the count is right.
+    config = TrainConfig(epochs=10, batch_size=64, lr=0.01, lr_schedule="onecycle")
+    lrs: list[float] = []
+
+    def on_checkpoint(state: training.TrainState) -> None:
+        lrs.append(state.optimizer["param_groups"][0]["lr"])
+
+    _fit(config, on_checkpoint=on_checkpoint)
+    assert len(lrs) == 10
+    peak = max(range(10), key=lrs.__getitem__)
+    assert 1 <= peak <= 4 and lrs[peak] > 0.008  # the peak (lr) after ~30% of the steps
+    # Stepped per batch to the end (stepped per epoch it would still be near the peak); the
+    # state after the last batch is one step past the cycle, which no batch trains with.
+    assert lrs[-1] < 0.01 / 100
+    assert lrs[peak:] == sorted(lrs[peak:], reverse=True)
+
+
+def test_smoothed_cross_entropy_puts_a_tenth_of_the_target_on_every_class() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    target = torch.tensor([0, 2])
+    log_p = logits.log_softmax(dim=-1)
+    smooth = torch.full_like(log_p, 0.1 / 3)
+    smooth[torch.arange(2), target] += 0.9
+    expected = float(-(smooth * log_p).sum(dim=-1).mean())
+    smoothed = training.CLASSIFICATION_LOSSES["smoothed_cross_entropy"]
+    assert float(smoothed(logits, target)) == pytest.approx(expected)
+    # Even a confident, right answer keeps a loss: no push towards infinite logits.
+    confident = torch.tensor([[20.0, -20.0, -20.0]])
+    assert float(smoothed(confident, target[:1])) > 1
