@@ -53,7 +53,9 @@ def check_exact(url: str, name: str, trials: int, logs: list[str]) -> optuna.Stu
 @pytest.mark.slow
 def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = spawn(url, "cheap", 40, 1)
+    # 0.3 s a trial: alone, the first worker would need 12 s for the 40 trials, so the three
+    # started after it (each importing torch first) surely take part.
+    first = spawn(url, "cheap", 40, 1, seconds=0.1)
     time.sleep(2)  # one worker creates the study; the dashboard needs the file
     dashboard_log = tmp_path / "dashboard.log"
     exe = shutil.which("hpsearch")
@@ -65,7 +67,7 @@ def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        workers = first + spawn(url, "cheap", 40, 3)
+        workers = first + spawn(url, "cheap", 40, 3, seconds=0.1)
         # Poll the dashboard's API while the workers write.
         deadline = time.monotonic() + 240
         import urllib.request
@@ -96,8 +98,9 @@ def pg_url(postgres_url: str) -> Iterator[str]:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_eight_workers_on_postgres_created_together(pg_url: str) -> None:
-    # All eight start at once on an empty database: one schema, one study, no error.
-    workers = spawn(pg_url, "cheap", 48, 8)
+    # All eight start at once on an empty database: one schema, one study, no error. At
+    # 0.15 s a trial no single worker can finish the study while the others still import.
+    workers = spawn(pg_url, "cheap", 48, 8, seconds=0.05)
     logs = finish(workers)
     study = check_exact(pg_url, "cheap", 48, logs)
     assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["cheap"]
