@@ -281,9 +281,10 @@ def _winsorize(x_all: np.ndarray, train_idx: np.ndarray, tail: float) -> np.ndar
         [np.unique(column[~np.isnan(column)]).size > 2 for column in x_train.T], dtype=bool
     )
     low, high = np.nanquantile(x_train[:, continuous], [tail, 1.0 - tail], axis=0)
-    columns = np.flatnonzero(continuous)[low < high]
+    spread = low < high
+    columns = np.flatnonzero(continuous)[spread]
     out = x_all.copy()
-    out[:, columns] = np.clip(x_all[:, columns], low[low < high], high[low < high])
+    out[:, columns] = np.clip(x_all[:, columns], low[spread], high[spread])
     return out
 
 

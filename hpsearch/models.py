@@ -66,7 +66,7 @@ def build_conv_classifier(
     activation = str(params["activation"])
     dropout = float(params.get("dropout", 0.0))
     layers: list[nn.Module] = []
-    channels, size, shrink = in_channels, image_size, 1
+    channels, size = in_channels, image_size
     for width in widths:
         layers.append(nn.Conv2d(channels, width, kernel, padding=kernel // 2))
         if params.get("batch_norm", True):
@@ -75,13 +75,12 @@ def build_conv_classifier(
         if size >= 2:  # a 16x16 input halves to 8, 4, 2, 1 over four blocks
             if pool == "every":
                 layers.append(nn.MaxPool2d(2))
-            shrink *= 2
             size //= 2
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         channels = width
-    if pool == "end" and shrink > 1:
-        layers.append(nn.MaxPool2d(shrink))
+    if pool == "end" and size < image_size:
+        layers.append(nn.MaxPool2d(image_size // size))
     layers.append(nn.Flatten())
     features = channels * size * size
     head_units = int(params.get("head_units", 0))

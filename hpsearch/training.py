@@ -198,9 +198,15 @@ def make_scheduler(
     )
 
 
+def _batch_starts(n: int, batch_size: int) -> list[int]:
+    """Where each batch of an epoch starts; a batch of one row is dropped (batch norm cannot
+    train on it) unless it is the whole data set."""
+    return [start for start in range(0, n, batch_size) if min(batch_size, n - start) > 1 or n == 1]
+
+
 def n_batches(n: int, batch_size: int) -> int:
     """How many batches ``batch_indices`` yields per epoch."""
-    return sum(1 for start in range(0, n, batch_size) if min(batch_size, n - start) > 1 or n == 1)
+    return len(_batch_starts(n, batch_size))
 
 
 def batch_indices(
@@ -209,10 +215,8 @@ def batch_indices(
     """Slices of one random permutation of ``range(n)``; a trailing batch of one is dropped
     (batch norm cannot train on it)."""
     order = torch.randperm(n, generator=generator).to(device)
-    for start in range(0, n, batch_size):
-        chunk = order[start : start + batch_size]
-        if len(chunk) > 1 or n == 1:
-            yield chunk
+    for start in _batch_starts(n, batch_size):
+        yield order[start : start + batch_size]
 
 
 @torch.inference_mode()
