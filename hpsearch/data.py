@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, train_test_split
 
 from hpsearch.errors import HpsearchError
 
@@ -34,6 +34,8 @@ REPORT_HOUSE_FEATURES = ("OverallQual", "YearBuilt", "TotalBsmtSF", "GrLivArea")
 # Named feature sets: the report's four columns, every numeric column (missing values take the
 # training median, plus a was-missing indicator), or those plus one-hot categorical columns.
 HOUSE_FEATURE_SETS = ("report", "numeric", "all")
+# Folds of the train + validation rows that ``dev_fold`` holds out in place of the test split.
+DEV_FOLDS = 5
 
 # Checksums of the copies shipped with hpsearch, plus those of torchvision's own USPS
 # download (the shipped files were rebuilt from a float copy, so their bytes differ).
@@ -300,6 +302,7 @@ def load_house_prices(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
+    dev_fold: int | None = None,
 ) -> Splits:
     """House prices as ``(N, F)`` float features and a ``(N,)`` normalized SalePrice.
 
@@ -316,14 +319,20 @@ def load_house_prices(
     extrapolate beyond the houses it was fitted on. ``winsorize`` (a tail fraction, 0 = off)
     clips every row's continuous columns (more than two distinct training values) to the
     training ``winsorize`` and ``1 - winsorize`` quantiles, after ``log_features``, so the few
-    extreme houses neither pull the fit nor get extrapolated to.
+    extreme houses neither pull the fit nor get extrapolated to. ``dev_fold`` (0 to
+    ``DEV_FOLDS - 1``) rehearses the pipeline without the real test rows: see
+    ``house_split_rows``.
 
     Raises:
-        HpsearchError: an unknown feature set or column.
+        HpsearchError: an unknown feature set or column, or a bad ``dev_fold``.
     """
     frame, checksums = _read_house_prices(resolve_data_dir(data_dir))
     train_idx, val_idx, test_idx = house_split_rows(
-        len(frame), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        len(frame),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        dev_fold=dev_fold,
     )
     return house_prices_from_rows(
         frame,
@@ -341,13 +350,34 @@ def load_house_prices(
 
 
 def house_split_rows(
-    n_rows: int, *, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0
+    n_rows: int,
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    dev_fold: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train, validation and test row indices of ``load_house_prices``: at random (fixed
-    ``seed``), fractions of the whole table, before any training-row filter."""
+    ``seed``), fractions of the whole table, before any training-row filter.
+
+    With ``dev_fold`` k, the seed's real test rows are set aside unread and fold k of
+    ``DEV_FOLDS`` (shuffled with ``seed``) of its train + validation rows stands in for test;
+    train and validation are cut from the other folds in the same proportions. Running the
+    whole pipeline on each dev fold (``benchmarks/house_splits.py --dev``) compares
+    pipeline choices on held-out rows without reading the test split they will be judged on.
+
+    Raises:
+        HpsearchError: ``dev_fold`` is not in ``range(DEV_FOLDS)``.
+    """
     rest_idx, test_idx = train_test_split(
         np.arange(n_rows), test_size=test_fraction, random_state=seed
     )
+    if dev_fold is not None:
+        if dev_fold not in range(DEV_FOLDS):
+            raise HpsearchError(f"dev_fold must be 0 to {DEV_FOLDS - 1}, got {dev_fold}")
+        folds = KFold(DEV_FOLDS, shuffle=True, random_state=seed).split(rest_idx)
+        keep, held = list(folds)[dev_fold]
+        rest_idx, test_idx = rest_idx[keep], rest_idx[held]
     train_idx, val_idx = train_test_split(
         rest_idx, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
     )

@@ -266,3 +266,21 @@ def test_house_prices_from_given_rows_match_the_loader() -> None:
     # A fold with no test rows at all (benchmarks/house_cv.py): nothing to leak.
     fold = data.house_prices_from_rows(frame, rows["train"], rows["val"], rows["test"][:0])
     assert fold.x_test.shape == (0, 4) and len(fold.y_val) == len(rows["val"])
+
+
+def test_dev_folds_hold_out_train_and_validation_rows_never_the_test_split() -> None:
+    real = data.load_house_prices(seed=3).rows
+    held = []
+    for fold in range(data.DEV_FOLDS):
+        rows = data.load_house_prices(seed=3, dev_fold=fold).rows
+        used = np.concatenate([rows["train"], rows["val"], rows["test"]])
+        assert len(np.unique(used)) == len(used) == len(real["train"]) + len(real["val"])
+        assert not np.intersect1d(used, real["test"]).size  # the real test rows stay unread
+        # Train and validation keep the real split's proportions (3:1).
+        assert abs(len(rows["train"]) / len(rows["val"]) - 3.0) < 0.05
+        held.append(rows["test"])
+    # Every train + validation row is held out by exactly one dev fold.
+    every = np.concatenate(held)
+    assert np.array_equal(np.sort(every), np.sort(np.concatenate([real["train"], real["val"]])))
+    with pytest.raises(HpsearchError, match="dev_fold"):
+        data.load_house_prices(dev_fold=data.DEV_FOLDS)
