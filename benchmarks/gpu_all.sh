@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
 # Every GPU figure of the README in one run, for a machine with one CUDA device:
 #   bash benchmarks/gpu_all.sh [OUT_DIR]
-# 1. epoch_speed on cuda (hpsearch loop vs plain loop vs DataLoader; FLOP/s vs matmul peak)
+# 1. `hpsearch run usps --trials 200` on the GPU with the default workers, timed, then
+#    `hpsearch finalize usps` on that study (test accuracy, single model and ensemble)
 # 2. gpu_packing: trials/min with 1, 2, 4, 8, 16 concurrent trials on the GPU
-# 3. `hpsearch run usps --trials 200` on the GPU with the default workers, timed
-# Each step's output goes to OUT_DIR (default: ./gpu-results) and to the terminal.
-set -euo pipefail
-out="${1:-gpu-results}"
+# 3. epoch_speed on cuda (hpsearch loop vs plain loop vs DataLoader; FLOP/s vs matmul peak)
+# Each step's output goes to OUT_DIR (default: ./gpu-results: text files, finalize.json and
+# the study database) and to the terminal; checkpoints and models go to a scratch folder.
+# A step that fails is reported and the next one still runs. Environment:
+# RUN_TIMEOUT (seconds, passed to `hpsearch run --timeout`; unset = run all 200 trials),
+# PACKING_TRIALS (trials per gpu_packing row, default 32).
+set -uo pipefail
+out="$(realpath -m "${1:-gpu-results}")"
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
+scratch="$(mktemp -d)"
+status=0
+step() {  # step NAME COMMAND...: run one step, tee its output, remember a failure
+  local name="$1"
+  shift
+  echo "== $name: $*" | tee "$out/$name.txt"
+  local start
+  start=$(date +%s)
+  "$@" 2>&1 | tee -a "$out/$name.txt"
+  local rc=$?
+  echo "== $name: exit $rc, $(($(date +%s) - start)) s wall" | tee -a "$out/$name.txt"
+  [ "$rc" -eq 0 ] || status=1
+}
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
-print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt"
+print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt" || exit 1
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee -a "$out/device.txt" || true
-python benchmarks/epoch_speed.py --device cuda --epochs 3 --repeats 3 | tee "$out/epoch_speed.txt"
-python benchmarks/gpu_packing.py --trials 32 --epochs 3 | tee "$out/gpu_packing.txt"
-rm -f "$out/usps200.db"
-start=$(date +%s)
-hpsearch run usps --trials 200 --device cuda --storage "sqlite:///$out/usps200.db" \
-  --checkpoint-dir "$out/checkpoints" 2>&1 | tail -n 40 | tee "$out/usps200.txt"
-echo "usps 200 trials on cuda: $(( $(date +%s) - start )) s wall" | tee -a "$out/usps200.txt"
-hpsearch finalize usps --storage "sqlite:///$out/usps200.db" --device cuda \
-  --out "$out/final-usps" 2>&1 | tee "$out/finalize.txt"
+run_args=(--trials 200 --device cuda --storage "sqlite:///$scratch/usps200.db"
+  --checkpoint-dir "$scratch/checkpoints")
+[ -n "${RUN_TIMEOUT:-}" ] && run_args+=(--timeout "$RUN_TIMEOUT")
+step usps200 hpsearch run usps "${run_args[@]}"
+step finalize hpsearch finalize usps --storage "sqlite:///$scratch/usps200.db" --device cuda \
+  --out "$scratch/final-usps"
+step studies hpsearch studies --storage "sqlite:///$scratch/usps200.db"
+cp "$scratch/final-usps/finalize.json" "$scratch/usps200.db" "$out/" 2>/dev/null || true
+step gpu_packing python benchmarks/gpu_packing.py --trials "${PACKING_TRIALS:-32}" --epochs 3
+step epoch_speed python benchmarks/epoch_speed.py --device cuda --epochs 3 --repeats 3
+rm -rf "$scratch"
+exit "$status"
