@@ -28,11 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpsearch.data import PACKAGED_DATA_DIR, load_usps  # noqa: E402
-from hpsearch.models import build_model  # noqa: E402
-from hpsearch.problems import PROBLEMS  # noqa: E402
+from hpsearch.models import build_conv_classifier  # noqa: E402
+from hpsearch.problems import get_problem  # noqa: E402
 from hpsearch.training import CLASSIFICATION_LOSSES, TrainConfig, train  # noqa: E402
 
-PARAMS = dict(PROBLEMS["usps"].defaults)  # the report's best configuration
+PARAMS = dict(get_problem("usps").defaults)  # the lab report's best configuration
 LOSS = CLASSIFICATION_LOSSES[PARAMS["loss"]]
 
 
@@ -43,7 +43,7 @@ def sync(device: torch.device) -> None:
 
 def model_on(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model("conv", PARAMS).to(device)
+    return build_conv_classifier(PARAMS).to(device)
 
 
 def hpsearch_loop(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
@@ -178,8 +178,9 @@ def main() -> None:
     peak = matmul_peak(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"USPS, report's configuration, {len(x)} images/epoch, batch {PARAMS['batch_size']}, "
-        f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"USPS, the lab report's configuration, {len(x)} images/epoch, "
+        f"batch {PARAMS['batch_size']}, {name}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
     )
     print(
         f"median of {args.repeats} runs x {args.epochs} epochs; "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README in one run, for a machine with one CUDA device:
+# Every GPU figure of docs/performance.md in one run, for a machine with one CUDA device:
 #   bash benchmarks/gpu_all.sh [OUT_DIR]
 # 1. `hpsearch run usps --trials 200` on the GPU with the default workers, timed, then
 #    `hpsearch finalize usps` on that study (test accuracy, single model and ensemble)

@@ -76,7 +76,7 @@ def network(params: Mapping[str, Any]) -> FitPredict:
 
     def fit_predict(splits: data.Splits, seed: int) -> torch.Tensor:
         x, y = splits.x_train, splits.y_train
-        model, _ = finalize.fit(problem, params, splits, x, y, seed, evaluate=lambda m: {})
+        model, _ = problem.fit(params, x, y, seed=seed)
         return training.predict(model, splits.x_val)
 
     return fit_predict

@@ -3,11 +3,12 @@
     python benchmarks/house_splits.py --splits 1 2 3 4 5     # five more random test splits
     python benchmarks/house_splits.py --dev                  # five dev folds of split 0
 
-The README's house-price test figures come from one split of 292 houses (data seed 0), where
-two unusual houses weigh heavily in the comparison with gradient boosting. This benchmark
-reruns what a user runs, ``hpsearch run STUDY --trials N`` then ``hpsearch finalize STUDY``,
-once per held-out split, and prints each split's RMSE for the tuned network, its ensemble and
-gradient boosting, side by side, then the RMSE pooled over every held-out row.
+The house-price test figures in docs/results.md come from one split of 292 houses (data
+seed 0), where two unusual houses weigh heavily in the comparison with gradient boosting.
+This benchmark reruns what a user runs, ``hpsearch run STUDY --trials N`` then
+``hpsearch finalize STUDY``, once per held-out split, and prints each split's RMSE for the
+tuned network, its ensemble and gradient boosting, side by side, then the RMSE pooled over
+every held-out row.
 
 - ``--splits``: each data seed cuts other train / validation / test rows from the 1,460.
   Their test rows overlap split 0's, so use them to report a pipeline, not to choose one.
@@ -32,8 +33,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hpsearch.config import find_study_file
 from hpsearch.data import DEV_FOLDS
+from hpsearch.study_file import find_study_file
 
 
 def with_data(study_file: Path, options: dict[str, int], folder: Path, tag: str) -> Path:

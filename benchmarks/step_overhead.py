@@ -2,7 +2,7 @@
 
     python benchmarks/step_overhead.py [--epochs 200] [--repeats 3] [--threads 1]
 
-The report's MLP (3 hidden x 128, ReLU, batch 100) does ~14 MFLOP per step: its time is
+The lab report's MLP (3 hidden x 128, ReLU, batch 100) does ~14 MFLOP per step: its time is
 per-operation overhead, not arithmetic. Rows: hpsearch's `train` (fused Adam), a plain
 hand-written loop with PyTorch's default Adam (foreach), the same with fused Adam, and the
 plain loop with each optimizer the study spaces offer. The house-price default space is
@@ -23,11 +23,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpsearch.data import load_house_prices  # noqa: E402
-from hpsearch.models import build_model  # noqa: E402
-from hpsearch.problems import PROBLEMS  # noqa: E402
+from hpsearch.models import build_mlp_regressor  # noqa: E402
+from hpsearch.problems import get_problem  # noqa: E402
 from hpsearch.training import TrainConfig, make_optimizer, train  # noqa: E402
 
-PARAMS = dict(PROBLEMS["house-prices"].defaults)
+PARAMS = dict(get_problem("house-prices").defaults)
 
 
 def steps_per_epoch(n: int, batch: int) -> int:
@@ -36,7 +36,7 @@ def steps_per_epoch(n: int, batch: int) -> int:
 
 def hpsearch_loop(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     torch.manual_seed(0)
-    model = build_model("mlp", PARAMS, n_features=x.shape[1])
+    model = build_mlp_regressor(PARAMS, x.shape[1:])
     config = TrainConfig.from_params({**PARAMS, "epochs": epochs}, seed=0)
     start = time.perf_counter()
     train(model, x, y, F.mse_loss, config, evaluate=lambda m: {}, eval_every=epochs)
@@ -45,7 +45,7 @@ def hpsearch_loop(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
 
 def plain_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, optimizer: str, fused: bool) -> float:
     torch.manual_seed(0)
-    model = build_model("mlp", PARAMS, n_features=x.shape[1])
+    model = build_mlp_regressor(PARAMS, x.shape[1:])
     config = TrainConfig.from_params({**PARAMS, "optimizer": optimizer, "fused": fused})
     opt = make_optimizer(model, config)
     batch = config.batch_size

@@ -22,8 +22,8 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hpsearch.search import claim_trial, study_lock  # noqa: E402
-from hpsearch.storage import open_storage  # noqa: E402
+from hpsearch.coordination import claim_trial  # noqa: E402
+from hpsearch.storage import open_storage, study_lock  # noqa: E402
 from tests.cheap_worker import spawn  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 

@@ -25,23 +25,19 @@ from hpsearch.workers import usable_cores  # noqa: E402
 def run_trials(problem: str, epochs: int, trials: int, threads: int, device: str = "cpu") -> None:
     import torch
 
-    from hpsearch.data import resolve_data_dir
-    from hpsearch.finalize import fit
-    from hpsearch.problems import PROBLEMS
+    from hpsearch.problems import get_problem
 
     torch.set_num_threads(threads)
-    spec = PROBLEMS[problem]
-    splits = spec.load_data(resolve_data_dir(None)).to(torch.device(device))
+    spec = get_problem(problem)
+    splits = spec.load_data(None).to(torch.device(device))
     params = {**spec.defaults, "epochs": epochs}
     for seed in range(trials):
-        fit(
-            spec,
+        spec.fit(
             params,
-            splits,
             splits.x_train,
             splits.y_train,
-            seed,
-            lambda m: spec.evaluate(m, splits.x_val, splits.y_val, splits),
+            seed=seed,
+            evaluate=lambda m: spec.evaluate(m, splits.x_val, splits.y_val, splits),
         )
 
 

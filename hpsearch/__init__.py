@@ -11,35 +11,40 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.errors import HpsearchError
 
 if TYPE_CHECKING:
-    from hpsearch.config import RunSettings, StudyConfig, load_study_file, resolve_settings
-    from hpsearch.models import build_model
-    from hpsearch.problems import PROBLEMS, Problem, get_problem
+    from hpsearch.finalize import finalize_study, load_model
+    from hpsearch.problems import PROBLEMS, Problem, get_problem, register_problem
     from hpsearch.search import run_study
+    from hpsearch.settings import Settings, resolve_settings
     from hpsearch.storage import open_storage
+    from hpsearch.study_file import StudyConfig, load_study_file
 
 _LAZY = {
-    "RunSettings": "hpsearch.config",
-    "StudyConfig": "hpsearch.config",
-    "load_study_file": "hpsearch.config",
-    "resolve_settings": "hpsearch.config",
-    "build_model": "hpsearch.models",
+    "finalize_study": "hpsearch.finalize",
+    "load_model": "hpsearch.finalize",
     "PROBLEMS": "hpsearch.problems",
     "Problem": "hpsearch.problems",
     "get_problem": "hpsearch.problems",
+    "register_problem": "hpsearch.problems",
     "run_study": "hpsearch.search",
+    "Settings": "hpsearch.settings",
+    "resolve_settings": "hpsearch.settings",
     "open_storage": "hpsearch.storage",
+    "StudyConfig": "hpsearch.study_file",
+    "load_study_file": "hpsearch.study_file",
 }
 
 __all__ = [
     "PROBLEMS",
     "HpsearchError",
     "Problem",
-    "RunSettings",
+    "Settings",
     "StudyConfig",
-    "build_model",
+    "finalize_study",
     "get_problem",
+    "load_model",
     "load_study_file",
     "open_storage",
+    "register_problem",
     "resolve_settings",
     "run_study",
 ]

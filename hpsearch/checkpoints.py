@@ -15,8 +15,6 @@ from hpsearch.training import TrainState
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT_DIR = "hpsearch-checkpoints"
-
 
 class CheckpointStore:
     """One file per trial series (a trial and its retries) under ``folder/<study>/``.

@@ -1,12 +1,14 @@
-"""The ``hpsearch`` command line. Each command parses options and calls one library function;
-errors from bad input print one line and exit non-zero."""
+"""The ``hpsearch`` command line. Each command parses its options, calls one library function
+and prints; settings resolve in ``settings.resolve_settings``. Bad input prints one line and
+exits with code 2. Commands import what they use inside their body, so that ``--help`` and
+the commands that only read a study start fast.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,10 +16,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from hpsearch.display import format_value
 from hpsearch.errors import HpsearchError
+from hpsearch.settings import DEFAULTS, ENVIRONMENT
 
 app = typer.Typer(
     help="Hyperparameter search for small PyTorch models, built on Optuna.",
@@ -26,138 +27,149 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _env(name: str) -> str:
+    return f" (env: {ENVIRONMENT[name]})"
+
+
+StudyArgument = Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")]
 StorageOption = Annotated[
     str | None,
     typer.Option(
-        "--storage",
-        envvar="HPSEARCH_STORAGE",
-        help="Database URL (sqlite:///file.db, postgresql+psycopg://user:pw@host/db). "
-        "Default: sqlite:///hpsearch.db in the working directory.",
+        help="Database URL: sqlite:///file.db or postgresql+psycopg://user@host/db; the "
+        f"password may come from $HPSEARCH_DB_PASSWORD. Default: {DEFAULTS.storage}"
+        + _env("storage"),
         show_default=False,
     ),
 ]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(help=f"auto, cpu or cuda. Default: {DEFAULTS.device}" + _env("device")),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Folder with the data sets. Default: the packaged copies" + _env("data_dir")),
+]
 
 
-def clean_errors(command: F) -> F:
-    """Turn ``HpsearchError`` (and Ctrl-C) into one line on stderr and a non-zero exit."""
+def one_line_errors(interrupted: str) -> Callable[[F], F]:
+    """Turn ``HpsearchError`` into one line on stderr and exit code 2, and Ctrl-C / SIGTERM
+    into the line ``interrupted`` and exit code 130, without a traceback."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except HpsearchError as error:
-            err_console.print(
-                f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; run the same command again to resume", highlight=False)
-            raise typer.Exit(130) from None
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except HpsearchError as error:
+                err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                err_console.print(interrupted)
+                raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
-def _quiet_libraries(verbose: bool) -> None:
+def _configure_logging(verbose: bool = False, *, live: bool = False) -> None:
+    """Warnings (with ``verbose``, info) of hpsearch's loggers on stderr; with ``live``,
+    through rich, so that they print above the live progress display."""
     import optuna
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    handler: logging.Handler = logging.StreamHandler()
+    if live:
+        from rich.logging import RichHandler  # imports pygments: only where it is needed
+
+        handler = RichHandler(console=err_console, show_time=False, show_path=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    # Optuna's own per-trial lines would repeat hpsearch's.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @app.command()
-@clean_errors
+@one_line_errors("interrupted; run the same command again to resume")
 def run(
     target: Annotated[
-        str,
-        typer.Argument(
-            help="A problem (usps, house-prices, house-prices-gaussian) or a study .toml file."
-        ),
+        str, typer.Argument(help="A shipped study (usps, house-prices, ...) or a .toml file.")
     ],
     trials: Annotated[
         int | None,
-        typer.Option(help="Total finished trials the study should hold; a rerun resumes up to it."),
+        typer.Option(help="Finished trials the study should hold in all; a rerun resumes."),
     ] = None,
     storage: StorageOption = None,
-    study_name: Annotated[str | None, typer.Option(help="Default: the study file's name.")] = None,
+    study_name: Annotated[str | None, typer.Option(help="Default: the study file's.")] = None,
     sampler: Annotated[
-        str | None,
-        typer.Option(help="tpe, random, gp, cmaes, qmc or grid. Default: the study file's."),
+        str | None, typer.Option(help="tpe, random, gp, cmaes, qmc or grid. Default: the file's.")
     ] = None,
     pruner: Annotated[
         str | None,
-        typer.Option(
-            help="hyperband, median, successive-halving or none. Default: the study file's."
-        ),
+        typer.Option(help="hyperband, median, successive-halving or none. Default: the file's."),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Study seed; trial seeds are seed + trial number.")
+        int | None, typer.Option(help="Sampler seed; trial n trains with seed + n.")
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+        float | None, typer.Option(help="Start no trial after this many seconds.")
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(envvar="HPSEARCH_DEVICE", help="auto, cpu or cuda.")
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="HPSEARCH_DATA_DIR",
-            help="Folder with the data sets. Default: the packaged copies.",
-        ),
-    ] = None,
+    device: DeviceOption = None,
+    data_dir: DataDirOption = None,
     threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads per worker. Default: cores / workers.", show_default=False),
+        int | None, typer.Option(help="CPU threads per worker. Default: cores / workers.")
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            envvar="HPSEARCH_WORKERS",
-            help="Worker processes on this machine, sharing the study; CPU threads "
-            "are split between them. Default: one single-threaded worker per CPU core; "
-            "on CUDA, as many per GPU as its free memory holds (2 GiB each, at most 8).",
+            help="Worker processes on this machine. Default: one per CPU core; on CUDA, as "
+            "many per GPU as its free memory holds at 2 GiB each (at most 8)" + _env("workers"),
             show_default=False,
         ),
     ] = None,
     checkpoint_dir: Annotated[
         str | None,
         typer.Option(
-            envvar="HPSEARCH_CHECKPOINT_DIR",
-            help="Folder for per-epoch training checkpoints that let a retried trial resume "
-            "(share it between machines to resume across them); '' turns them off. "
-            "Default: ./hpsearch-checkpoints.",
+            help="Folder of per-epoch checkpoints that let a retried trial resume; '' turns "
+            f"them off. Default: ./{DEFAULTS.checkpoint_dir}" + _env("checkpoint_dir"),
             show_default=False,
         ),
     ] = None,
     heartbeat_interval: Annotated[
         int | None,
         typer.Option(
-            help="Seconds between heartbeats of a running trial; a trial silent "
-            "for 3 intervals (its worker died) is failed and retried once. Default: 10."
+            help="Seconds between a running trial's heartbeats; a trial silent for three is "
+            f"failed and retried once. Default: {DEFAULTS.heartbeat_interval}"
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every trial.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print every finished trial with its params.")
+    ] = False,
 ) -> None:
-    """Run (or resume) a study until it holds --trials finished trials, with one or more
-    workers; more workers elsewhere may join with the same command and --storage."""
-    from hpsearch.config import find_study_file, load_study_file, resolve_settings
-    from hpsearch.search import prepare_study, run_local_workers, run_trials
-    from hpsearch.storage import redact, storage_url
+    """Run or resume a study until it holds --trials finished trials.
 
-    _quiet_libraries(verbose)
-    config = load_study_file(find_study_file(target))
+    More workers, on this machine or others, join with the same command and --storage.
+    """
+    from hpsearch.settings import resolve_settings
+    from hpsearch.study_file import find_study_file, load_study_file
+
+    path = find_study_file(target)  # before any heavy import: a misspelling fails at once
+    from hpsearch.display import RunProgress, run_header, summary_table
+    from hpsearch.search import run_study
+
+    _configure_logging(verbose, live=True)
+    config = load_study_file(path)
     settings = resolve_settings(
         config,
-        storage=storage_url(storage),
+        trials=trials,
+        storage=storage,
         study_name=study_name,
         sampler=sampler,
         pruner=pruner,
         seed=seed,
-        trials=trials,
         timeout=timeout,
         device=device,
         data_dir=str(data_dir) if data_dir else None,
@@ -166,286 +178,148 @@ def run(
         checkpoint_dir=checkpoint_dir,
         heartbeat_interval=heartbeat_interval,
     )
-    study, objective = prepare_study(config, settings)
-    err_console.print(
-        f"study [bold]{escape(settings.study_name)}[/bold] ({config.problem.name}, "
-        f"{config.direction} {config.metric}) on {escape(redact(settings.storage))}: "
-        f"{settings.trials} trials, sampler {settings.sampler}, pruner {settings.pruner}"
-        + (f", {settings.workers} workers" if settings.workers > 1 else ""),
-        highlight=False,
-    )
-    from hpsearch.display import ProgressDisplay
-
-    with ProgressDisplay(err_console, config.metric) as display:
-        if settings.workers > 1:
-            progress = run_local_workers(study, config, settings, on_progress=display.update)
-        else:
-            progress = run_trials(study, objective, settings, on_progress=display.update)
-    if progress.finished >= settings.trials and progress.trials_this_run == 0:
+    header = run_header(config, settings)
+    with RunProgress(err_console, config.metric, header=header, verbose=verbose) as progress:
+        study, state = run_study(config, settings, on_progress=progress.update)
+    if state.finished >= settings.trials and state.trials_this_run == 0:
         err_console.print(
-            f"study already holds {progress.finished} finished trials; "
-            "nothing to run (raise --trials to add more)",
-            highlight=False,
+            f"study already holds {state.finished} finished trials; nothing to run "
+            "(raise --trials to add more)"
         )
-    from hpsearch.display import summary_table
-
     console.print(summary_table(study, config.metric))
 
 
 @app.command()
-@clean_errors
+@one_line_errors("interrupted")
 def studies(storage: StorageOption = None) -> None:
     """List the studies in the storage: trials by state and the best value."""
-    import optuna
+    from hpsearch.display import studies_table
+    from hpsearch.settings import resolve_settings
+    from hpsearch.studies import list_studies
 
-    from hpsearch.search import best_value, study_counts
-    from hpsearch.storage import open_storage, storage_url
-
-    _quiet_libraries(False)
-    store = open_storage(storage_url(storage), create=False)
-    table = Table(title="studies")
-    for column in (
-        "study",
-        "problem",
-        "direction",
-        "complete",
-        "pruned",
-        "failed",
-        "running",
-        "best",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("study", "problem") else "right", overflow="fold"
-        )
-    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=store)
-        counts = study_counts(study)
-        from optuna.trial import TrialState as S
-
-        table.add_row(
-            summary.study_name,
-            str(summary.user_attrs.get("problem", "-")),
-            summary.direction.name.lower(),
-            *(str(counts[state]) for state in (S.COMPLETE, S.PRUNED, S.FAIL, S.RUNNING)),
-            format_value(best_value(study)),
-        )
-    console.print(table)
-
-
-def _load_study(name: str, storage: str | None) -> Any:
-    import optuna
-
-    from hpsearch.storage import open_storage, storage_url
-
-    _quiet_libraries(False)
-    store = open_storage(storage_url(storage), create=False)
-    try:
-        return optuna.load_study(study_name=name, storage=store)
-    except KeyError:
-        names = ", ".join(optuna.get_all_study_names(store)) or "none"
-        raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
+    _configure_logging()
+    console.print(studies_table(list_studies(resolve_settings(storage=storage).storage)))
 
 
 @app.command()
-@clean_errors
+@one_line_errors("interrupted")
 def best(
-    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    study_name: StudyArgument,
     storage: StorageOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the best trial: its params, full configuration and metrics."""
-    study = _load_study(study_name, storage)
-    try:
-        trial = study.best_trial
-    except ValueError:
-        raise HpsearchError(f"study {study_name!r} has no complete trial yet") from None
-    attrs = dict(trial.user_attrs)
-    record = {
-        "study": study_name,
-        "trial": trial.number,
-        "value": trial.value,
-        "metric": study.user_attrs.get("metric"),
-        "params": trial.params,
-        "config": attrs.pop("config", {}),
-        "metrics": attrs,
-    }
+    from hpsearch.display import best_table
+    from hpsearch.settings import resolve_settings
+    from hpsearch.studies import best_trial
+
+    _configure_logging()
+    record = best_trial(study_name, resolve_settings(storage=storage).storage)
     if as_json:
         typer.echo(json.dumps(record, indent=2, sort_keys=True))
-        return
-    table = Table(
-        title=f"{study_name}: best trial {trial.number}, "
-        f"{record['metric']} = {format_value(trial.value)}"
-    )
-    table.add_column("key", overflow="fold")
-    table.add_column("value", justify="right", overflow="fold")
-    for key, value in sorted(record["config"].items()):
-        table.add_row(key + (" *" if key in trial.params else ""), str(value))
-    for key, value in sorted(attrs.items()):
-        table.add_row(key, format_value(value) if isinstance(value, float) else str(value))
-    console.print(table)
-    console.print("* searched; the rest were fixed by the study file or the report's defaults")
+    else:
+        console.print(best_table(record))
 
 
 @app.command()
-@clean_errors
+@one_line_errors("interrupted")
 def trials(
-    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    study_name: StudyArgument,
     storage: StorageOption = None,
     csv: Annotated[Path | None, typer.Option(help="Write every trial to this CSV file.")] = None,
 ) -> None:
-    """List a study's trials, or write them to a CSV file (pandas)."""
-    study = _load_study(study_name, storage)
-    frame = study.trials_dataframe(
-        attrs=("number", "value", "state", "duration", "params", "user_attrs")
-    )
-    frame = frame.drop(columns=[c for c in frame.columns if c == "user_attrs_config"])
-    if csv is not None:
-        try:
-            frame.to_csv(csv, index=False)
-        except OSError as error:
-            raise HpsearchError(f"cannot write {csv}: {error.strerror}") from None
-        err_console.print(f"wrote {len(frame)} trials to {csv}", highlight=False)
+    """List a study's trials, or write them all to a CSV file."""
+    from hpsearch.display import trials_table
+    from hpsearch.settings import resolve_settings
+    from hpsearch.studies import trials_frame, write_csv
+
+    _configure_logging()
+    frame = trials_frame(study_name, resolve_settings(storage=storage).storage)
+    if csv is None:
+        console.print(trials_table(frame, study_name))
         return
-    table = Table(title=f"{study_name}: {len(frame)} trials")
-    shown = [c for c in ("number", "state", "value", "duration") if c in frame.columns]
-    shown += [c for c in frame.columns if c.startswith("params_")]
-    for column in shown:
-        table.add_column(column.removeprefix("params_"), overflow="fold")
-    for _, row in frame.iterrows():
-        table.add_row(*(_cell(row[c]) for c in shown))
-    console.print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return format_value(value)
-    if hasattr(value, "total_seconds"):
-        seconds = value.total_seconds()
-        return "-" if math.isnan(seconds) else f"{seconds:.1f}s"
-    return str(value)
+    write_csv(frame, csv)
+    err_console.print(f"wrote {len(frame)} trials to {csv}")
 
 
 @app.command()
-@clean_errors
+@one_line_errors("interrupted; nothing was saved (finalize starts over when run again)")
 def finalize(
-    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    study_name: StudyArgument,
     storage: StorageOption = None,
-    top_k: Annotated[int, typer.Option(help="Configurations to retrain.")] = 3,
-    seeds: Annotated[int, typer.Option(help="Seeds per configuration.")] = 3,
+    top_k: Annotated[
+        int | None,
+        typer.Option(help=f"Configurations to retrain. Default: {DEFAULTS.top_k}"),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help=f"Seeds per configuration. Default: {DEFAULTS.seeds}")
+    ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder for model.pt and finalize.json. Default: ./final-STUDY."),
+        typer.Option(
+            help="Folder for model.pt, ensemble.pt and finalize.json. Default: ./final-STUDY"
+        ),
     ] = None,
     ensemble: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="Also retrain every configuration x seed on train + validation and score "
-            "the average of their predictions on test (top-k x seeds more fits)."
+            "their combined prediction on test (top-k x seeds - 1 more fits). Default: on",
+            show_default=False,
         ),
-    ] = True,
-    device: Annotated[
-        str, typer.Option(envvar="HPSEARCH_DEVICE", help="auto, cpu or cuda.")
-    ] = "auto",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(envvar="HPSEARCH_DATA_DIR", help="Folder with the data sets."),
     ] = None,
+    device: DeviceOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Retrain the best configurations with several seeds, choose by validation mean -/+ std,
-    retrain the choice on train + validation and score it once on the held-out test split,
-    beside an ensemble of all of them and the problem's classic baseline."""
-    from hpsearch.data import resolve_data_dir
-    from hpsearch.finalize import finalize as run_finalize
-    from hpsearch.finalize import test_columns
-    from hpsearch.problems import get_problem
-    from hpsearch.search import resolve_device
+    """Retrain the best configurations, choose one and score it once on the test split.
 
-    if top_k < 1 or seeds < 1:
-        raise HpsearchError("--top-k and --seeds must be >= 1")
-    study = _load_study(study_name, storage)
-    attrs = study.user_attrs
-    if "problem" not in attrs:
-        raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
-    problem = get_problem(attrs["problem"])
-    metric = str(attrs["metric"])
-    options = attrs.get("data")
-    if options is None:  # studies from before the data options were recorded
-        from hpsearch.config import load_study_file
+    Each of the --top-k best configurations is retrained with --seeds seeds; the one with
+    the best validation mean minus one standard deviation (plus, when lower is better) is
+    retrained on train + validation and scored once on the held-out test split, beside an
+    ensemble of all of them and the problem's classic baseline.
+    """
+    from hpsearch.display import candidate_line, finalize_table
+    from hpsearch.finalize import finalize_study
+    from hpsearch.settings import resolve_settings
 
-        options = load_study_file(attrs["study_file"]).data
-    splits = problem.load_data(resolve_data_dir(data_dir), **options)
-    splits = splits.to(resolve_device(device))
-    out = out or Path(f"final-{study_name}")
-    err_console.print(
-        f"finalizing {study_name}: top {top_k} configurations x {seeds} seeds on "
-        f"{len(splits.x_train)} training rows, chosen on {len(splits.x_val)} validation rows",
-        highlight=False,
-    )
-
-    def show(candidate: Any) -> None:
-        err_console.print(
-            f"  trial {candidate.trial}: {metric} {format_value(candidate.mean)} "
-            f"± {format_value(candidate.std)} over {len(candidate.val_scores)} seeds "
-            f"(search: {format_value(candidate.search_value)}; {candidate.seconds:.0f} s)",
-            highlight=False,
-        )
-
-    result = run_finalize(
-        study,
-        problem,
-        splits,
-        metric,
+    _configure_logging()
+    settings = resolve_settings(
+        storage=storage,
         top_k=top_k,
         seeds=seeds,
-        out=out,
+        out=str(out) if out else None,
         ensemble=ensemble,
-        on_candidate=show,
+        device=device,
+        data_dir=str(data_dir) if data_dir else None,
     )
-    table = Table(
-        title=f"{study_name}: trial {result.chosen.trial} retrained on "
-        f"{result.train_rows} rows, scored once on {result.test_rows} test rows"
+    err_console.print(f"finalizing {study_name}: top {settings.top_k} x {settings.seeds} seeds")
+    result = finalize_study(
+        study_name, settings, on_candidate=lambda c: err_console.print(candidate_line(c))
     )
-    table.add_column("test metric")
-    columns = test_columns(study.user_attrs["finalize"])
-    for label, _ in columns:
-        table.add_column(label, justify="right", overflow="fold")
-    metric_columns = [metrics for _, metrics in columns]
-
-    def cell(metrics: dict[str, Any], key: str) -> str:
-        value = metrics.get(key)
-        if value is None:
-            return ""
-        if isinstance(value, dict):
-            return " ".join(f"{k}:{format_value(v)}" for k, v in value.items())
-        return value if isinstance(value, str) else format_value(value)
-
-    for key in result.test_metrics:
-        table.add_row(key, *(cell(metrics, key) for metrics in metric_columns))
-    console.print(table)
+    console.print(finalize_table(result))
     saved = "model.pt, ensemble.pt" if result.ensemble_test is not None else "model.pt"
-    err_console.print(f"saved {out}/{saved} and {out}/finalize.json", highlight=False)
+    err_console.print(f"saved {saved} and finalize.json in {result.out}")
 
 
 @app.command()
-@clean_errors
+@one_line_errors("interrupted")
 def report(
-    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
+    study_name: StudyArgument,
     storage: StorageOption = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Output folder. Default: ./report-STUDY.")
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: ./report-STUDY")] = None,
 ) -> None:
-    """Write the lab report's tables and figures for a study: index.html (self-contained),
-    tables.md and the figures as PNG."""
+    """Write a study's report: index.html (self-contained), tables.md and PNG figures."""
     from hpsearch.report import build_report
+    from hpsearch.settings import resolve_settings
+    from hpsearch.storage import load_study
 
-    study = _load_study(study_name, storage)
-    page = build_report(study, out or Path(f"report-{study_name}"))
-    err_console.print(f"wrote {page}", highlight=False)
+    _configure_logging()
+    study = load_study(study_name, resolve_settings(storage=storage).storage)
+    err_console.print(f"wrote {build_report(study, out or Path(f'report-{study_name}'))}")
 
 
 @app.command()
-@clean_errors
+@one_line_errors("stopped")
 def dashboard(
     storage: StorageOption = None,
     host: Annotated[
@@ -453,16 +327,16 @@ def dashboard(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
 ) -> None:
-    """Serve optuna-dashboard on the same storage (http://127.0.0.1:8080 by default)."""
+    """Serve optuna-dashboard on the storage: live plots of every study."""
     import optuna_dashboard
 
-    from hpsearch.storage import open_storage, redact, storage_url
+    from hpsearch.settings import resolve_settings
+    from hpsearch.storage import open_storage, redact
 
-    _quiet_libraries(False)
-    url = storage_url(storage)
+    _configure_logging()
+    url = resolve_settings(storage=storage).storage
     store = open_storage(url, create=False)
     err_console.print(
-        f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C stops it)",
-        highlight=False,
+        f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C stops it)"
     )
     optuna_dashboard.run_server(store, host=host, port=port)

@@ -13,27 +13,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.model_selection import KFold, train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
 from hpsearch.errors import HpsearchError
 
 logger = logging.getLogger(__name__)
 
 PACKAGED_DATA_DIR = Path(__file__).parent / "datasets"
-DATA_DIR_ENV = "HPSEARCH_DATA_DIR"
 
 USPS_FILES = {"train": "usps/usps.bz2", "test": "usps/usps.t.bz2"}
 HOUSE_PRICES_FILE = "house_prices/train.csv"
 HOUSE_PRICES_OPENML_ID = 42165
 HOUSE_PRICES_TARGET = "SalePrice"
-REPORT_HOUSE_FEATURES = ("OverallQual", "YearBuilt", "TotalBsmtSF", "GrLivArea")
-# Named feature sets: the report's four columns, every numeric column (missing values take the
-# training median, plus a was-missing indicator), or those plus one-hot categorical columns.
-HOUSE_FEATURE_SETS = ("report", "numeric", "all")
+LAB_REPORT_FEATURES = ("OverallQual", "YearBuilt", "TotalBsmtSF", "GrLivArea")
+# Named feature sets: the lab report's four columns, every numeric column (missing values take
+# the training median, plus a was-missing indicator), or those plus one-hot categorical columns.
+HOUSE_FEATURE_SETS = ("lab-report", "numeric", "all")
 # Folds of the train + validation rows that ``dev_fold`` holds out in place of the test split.
 DEV_FOLDS = 5
 
@@ -83,9 +89,8 @@ class Splits:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """The data folder: the argument, else ``$HPSEARCH_DATA_DIR``, else the packaged copy."""
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or PACKAGED_DATA_DIR
-    return Path(chosen).expanduser()
+    """The data folder: the argument, else the packaged copy."""
+    return Path(data_dir or PACKAGED_DATA_DIR).expanduser()
 
 
 def md5sum(path: Path) -> str:
@@ -123,7 +128,7 @@ def _usps_file(data_dir: Path, split: str) -> Path:
     except Exception as error:  # any network failure surfaces as one clear line
         raise HpsearchError(
             f"USPS file {path} is missing and could not be downloaded ({error}); "
-            f"point --data-dir or ${DATA_DIR_ENV} at a folder holding {relative}"
+            f"point --data-dir or $HPSEARCH_DATA_DIR at a folder holding {relative}"
         ) from error
     return path
 
@@ -198,7 +203,7 @@ def _read_house_prices(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     except Exception as error:  # any network failure surfaces as one clear line
         raise HpsearchError(
             f"house-price file {path} is missing and OpenML data set {HOUSE_PRICES_OPENML_ID} "
-            f"could not be fetched ({error}); point --data-dir or ${DATA_DIR_ENV} at a folder "
+            f"could not be fetched ({error}); point --data-dir or $HPSEARCH_DATA_DIR at a folder "
             f"holding {HOUSE_PRICES_FILE}"
         ) from error
     frame = bunch.frame
@@ -210,90 +215,133 @@ def _read_house_prices(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return frame, {HOUSE_PRICES_FILE: f"openml:{HOUSE_PRICES_OPENML_ID}"}
 
 
-def _house_feature_frame(
-    frame: pd.DataFrame, features: str | Sequence[str], train_idx: np.ndarray
-) -> pd.DataFrame:
-    """The model's input columns, before imputation and scaling.
-
-    Raises:
-        HpsearchError: unknown feature set, or a named feature that is not a numeric column.
-    """
-    if isinstance(features, str):
-        if features not in HOUSE_FEATURE_SETS:
-            raise HpsearchError(
-                f"unknown house-price feature set {features!r}; choose from "
-                f"{', '.join(HOUSE_FEATURE_SETS)} or give a list of numeric columns"
-            )
-        if features == "report":
-            return frame[list(REPORT_HOUSE_FEATURES)]
-        inputs = frame.drop(columns=["Id", HOUSE_PRICES_TARGET], errors="ignore")
-        numeric = inputs.select_dtypes(include="number")
-        # Was-missing indicators for the columns with gaps in the training rows.
-        gaps = [c for c in numeric.columns if numeric[c].iloc[train_idx].isna().any()]
-        parts = [numeric, numeric[gaps].isna().astype(np.float64).add_suffix("_missing")]
-        if features == "all":
-            categorical = inputs.drop(columns=numeric.columns).astype("string").fillna("NA")
-            # Levels seen in the training rows only; an unseen level is all zeros.
-            for column in categorical.columns:
-                levels = sorted(categorical[column].iloc[train_idx].unique())
-                parts.append(
-                    pd.DataFrame(
-                        {
-                            f"{column}={level}": (categorical[column] == level).astype(np.float64)
-                            for level in levels
-                        }
-                    )
-                )
-        return pd.concat(parts, axis=1)
-    missing = [name for name in features if name not in frame.columns]
-    if missing:
-        raise HpsearchError(f"unknown house-price feature(s): {', '.join(missing)}")
-    non_numeric = [name for name in features if not pd.api.types.is_numeric_dtype(frame[name])]
-    if non_numeric:
-        raise HpsearchError(f"non-numeric house-price feature(s): {', '.join(non_numeric)}")
-    return frame[list(features)]
-
-
-def _log_skewed(x_all: np.ndarray, train_idx: np.ndarray, threshold: float = 0.75) -> np.ndarray:
+# Hand-written: scikit-learn has no skewness-selected log (PowerTransformer fits another map).
+class SkewedLog1p(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """``log1p`` of each column whose training values are non-negative and right-skewed
     (sample skewness above ``threshold``); other columns, and NaNs, are left as they are."""
-    x_train = x_all[train_idx]
-    mean, std = np.nanmean(x_train, axis=0), np.nanstd(x_train, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        skew = np.nanmean((x_train - mean) ** 3, axis=0) / std**3
-    skewed = (np.nanmin(x_train, axis=0) >= 0) & (std > 0) & (skew > threshold)
-    out = x_all.copy()
-    out[:, skewed] = np.log1p(np.clip(x_all[:, skewed], 0, None))
-    return out
+
+    def __init__(self, threshold: float = 0.75) -> None:
+        self.threshold = threshold
+
+    def fit(self, x: ArrayLike, y: object = None) -> SkewedLog1p:
+        x = np.asarray(x, dtype=np.float64)
+        mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            skew = np.nanmean((x - mean) ** 3, axis=0) / std**3
+        self.skewed_ = (np.nanmin(x, axis=0) >= 0) & (std > 0) & (skew > self.threshold)
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def transform(self, x: ArrayLike) -> np.ndarray:
+        out = np.array(x, dtype=np.float64)
+        out[:, self.skewed_] = np.log1p(np.clip(out[:, self.skewed_], 0, None))
+        return out
 
 
-def _winsorize(x_all: np.ndarray, train_idx: np.ndarray, tail: float) -> np.ndarray:
-    """Each continuous column (more than two distinct training values; indicators and
-    one-hot columns are left alone) clipped to its training ``tail`` / ``1 - tail`` quantiles;
-    NaNs stay NaN. A column whose two quantiles coincide (mostly zeros: pool area, say) is
-    left alone too, rather than turned constant.
+# Hand-written: scikit-learn has no quantile clipping (QuantileTransformer remaps all values).
+class Winsorizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Each continuous column (more than two distinct training values, so not indicators or
+    one-hot columns) clipped to its training ``tail`` / ``1 - tail`` quantiles, unless these
+    coincide (mostly zeros: pool area, say) and it would turn constant; NaNs stay NaN.
 
     Raises:
-        HpsearchError: ``tail`` is not in (0, 0.5).
+        HpsearchError: at fit, ``tail`` is not in (0, 0.5).
     """
-    if not 0.0 < tail < 0.5:
-        raise HpsearchError(f"winsorize must be a tail fraction in (0, 0.5), got {tail}")
-    x_train = x_all[train_idx]
-    continuous = np.array(
-        [np.unique(column[~np.isnan(column)]).size > 2 for column in x_train.T], dtype=bool
-    )
-    low, high = np.nanquantile(x_train[:, continuous], [tail, 1.0 - tail], axis=0)
-    spread = low < high
-    columns = np.flatnonzero(continuous)[spread]
-    out = x_all.copy()
-    out[:, columns] = np.clip(x_all[:, columns], low[spread], high[spread])
-    return out
+
+    def __init__(self, tail: float = 0.01) -> None:
+        self.tail = tail
+
+    def fit(self, x: ArrayLike, y: object = None) -> Winsorizer:
+        if not 0.0 < self.tail < 0.5:
+            raise HpsearchError(f"winsorize must be a tail fraction in (0, 0.5), got {self.tail}")
+        x = np.asarray(x, dtype=np.float64)
+        continuous = np.array([np.unique(c[~np.isnan(c)]).size > 2 for c in x.T], dtype=bool)
+        low, high = np.nanquantile(x[:, continuous], [self.tail, 1.0 - self.tail], axis=0)
+        spread = low < high
+        self.columns_ = np.flatnonzero(continuous)[spread]
+        self.low_, self.high_ = low[spread], high[spread]
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def transform(self, x: ArrayLike) -> np.ndarray:
+        out = np.array(x, dtype=np.float64)
+        out[:, self.columns_] = np.clip(out[:, self.columns_], self.low_, self.high_)
+        return out
+
+
+class ClipToTrainingRange(MinMaxScaler):
+    """Clips to the training range; the standardization that follows undoes the affine map."""
+
+    def fit(self, x: ArrayLike, y: object = None) -> ClipToTrainingRange:
+        super().fit(x, y)
+        # MinMaxScaler would send a column constant in training to x - c clipped to [0, 1];
+        # clipping to its one training value sends every row to 0.
+        constant = self.data_range_ == 0
+        self.scale_[constant] = self.min_[constant] = 0.0
+        return self
+
+
+def house_feature_pipeline(
+    train: pd.DataFrame,
+    features: str | Sequence[str] = "lab-report",
+    *,
+    log_features: bool = False,
+    winsorize: float = 0.0,
+    clip_inputs: bool = False,
+) -> Pipeline:
+    """``load_house_prices``' feature pipeline, fitted on the training rows ``train``.
+
+    Raises:
+        HpsearchError: unknown feature set, a named feature that is not a numeric column, or
+            a ``winsorize`` outside (0, 0.5).
+    """
+    if isinstance(features, str) and features not in HOUSE_FEATURE_SETS:
+        raise HpsearchError(
+            f"unknown house-price feature set {features!r}; choose from "
+            f"{', '.join(HOUSE_FEATURE_SETS)} or give a list of numeric columns"
+        )
+    if features == "lab-report":
+        features = LAB_REPORT_FEATURES
+    columns: list[tuple[str, Any, list[str]]]
+    if isinstance(features, str):
+        inputs = train.drop(columns=["Id", HOUSE_PRICES_TARGET], errors="ignore")
+        numeric = list(inputs.select_dtypes(include="number").columns)
+        # Was-missing indicators for the columns with gaps in the training rows only.
+        gaps = MissingIndicator(features="missing-only", error_on_new=False)
+        columns = [("numeric", "passthrough", numeric), ("missing", gaps, numeric)]
+        if features == "all":
+            # Levels seen in the training rows, sorted, a gap being level "NA"; an unseen
+            # level is all zeros.
+            levels = make_pipeline(
+                SimpleImputer(strategy="constant", fill_value="NA", keep_empty_features=True),
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+            )
+            columns.append(("levels", levels, [c for c in inputs.columns if c not in numeric]))
+    else:
+        missing = [name for name in features if name not in train.columns]
+        if missing:
+            raise HpsearchError(f"unknown house-price feature(s): {', '.join(missing)}")
+        non_numeric = [n for n in features if not pd.api.types.is_numeric_dtype(train[n])]
+        if non_numeric:
+            raise HpsearchError(f"non-numeric house-price feature(s): {', '.join(non_numeric)}")
+        columns = [("numeric", "passthrough", list(features))]
+    steps = [
+        ColumnTransformer(columns, verbose_feature_names_out=False),
+        SkewedLog1p() if log_features else None,
+        Winsorizer(winsorize) if winsorize else None,
+        ClipToTrainingRange(clip=True) if clip_inputs else None,
+        # Scaled before imputing, so the statistics skip the gaps; the median commutes with
+        # the scaling, so the gaps still take the (scaled) training median.
+        StandardScaler(),
+        SimpleImputer(strategy="median", keep_empty_features=True),
+    ]
+    return make_pipeline(*(step for step in steps if step is not None)).fit(train)
 
 
 def load_house_prices(
     data_dir: str | Path | None = None,
     *,
-    features: str | Sequence[str] = "report",
+    features: str | Sequence[str] = "lab-report",
     log_target: bool = False,
     max_train_living_area: float | None = None,
     log_features: bool = False,
@@ -390,7 +438,7 @@ def house_prices_from_rows(
     val_idx: np.ndarray,
     test_idx: np.ndarray,
     *,
-    features: str | Sequence[str] = "report",
+    features: str | Sequence[str] = "lab-report",
     log_target: bool = False,
     max_train_living_area: float | None = None,
     log_features: bool = False,
@@ -404,39 +452,28 @@ def house_prices_from_rows(
     if max_train_living_area is not None:
         too_large = frame["GrLivArea"].to_numpy()[train_idx] > max_train_living_area
         train_idx, dropped = train_idx[~too_large], train_idx[too_large]
-    x_all = _house_feature_frame(frame, features, train_idx).to_numpy(dtype=np.float64)
+    pipeline = house_feature_pipeline(
+        frame.iloc[train_idx],
+        features,
+        log_features=log_features,
+        winsorize=winsorize,
+        clip_inputs=clip_inputs,
+    )
+    x_all = torch.from_numpy(pipeline.transform(frame).astype(np.float32))
     y_all = frame[HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)
     if log_target:
         y_all = np.log(y_all)
-    if log_features:
-        x_all = _log_skewed(x_all, train_idx)
-    if winsorize:
-        x_all = _winsorize(x_all, train_idx, winsorize)
-
-    x_train = x_all[train_idx]
-    medians = np.nanmedian(x_train, axis=0)
-    x_mean = np.nanmean(x_train, axis=0)
-    x_std = np.nanstd(x_train, axis=0)
-    x_std[~(x_std > 0)] = 1.0
     y_mean, y_std = float(y_all[train_idx].mean()), float(y_all[train_idx].std())
-    low, high = np.nanmin(x_train, axis=0), np.nanmax(x_train, axis=0)
-
-    def features_of(idx: np.ndarray) -> torch.Tensor:
-        x = x_all[idx].copy()
-        x = np.where(np.isnan(x), medians, x)
-        if clip_inputs:
-            x = np.clip(x, low, high)
-        return torch.from_numpy(((x - x_mean) / x_std).astype(np.float32))
 
     def target_of(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((y_all[idx] - y_mean) / y_std).astype(np.float32))
 
     return Splits(
-        x_train=features_of(train_idx),
+        x_train=x_all[train_idx],
         y_train=target_of(train_idx),
-        x_val=features_of(val_idx),
+        x_val=x_all[val_idx],
         y_val=target_of(val_idx),
-        x_test=features_of(test_idx),
+        x_test=x_all[test_idx],
         y_test=target_of(test_idx),
         target_mean=y_mean,
         target_std=y_std,

@@ -1,57 +1,142 @@
-"""Terminal output of ``hpsearch run``: the live progress line and the summary table."""
+"""Terminal output of every command: a run's live progress (or one plain line per finished
+trial when the output is not a terminal), and the tables of ``studies``, ``best``,
+``trials`` and ``finalize``. Every table fits an 80-column terminal: long cells fold.
+"""
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import optuna
-from optuna.trial import TrialState
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
-    from hpsearch.search import Progress as StudyProgress
+    import optuna
+    import pandas as pd
+    from rich.progress import Progress
+
+    from hpsearch.finalize import Candidate, FinalResult
+    from hpsearch.search import StudyProgress
+    from hpsearch.settings import Settings
+    from hpsearch.studies import StudySummary
+    from hpsearch.study_file import StudyConfig
 
 
-def format_value(value: float | None) -> str:
-    """A metric for the terminal: 6 significant digits, thousands separators above 1e5."""
-    if value is None or not math.isfinite(value):
+def format_value(value: Any) -> str:
+    """A number for the terminal: 6 significant digits, thousands separators from 1e5; other
+    values as they print."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    if not math.isfinite(value):
         return "-"
     return f"{value:.6g}" if abs(value) < 1e5 else f"{value:,.0f}"
 
 
+def format_seconds(seconds: float | None) -> str:
+    return "-" if seconds is None or not math.isfinite(seconds) else f"{seconds:.1f}"
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """``name=value`` pairs, sorted, numbers formatted (``dropout=0.15``, not
+    ``0.15000000000000002``)."""
+    return "  ".join(f"{name}={format_value(value)}" for name, value in sorted(params.items()))
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))  # H:MM:SS, as rich's elapsed time
+
+
 def eta_seconds(state: StudyProgress, now: float) -> float | None:
     """Remaining time at this run's pace so far; ``None`` before any trial finished."""
-    done_here = state.trials_this_run
-    if done_here == 0:
+    if state.trials_this_run == 0:
         return None
     remaining = max(state.target - state.finished, 0)
-    return (now - state.started_at) / done_here * remaining
+    return (now - state.started_at) / state.trials_this_run * remaining
 
 
-class ProgressDisplay:
-    """A live bar: finished/target, complete, pruned, failed, best value, elapsed, ETA."""
+def trial_line(trial: FrozenTrial, metric: str, state: StudyProgress, verbose: bool) -> str:
+    """One finished trial: number, state, value (or where it stopped), the study's count and
+    best so far, and with ``verbose`` the trial's searched params."""
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"complete  {metric} {format_value(trial.value)}"
+    elif trial.state == TrialState.PRUNED:
+        epoch = max(trial.intermediate_values, default=0)
+        outcome = f"pruned after epoch {epoch}"
+    else:
+        outcome = f"failed: {trial.user_attrs.get('fail_reason', 'error')}"
+    elapsed = _clock(time.monotonic() - state.started_at)
+    line = (
+        f"[{elapsed}] trial {trial.number} {outcome}  "
+        f"({state.finished}/{state.target} finished, best {format_value(state.best_value)})"
+    )
+    return f"{line}\n    {format_params(trial.params)}" if verbose else line
 
-    def __init__(self, console: Console, metric: str) -> None:
+
+def _two_line_progress(console: Console, counts: Callable[[], str]) -> Progress:
+    """rich's progress bar (trials done / target, elapsed, ETA) with the study's counts on a
+    second line, so that nothing is cut at 80 columns. (rich.progress is imported here: the
+    commands that print only tables do not need it.)"""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    class TwoLineProgress(Progress):
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield self.make_tasks_table(self.tasks)
+            yield Text(counts(), overflow="fold")
+
+    return TwoLineProgress(
+        TextColumn("trials"),
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=console,
+        expand=True,
+    )
+
+
+def run_header(config: StudyConfig, settings: Settings) -> str:
+    """What ``hpsearch run`` is about to do, in one line (rich markup; no password)."""
+    from rich.markup import escape
+
+    from hpsearch.storage import redact
+
+    workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
+    return (
+        f"study [bold]{escape(settings.study_name)}[/bold] ({config.problem.name}, "
+        f"{config.direction} {config.metric}) on {escape(redact(settings.storage))}: "
+        f"{settings.trials} trials, sampler {settings.sampler}, pruner {settings.pruner}, "
+        f"{workers}"
+    )
+
+
+class RunProgress:
+    """What ``hpsearch run`` shows while trials run. On a terminal: a live bar (finished /
+    target, elapsed, ETA) over a line of counts (complete, pruned, failed, best). Elsewhere
+    (a log file, a pipe): one plain line per finished trial. ``verbose`` prints those lines
+    on a terminal too, with each trial's params."""
+
+    def __init__(
+        self, console: Console, metric: str, *, header: str = "", verbose: bool = False
+    ) -> None:
+        self.console = console
         self.metric = metric
-        self.progress = Progress(
-            TextColumn("trials"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA {task.fields[eta]}"),
-            console=console,
-            transient=False,
-        )
-        self.task = self.progress.add_task("trials", total=None, counts="", eta="-")
+        self.header = header  # printed with the first update: once the study is open
+        self.verbose = verbose
+        self.live = console.is_terminal
+        self.counts = ""  # the second line
+        self.progress = _two_line_progress(console, lambda: self.counts)
+        self.task = self.progress.add_task("trials", total=None, eta="-")
 
-    def __enter__(self) -> ProgressDisplay:
-        self.progress.start()
+    def __enter__(self) -> RunProgress:
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(
@@ -60,11 +145,21 @@ class ProgressDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
 
     def update(self, state: StudyProgress) -> None:
+        if self.header:
+            self.console.print(self.header)
+            self.header = ""
+        if self.verbose or not self.live:
+            for trial in state.new_trials:
+                line = trial_line(trial, self.metric, state, self.verbose)
+                self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if not self.live:
+            return
         eta = eta_seconds(state, time.monotonic())
-        counts = (
+        self.counts = (
             f"complete {state.complete}  pruned {state.pruned}  failed {state.failed}  "
             f"best {self.metric} {format_value(state.best_value)}"
         )
@@ -72,30 +167,129 @@ class ProgressDisplay:
             self.task,
             total=state.target,
             completed=min(state.finished, state.target),
-            counts=counts,
-            eta="-" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)),
+            eta="-" if eta is None else _clock(eta),
         )
 
 
-def summary_table(study: optuna.Study, metric: str, top: int = 5) -> Table:
+def _titled(title: str, table: Table, note: str | None = None) -> Group:
+    """A table under a title line (and over a note) that wrap at the terminal's width, not
+    at the table's."""
+    parts: list[RenderableType] = [Text(title, style="bold"), table]
+    return Group(*parts, *([Text(note)] if note else []))
+
+
+def summary_table(study: optuna.Study, metric: str, top: int = 5) -> Group:
     """The best ``top`` complete trials with their searched params, plus state counts."""
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete.sort(key=lambda t: float(t.value or 0.0), reverse=reverse)
-    table = Table(
-        title=f"{study.study_name}: {counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed",
-    )
+    complete.sort(key=lambda t: float(t.value or 0.0), reverse=study.direction.name == "MAXIMIZE")
+    table = Table()
     for column in ("trial", metric, "seconds"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("searched params", overflow="fold")
     for t in complete[:top]:
-        seconds: Any = t.user_attrs.get("train_seconds")
-        params = "  ".join(
-            f"{name}={format_value(v) if isinstance(v, float) else v}"
-            for name, v in sorted(t.params.items())
+        seconds = t.user_attrs.get("train_seconds")
+        params = format_params(t.params)
+        table.add_row(str(t.number), format_value(t.value), format_seconds(seconds), params)
+    title = (
+        f"{study.study_name}: {counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+    )
+    return _titled(title, table)
+
+
+def studies_table(summaries: list[StudySummary]) -> Group:
+    """One row per study: its problem and objective, trials by state, best value."""
+    table = Table()
+    table.add_column("study", overflow="fold")
+    table.add_column("problem, objective", overflow="fold")
+    table.add_column("trials", overflow="fold")
+    table.add_column("best", justify="right", no_wrap=True)
+    for s in summaries:
+        direction = "max" if s.direction == "maximize" else "min"
+        trials = f"{s.counts['COMPLETE']} complete, {s.counts['PRUNED']} pruned"
+        for state in ("FAIL", "RUNNING", "WAITING"):
+            if s.counts.get(state):
+                trials += f", {s.counts[state]} {state.lower().replace('fail', 'failed')}"
+        table.add_row(s.name, f"{s.problem}, {direction} {s.metric}", trials, format_value(s.best))
+    return _titled(f"{len(summaries)} studies", table)
+
+
+def best_table(record: Mapping[str, Any]) -> Group:
+    """A best-trial record (``studies.best_trial``): full configuration, searched params
+    marked with *, then its metrics and attributes."""
+    table = Table()
+    table.add_column("key", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    for key, value in sorted(record["config"].items()):
+        table.add_row(key + (" *" if key in record["params"] else ""), format_value(value))
+    for key, value in sorted(record["metrics"].items()):
+        table.add_row(key, format_value(value))
+    title = (
+        f"{record['study']}: best trial {record['trial']}, "
+        f"{record['metric']} = {format_value(record['value'])}"
+    )
+    note = "* searched; the rest were fixed by the study file or the lab report's defaults"
+    return _titled(title, table, note)
+
+
+def trials_table(frame: pd.DataFrame, study_name: str) -> Group:
+    """One row per trial: number, state, value, duration and its searched params in one
+    folding column (a column per param does not fit a terminal)."""
+    table = Table()
+    # Optuna names the value column after the study's metric (``value_val_accuracy``).
+    value = next(c for c in frame.columns if c.startswith("value"))
+    for column in ("trial", "state", value.removeprefix("value_"), "seconds"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("searched params", overflow="fold")
+    params = [c for c in frame.columns if c.startswith("params_")]
+    for _, row in frame.iterrows():
+        seconds = row["duration"].total_seconds() if "duration" in row else None
+        searched = {c.removeprefix("params_"): row[c] for c in params if _given(row[c])}
+        table.add_row(
+            str(row["number"]),
+            str(row["state"]).lower(),
+            format_value(row[value]),
+            format_seconds(seconds),
+            format_params(searched),
         )
-        table.add_row(str(t.number), format_value(t.value), format_value(seconds), params)
-    return table
+    return _titled(f"{study_name}: {len(frame)} trials", table)
+
+
+def _given(value: Any) -> bool:
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def candidate_line(candidate: Candidate) -> str:
+    """One retrained configuration of ``finalize``: its validation mean ± std over seeds."""
+    return (
+        f"  trial {candidate.trial}: validation {format_value(candidate.mean)} "
+        f"± {format_value(candidate.std)} over {len(candidate.val_scores)} seeds "
+        f"(search: {format_value(candidate.search_value)}; {candidate.seconds:.0f} s)"
+    )
+
+
+def finalize_table(result: FinalResult) -> Group:
+    """Test metrics (rows) of the tuned network, the ensemble, the calibrated intervals and
+    the baseline (columns); a metric that is not one number (per-class accuracy) follows
+    the table as a line of its own."""
+    from hpsearch.report import finalize_columns
+
+    columns = finalize_columns(result.summary())
+    table = Table()
+    table.add_column("test metric", overflow="fold")
+    for label, _ in columns:
+        table.add_column(label, justify="right", overflow="fold")
+    notes = []
+    for key, value in result.test_metrics.items():
+        if isinstance(value, Mapping):
+            pairs = "  ".join(f"{k}: {format_value(v)}" for k, v in value.items())
+            notes.append(f"{columns[0][0]} {key}: {pairs}")
+            continue
+        table.add_row(key, *(format_value(metrics.get(key)) for _, metrics in columns))
+    title = (
+        f"{result.study}: trial {result.chosen.trial} retrained on {result.train_rows} rows, "
+        f"scored once on {result.test_rows} test rows"
+    )
+    return _titled(title, table, "\n".join(notes) or None)

@@ -4,7 +4,8 @@ the held-out test split. Beside it, an ensemble of every retrained configuration
 (each trained on train + validation, predictions averaged) is scored once on test too, and a
 Gaussian regressor's intervals get a scale factor fitted on validation.
 
-This module is the only code that reads ``Splits.x_test`` / ``y_test``.
+This module, and the baselines it fits, are the only code that reads ``Splits.x_test`` /
+``y_test``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ from torch import nn
 
 from hpsearch.data import Splits
 from hpsearch.errors import HpsearchError
-from hpsearch.models import Ensemble, ScaledVariance
-from hpsearch.problems import Metrics, Problem, r2_score
-from hpsearch.training import NonFiniteLossError, TrainConfig, gaussian_nll, predict, train
+from hpsearch.metrics import Metrics
+from hpsearch.models import Ensemble
+from hpsearch.problems import Problem, get_problem
+from hpsearch.settings import Settings
+from hpsearch.training import NonFiniteLossError, resolve_device
 
 MODEL_FILE = "model.pt"
 ENSEMBLE_FILE = "ensemble.pt"
@@ -41,8 +44,9 @@ class Candidate:
     params: dict[str, Any]
     search_value: float
     val_scores: list[float] = field(default_factory=list)
-    # Gaussian regressor: mean squared z-score of the validation targets, per seed.
-    val_z2: list[float] = field(default_factory=list)
+    # The problem's calibration statistic on validation, per seed (Gaussian regressor: the
+    # mean squared z-score of the validation targets).
+    val_calibration: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -70,13 +74,34 @@ class FinalResult:
     test_rows: int
     seconds: float
     checksums: dict[str, str]
+    input_shape: tuple[int, ...] = ()
     target: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
     # The ensemble's members as (trial, seed) and its test metrics; None without --ensemble.
     ensemble_members: list[tuple[int, int]] = field(default_factory=list)
     ensemble_test: dict[str, Any] | None = None
-    # Gaussian regressor: the validation-fitted sigma scale and the scaled model's test metrics.
+    # The validation-fitted scale (Gaussian regressor: of sigma) and the scaled model's test
+    # metrics; None for problems without a calibration.
     calibration: dict[str, Any] | None = None
+    out: str | None = None  # where model.pt and finalize.json were saved
+
+    def summary(self) -> dict[str, Any]:
+        """What is stored on the study (user attribute ``finalize``) for ``hpsearch report``,
+        the dashboard and the ``finalize`` table. (The chosen params are the trial's own, and
+        in ``finalize.json``: left out, so the dashboard's attribute table stays short.)"""
+        return {
+            "trial": self.chosen.trial,
+            "val_mean": self.chosen.mean,
+            "val_std": self.chosen.std,
+            "test": self.test_metrics,
+            "ensemble_test": self.ensemble_test,
+            "ensemble_size": len(self.ensemble_members),
+            "calibration": self.calibration,
+            "baseline": self.baseline,
+            "train_rows": self.train_rows,
+            "test_rows": self.test_rows,
+            "out": self.out,
+        }
 
     def to_json(self) -> dict[str, Any]:
         def candidate(c: Candidate) -> dict[str, Any]:
@@ -99,6 +124,7 @@ class FinalResult:
             if self.ensemble_test is not None
             else None,
             "calibration": self.calibration,
+            "input_shape": list(self.input_shape),
             "target": self.target,
             "baseline": self.baseline,
             "train_rows": self.train_rows,
@@ -131,60 +157,44 @@ def top_configurations(study: optuna.Study, k: int) -> list[tuple[int, dict[str,
     return chosen
 
 
-def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> dict[str, Any]:
-    """The problem's metrics on the test split, plus per-class accuracy (classification),
-    R2 (regression) and interval coverage (Gaussian regressor)."""
-    x, y = splits.x_test, splits.y_test
-    metrics: dict[str, Any] = dict(problem.evaluate(model, x, y, splits))
-    output = predict(model, x)
-    if problem.model == "conv":
-        hits = output.argmax(dim=-1) == y
-        metrics["per_class_accuracy"] = {
-            str(c): float(hits[y == c].float().mean()) for c in torch.unique(y).tolist()
-        }
-        return metrics
-    mean = output[:, 0] if output.dim() == 2 else output
-    metrics["r2"] = r2_score(mean, y, splits)
-    if problem.model == "gaussian":
-        y64, mean64 = y.double(), mean.double()
-        sigma = torch.exp(0.5 * output[:, 1].double())
-        z = ((y64 - mean64) / sigma).abs()
-        metrics["coverage_68"] = float((z <= 1.0).double().mean())
-        metrics["coverage_95"] = float((z <= 1.959964).double().mean())
-        metrics["nll_normalized"] = float(gaussian_nll(output.double(), y64))
-    return metrics
+def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> Metrics:
+    """The problem's test metrics of ``model``: one look at the held-out split."""
+    evaluate = problem.test_metrics or problem.evaluate
+    return evaluate(model, splits.x_test, splits.y_test, splits)
 
 
-def fit(
-    problem: Problem,
-    params: Mapping[str, Any],
-    splits: Splits,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    seed: int,
-    evaluate: Callable[[nn.Module], Metrics],
-) -> tuple[nn.Module, Metrics]:
-    """Train a fresh model of ``params`` on ``(x, y)`` with ``seed``; the model and
-    ``evaluate``'s metrics after the last epoch."""
-    torch.manual_seed(seed)
-    model = problem.build_model(params, splits).to(x.device)
-    result = train(
-        model,
-        x,
-        y,
-        problem.losses[params["loss"]],
-        TrainConfig.from_params(params, seed=seed),
-        evaluate=evaluate,
-        eval_every=max(1, int(params["epochs"])),
+def finalize_study(
+    study_name: str,
+    settings: Settings,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> FinalResult:
+    """The library form of ``hpsearch finalize``: load the study from ``settings.storage``,
+    its problem and data (with the options the study was run with), and ``finalize`` it into
+    ``settings.out`` (default ``./final-STUDY``).
+
+    Raises:
+        HpsearchError: no such study, a study not made by ``hpsearch run``, or no complete
+            trial.
+    """
+    from hpsearch.storage import load_study
+
+    study = load_study(study_name, settings.storage)
+    attrs = study.user_attrs
+    if "problem" not in attrs or "data" not in attrs:
+        raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
+    problem = get_problem(attrs["problem"])
+    splits = problem.load_data(settings.data_dir, **attrs["data"])
+    return finalize(
+        study,
+        problem,
+        splits.to(resolve_device(settings.device)),
+        str(attrs["metric"]),
+        top_k=settings.top_k,
+        seeds=settings.seeds,
+        out=Path(settings.out or f"final-{study_name}"),
+        ensemble=settings.ensemble,
+        on_candidate=on_candidate,
     )
-    return model, result.metrics
-
-
-def mean_z2(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean squared z-score of ``y`` under a Gaussian regressor's predictions: 1 when its
-    intervals are calibrated, above 1 when they are too narrow."""
-    output = predict(model, x).double()
-    return float(((y.double() - output[:, 0]) ** 2 / output[:, 1].exp()).mean())
 
 
 def finalize(
@@ -203,12 +213,13 @@ def finalize(
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
     split, choose by validation mean -/+ std, retrain the choice on train + validation and
     score it once on test. With ``out``, save the weights and ``finalize.json`` there.
-    ``with_baseline`` also fits the problem's classic baseline (hpsearch.baselines) on the
-    same rows. ``ensemble`` also retrains every finite candidate with every seed on train +
-    validation and scores the average of their predictions once on test.
+    ``with_baseline`` also fits the problem's classic baseline on the same rows. ``ensemble``
+    also retrains every finite candidate with every seed on train + validation and scores
+    the combination of their predictions once on test. The summary is stored on the study
+    (user attribute ``finalize``, and a note the dashboard shows).
 
     Raises:
-        HpsearchError: the study has no complete trial.
+        HpsearchError: the study has no complete trial, or every candidate diverged.
     """
     started = time.perf_counter()
     configs = top_configurations(study, top_k)
@@ -216,6 +227,7 @@ def finalize(
         raise HpsearchError(f"study {study.study_name!r} has no complete trial to finalize")
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     name = metric.removeprefix("val_")
+    calibration = problem.calibration
 
     def validation(model: nn.Module) -> Metrics:
         return problem.evaluate(model, splits.x_val, splits.y_val, splits)
@@ -226,14 +238,14 @@ def finalize(
         tic = time.perf_counter()
         for seed in range(seeds):
             try:
-                model, metrics = fit(
-                    problem, params, splits, splits.x_train, splits.y_train, seed, validation
-                )
+                x, y = splits.x_train, splits.y_train
+                model, metrics = problem.fit(params, x, y, seed=seed, evaluate=validation)
             except NonFiniteLossError:  # diverged with this seed: the candidate is out
                 metrics = {name: math.nan}
             else:
-                if problem.model == "gaussian":
-                    candidate.val_z2.append(mean_z2(model, splits.x_val, splits.y_val))
+                if calibration is not None:
+                    statistic = calibration.statistic(model, splits.x_val, splits.y_val)
+                    candidate.val_calibration.append(statistic)
             candidate.val_scores.append(float(metrics[name]))
         candidate.seconds = round(time.perf_counter() - tic, 1)
         candidates.append(candidate)
@@ -246,7 +258,7 @@ def finalize(
     chosen = pick(finite, key=lambda c: c.robust(maximize))
     x_all = torch.cat([splits.x_train, splits.x_val])
     y_all = torch.cat([splits.y_train, splits.y_val])
-    model, _ = fit(problem, chosen.params, splits, x_all, y_all, 0, lambda m: {})
+    model, _ = problem.fit(chosen.params, x_all, y_all, seed=0)
     members: list[tuple[Candidate, int, nn.Module]] = [(chosen, 0, model)]
     if ensemble:
         for candidate in finite:
@@ -254,9 +266,7 @@ def finalize(
                 if candidate is chosen and seed == 0:
                     continue
                 try:
-                    member, _ = fit(
-                        problem, candidate.params, splits, x_all, y_all, seed, lambda m: {}
-                    )
+                    member, _ = problem.fit(candidate.params, x_all, y_all, seed=seed)
                 except NonFiniteLossError:  # rare on train + validation: leave it out
                     continue
                 members.append((candidate, seed, member))
@@ -271,65 +281,39 @@ def finalize(
         test_rows=len(splits.x_test),
         seconds=time.perf_counter() - started,
         checksums=dict(splits.checksums),
-        target={
-            "mean": splits.target_mean,
-            "std": splits.target_std,
-            "log": splits.log_target,
-        },
+        input_shape=tuple(splits.x_train.shape[1:]),
+        target={"mean": splits.target_mean, "std": splits.target_std, "log": splits.log_target},
     )
     if ensemble:  # the ensemble's one look at test
-        averaged = Ensemble(problem.model, [member for _, _, member in members])
+        combined = Ensemble([member for _, _, member in members], problem.combine)
         result.ensemble_members = [(c.trial, seed) for c, seed, _ in members]
-        result.ensemble_test = test_metrics(problem, averaged, splits)
-    if chosen.val_z2:
-        # sigma x scale makes the chosen configuration's validation z-scores unit variance.
-        scale = math.sqrt(statistics.fmean(chosen.val_z2))
+        result.ensemble_test = test_metrics(problem, combined, splits)
+    if calibration is not None and chosen.val_calibration:
+        scale = calibration.scale(chosen.val_calibration)
         result.calibration = {
             "scale": scale,
             "fitted_on": "validation, the chosen configuration's per-seed models",
-            "test": test_metrics(problem, ScaledVariance(model, scale), splits),
+            "test": test_metrics(problem, calibration.apply(model, scale), splits),
         }
-    if with_baseline:
-        from hpsearch.baselines import baseline
-
-        result.baseline = baseline(problem, splits)
+    if with_baseline and problem.baseline is not None:
+        result.baseline = problem.baseline(splits)
     if out is not None:
         saved = [(c.params, member) for c, _, member in members] if ensemble else []
         save(result, model, out, saved)
-    # For `hpsearch report` and the dashboard: the answer, stored with the study.
-    study.set_user_attr(
-        "finalize",
-        {
-            "trial": chosen.trial,
-            "params": chosen.params,
-            "val_mean": chosen.mean,
-            "val_std": chosen.std,
-            "test": result.test_metrics,
-            "ensemble_test": result.ensemble_test,
-            "ensemble_size": len(result.ensemble_members),
-            "calibration": result.calibration,
-            "baseline": result.baseline,
-            "train_rows": result.train_rows,
-            "test_rows": result.test_rows,
-            "out": str(out) if out is not None else None,
-        },
-    )
+        result.out = str(out)
+    record_on_study(study, result)
     return result
 
 
-def test_columns(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, test metrics) of each model in a stored ``finalize`` summary, in the order
-    ``hpsearch finalize`` and ``hpsearch report`` show them: the tuned network, the ensemble,
-    the calibrated intervals and the baseline, each where present."""
-    columns: list[tuple[str, dict[str, Any]]] = [("tuned network", summary["test"])]
-    if summary.get("ensemble_test"):
-        columns.append((f"ensemble of {summary['ensemble_size']}", summary["ensemble_test"]))
-    if summary.get("calibration"):
-        scale = summary["calibration"]["scale"]
-        columns.append((f"sigma x {scale:.3f} (val-calibrated)", summary["calibration"]["test"]))
-    if summary.get("baseline"):
-        columns.append((summary["baseline"]["name"], summary["baseline"]["test"]))
-    return columns
+def record_on_study(study: optuna.Study, result: FinalResult) -> None:
+    """Store the answer with the study: the ``finalize`` user attribute (read by ``hpsearch
+    report``) and a markdown note, which optuna-dashboard shows on the study's page."""
+    from optuna_dashboard import save_note
+
+    from hpsearch.report import finalize_note
+
+    study.set_user_attr("finalize", result.summary())
+    save_note(study, finalize_note(result.summary(), result.metric))
 
 
 def save(
@@ -353,37 +337,30 @@ def save(
         raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
 
 
-def _rebuild(kind: str, params: Mapping[str, Any], state: dict[str, Any]) -> nn.Module:
-    from hpsearch import models
-
-    kwargs: dict[str, Any] = {}
-    if kind != "conv":  # the MLPs' input width is in the first layer's weights
-        first = next(key for key in state if key.endswith("weight"))
-        kwargs["n_features"] = state[first].shape[1]
-    model = models.build_model(kind, params, **kwargs)
-    model.load_state_dict(state)
-    return model.eval()
-
-
 def load_model(folder: str | Path, *, ensemble: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a finalized model from ``--out``'s folder: ``(model in eval mode, record)``,
     the record being ``finalize.json`` (configuration, metrics, target scale, data
-    checksums). ``ensemble`` rebuilds the averaged ensemble instead of the single model.
+    checksums). ``ensemble`` rebuilds the combined ensemble instead of the single model.
     Regression outputs are normalized targets: ``record["target"]`` turns them into prices.
 
     Raises:
         HpsearchError: ``ensemble`` asked of a folder finalized without one.
     """
-    from hpsearch.problems import get_problem
-
     folder = Path(folder)
     record = json.loads((folder / RESULT_FILE).read_text())
-    kind = get_problem(record["problem"]).model
+    problem = get_problem(record["problem"])
+    shape: Sequence[int] = record["input_shape"]
+
+    def rebuild(params: dict[str, Any], state: dict[str, Any]) -> nn.Module:
+        model = problem.build_model(params, shape)
+        model.load_state_dict(state)
+        return model.eval()
+
     if ensemble:
         if not (folder / ENSEMBLE_FILE).exists():
             raise HpsearchError(f"{folder} holds no ensemble (finalized with --no-ensemble)")
         saved = torch.load(folder / ENSEMBLE_FILE, map_location="cpu", weights_only=True)
-        members = [_rebuild(kind, m["params"], m["state"]) for m in saved]
-        return Ensemble(kind, members).eval(), record
+        members = [rebuild(m["params"], m["state"]) for m in saved]
+        return Ensemble(members, problem.combine).eval(), record
     state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-    return _rebuild(kind, record["chosen"]["params"], state), record
+    return rebuild(record["chosen"]["params"], state), record

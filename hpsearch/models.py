@@ -1,16 +1,19 @@
-"""Model builders: pure functions from a params mapping to an ``nn.Module``.
+"""Model builders: pure functions ``(params, input_shape) -> nn.Module``, each beside the
+hyperparameters it reads, and the ways an ensemble combines its members' outputs.
 
 Nothing here knows about Optuna or training, so a study's best model is rebuilt from its
-stored params (``build_model("conv", study.best_params)``) and tests use literal dicts.
+stored params (``build_conv_classifier(trial.user_attrs["config"], (1, 16, 16))``) and tests
+use literal dicts.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -33,6 +36,12 @@ def make_activation(name: str) -> nn.Module:
         ) from None
 
 
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be odd (the map keeps its size)")
+    return value
+
+
 def layer_widths(params: Mapping[str, Any], depth_key: str, width_key: str) -> list[int]:
     """Width of each layer: ``{width_key}_{i}`` where given, else the shared ``width_key``."""
     depth = int(params[depth_key])
@@ -40,33 +49,30 @@ def layer_widths(params: Mapping[str, Any], depth_key: str, width_key: str) -> l
 
 
 def build_conv_classifier(
-    params: Mapping[str, Any],
-    *,
-    in_channels: int = 1,
-    image_size: int = 16,
-    n_classes: int = 10,
+    params: Mapping[str, Any], input_shape: Sequence[int] = (1, 16, 16), n_classes: int = 10
 ) -> nn.Sequential:
     """Conv blocks (3x3 conv, optional batch norm, activation, 2x2 max-pool, dropout), then a
-    linear head to ``n_classes`` logits.
+    linear head to ``n_classes`` logits, for square ``(C, H, W)`` images.
 
     Params: ``n_conv_layers`` (1-4 for 16x16 inputs), ``channels`` or ``channels_{i}``,
-    ``activation``, ``batch_norm``, ``dropout``; optional ``pool`` (``"every"``, the report's
+    ``activation``, ``batch_norm``, ``dropout``; optional ``pool`` (``"every"``, the lab report's
     2x2 max-pool in each block, or ``"end"``: the blocks keep full resolution and one max-pool
     after the last block shrinks the map to the same size, so the head is unchanged) and
-    ``head_units`` (0, the report's linear head, or the width of one hidden layer before it,
+    ``head_units`` (0, the lab report's linear head, or the width of one hidden layer before it,
     with the blocks' activation and dropout).
     """
     widths = layer_widths(params, "n_conv_layers", "channels")
     if not widths or min(widths) < 1:
         raise ValueError(f"conv classifier needs >= 1 layer of >= 1 channel, got {widths}")
     pool = str(params.get("pool", "every"))
-    if pool not in POOLING:
-        raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLING)}")
+    if pool not in ("every", "end"):
+        raise ValueError(f"unknown pool {pool!r}; choose from every, end")
     kernel = int(params.get("kernel_size", 3))
     activation = str(params["activation"])
     dropout = float(params.get("dropout", 0.0))
     layers: list[nn.Module] = []
-    channels, size = in_channels, image_size
+    channels, image_size = int(input_shape[0]), int(input_shape[-1])
+    size = image_size
     for width in widths:
         layers.append(nn.Conv2d(channels, width, kernel, padding=kernel // 2))
         if params.get("batch_norm", True):
@@ -91,9 +97,6 @@ def build_conv_classifier(
         features = head_units
     layers.append(nn.Linear(features, n_classes))
     return nn.Sequential(*layers)  # (B, C, H, W) -> (B, n_classes)
-
-
-POOLING = ("every", "end")
 
 
 def _mlp_trunk(params: Mapping[str, Any], n_features: int) -> tuple[list[nn.Module], int]:
@@ -137,85 +140,81 @@ class GaussianRegressor(nn.Module):
         return torch.cat([self.mean(hidden), self.log_var(hidden)], dim=-1)
 
 
-def build_mlp_regressor(params: Mapping[str, Any], *, n_features: int = 4) -> MLPRegressor:
-    """Params: ``n_hidden_layers``, ``hidden_units`` or ``hidden_units_{i}``, ``activation``,
-    ``dropout``."""
-    return MLPRegressor(params, n_features)
+def build_mlp_regressor(params: Mapping[str, Any], input_shape: Sequence[int]) -> MLPRegressor:
+    """``(B, F) -> (B,)``. Params: ``n_hidden_layers``, ``hidden_units`` or
+    ``hidden_units_{i}``, ``activation``, ``dropout``."""
+    return MLPRegressor(params, int(input_shape[0]))
 
 
 def build_gaussian_regressor(
-    params: Mapping[str, Any], *, n_features: int = 4
+    params: Mapping[str, Any], input_shape: Sequence[int]
 ) -> GaussianRegressor:
-    """Same params as :func:`build_mlp_regressor`; outputs mean and log variance."""
-    return GaussianRegressor(params, n_features)
+    """``(B, F) -> (B, 2)``, mean and log variance; same params as :func:`build_mlp_regressor`."""
+    return GaussianRegressor(params, int(input_shape[0]))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "conv": build_conv_classifier,
-    "mlp": build_mlp_regressor,
-    "gaussian": build_gaussian_regressor,
+# Each builder's hyperparameters and their valid values (pydantic types, which the study-file
+# check applies to every fixed value, range bound and choice).
+Positive = Annotated[int, Field(ge=1)]
+Dropout = Annotated[float, Field(ge=0.0, le=0.95)]
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu", "silu"]
+CONV_HYPERPARAMETERS: dict[str, Any] = {
+    "n_conv_layers": Annotated[int, Field(ge=1, le=4)],  # a 16x16 map halves four times
+    "channels": Positive,
+    "activation": Activation,
+    "batch_norm": bool,
+    "dropout": Dropout,
+    "kernel_size": Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)],
+    "pool": Literal["every", "end"],
+    "head_units": Annotated[int, Field(ge=0)],  # 0: a linear head
 }
-
-
-# Hyperparameters each builder reads (per-layer widths ``channels_{i}`` /
-# ``hidden_units_{i}`` are accepted too).
-MODEL_PARAMS: dict[str, frozenset[str]] = {
-    "conv": frozenset(
-        {
-            "n_conv_layers",
-            "channels",
-            "activation",
-            "batch_norm",
-            "dropout",
-            "kernel_size",
-            "pool",
-            "head_units",
-        }
-    ),
-    "mlp": frozenset({"n_hidden_layers", "hidden_units", "activation", "dropout"}),
-    "gaussian": frozenset({"n_hidden_layers", "hidden_units", "activation", "dropout"}),
+MLP_HYPERPARAMETERS: dict[str, Any] = {
+    "n_hidden_layers": Positive,
+    "hidden_units": Positive,
+    "activation": Activation,
+    "dropout": Dropout,
 }
-# Width key -> the depth key that says how many per-layer widths exist.
-PER_LAYER_WIDTHS = {"channels": "n_conv_layers", "hidden_units": "n_hidden_layers"}
+# Width key -> the depth key that says how many per-layer widths (``channels_0``, ...) exist.
+CONV_PER_LAYER = {"channels": "n_conv_layers"}
+MLP_PER_LAYER = {"hidden_units": "n_hidden_layers"}
 
 
-def build_model(name: str, params: Mapping[str, Any], **kwargs: Any) -> nn.Module:
-    """Build a registered model by name (see ``MODELS``)."""
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
-    return builder(params, **kwargs)
+def mean_softmax(outputs: torch.Tensor) -> torch.Tensor:
+    """Classifiers' ensemble: the mean of the members' softmax probabilities, as
+    log-probabilities (the argmax is the ensemble's class, cross-entropy its log loss).
+    ``(M, B, C) -> (B, C)``."""
+    return outputs.softmax(dim=-1).mean(dim=0).clamp_min(1e-12).log()
+
+
+def mean_prediction(outputs: torch.Tensor) -> torch.Tensor:
+    """Regressors' ensemble: the mean prediction. ``(M, B, ...) -> (B, ...)``."""
+    return outputs.mean(dim=0)
+
+
+def gaussian_mixture(outputs: torch.Tensor) -> torch.Tensor:
+    """Gaussian regressors' ensemble: the equal-weight mixture's mean and log variance (the
+    mean of the members' variances plus the spread of their means). ``(M, B, 2) -> (B, 2)``."""
+    means, variances = outputs[..., 0], outputs[..., 1].exp()
+    mean = means.mean(dim=0)
+    variance = (variances + means**2).mean(dim=0) - mean**2
+    return torch.stack([mean, variance.clamp_min(1e-12).log()], dim=-1)
 
 
 class Ensemble(nn.Module):
-    """Average of several trained models of one kind, with the members' output format, so
-    every metric reads it as one model.
+    """Several trained models whose outputs ``combine`` merges into one output of the
+    members' format, so every metric reads the ensemble as one model."""
 
-    - ``conv``: the mean of the members' softmax probabilities, returned as log-probabilities
-      (the argmax is the ensemble's class, cross-entropy its log loss);
-    - ``mlp``: the mean prediction;
-    - ``gaussian``: the equal-weight mixture's mean and log variance (the mean of the
-      members' variances plus the spread of their means).
-    """
-
-    def __init__(self, kind: str, members: Sequence[nn.Module]) -> None:
+    def __init__(
+        self, members: Sequence[nn.Module], combine: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
         super().__init__()
-        if kind not in MODELS or not members:
-            raise ValueError(f"an ensemble needs members of a known kind, got {kind!r}")
-        self.kind = kind
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.combine = combine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = torch.stack([member(x) for member in self.members])
-        if self.kind == "conv":
-            return outputs.softmax(dim=-1).mean(dim=0).clamp_min(1e-12).log()
-        if self.kind == "gaussian":
-            means, variances = outputs[..., 0], outputs[..., 1].exp()
-            mean = means.mean(dim=0)
-            variance = (variances + means**2).mean(dim=0) - mean**2
-            return torch.stack([mean, variance.clamp_min(1e-12).log()], dim=-1)
-        return outputs.mean(dim=0)
+        return self.combine(torch.stack([member(x) for member in self.members]))
 
 
 class ScaledVariance(nn.Module):

@@ -6,18 +6,19 @@ import json
 import logging
 import math
 import time
+import warnings
 from typing import Any
 
 import optuna
 import torch
 
 from hpsearch.checkpoints import CheckpointStore
-from hpsearch.config import StudyConfig
 from hpsearch.data import Splits
 from hpsearch.models import count_parameters
 from hpsearch.space import suggest_params
+from hpsearch.storage import is_transient_db_error
+from hpsearch.study_file import StudyConfig
 from hpsearch.training import EpochResult, NonFiniteLossError, TrainConfig, TrainState, train
-from hpsearch.workers import is_transient_db_error
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Objective:
     """Builds, trains and scores one model per trial.
 
     Data are loaded once by the caller and kept on ``device``; each call samples params,
-    reports the validation metric every ``config.report_every`` epochs and lets the pruner
+    reports the validation metric every ``config.eval_every`` epochs and lets the pruner
     stop the trial. With ``checkpoints``, the training state is saved at every report, and a
     retry of a crashed trial (``retry_of`` attribute) continues from its series' checkpoint.
     """
@@ -57,7 +58,8 @@ class Objective:
         return {f"val_{name}": value for name, value in metrics.items()}
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest_params(trial, self.config.space, self.config.base_params)
+        config, problem = self.config, self.problem
+        params = suggest_params(trial, config.space, config.base_params, problem.per_layer)
         # A retry keeps the seed and checkpoint of the first trial of its series.
         series = int(trial.user_attrs.get("retry_of", trial.number))
         seed = trial_seed(self.seed, series)
@@ -77,7 +79,7 @@ class Objective:
         trial.set_user_attr("config", params)
         trial.set_user_attr("seed", seed)
         torch.manual_seed(seed)
-        model = self.problem.build_model(params, self.splits).to(self.device)
+        model = problem.build_model(params, self.splits.x_train.shape[1:]).to(self.device)
         trial.set_user_attr("n_params", count_parameters(model))
         metric = self.config.metric
         last: list[EpochResult] = []
@@ -98,7 +100,10 @@ class Objective:
             value = result.metrics[metric]
             if not math.isfinite(value):
                 raise NonFiniteLossError(result.epoch, value)
-            trial.report(value, result.epoch)
+            with warnings.catch_warnings():
+                # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                trial.report(value, result.epoch)
             if trial.should_prune():
                 record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
                 raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
@@ -116,12 +121,12 @@ class Objective:
                 TrainConfig.from_params(params, seed=seed),
                 evaluate=self.validation_metrics,
                 on_epoch=on_epoch,
-                eval_every=self.config.report_every,
+                eval_every=self.config.eval_every,
                 resume=resume,
                 on_checkpoint=on_checkpoint if self.checkpoints else None,
             )
         except NonFiniteLossError as error:
-            # A diverged run (the report's SGD-to-NaN) ends pruned, so the study goes on and
+            # A diverged run (the lab report's SGD-to-NaN) ends pruned, so the study goes on and
             # the sampler learns that this region is bad.
             record(last[0] if last else None, pruned_reason=str(error))
             logger.info("trial %d: %s", trial.number, error)

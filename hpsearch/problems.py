@@ -1,109 +1,140 @@
-"""The problem registry: what data, model, losses and metrics each named problem uses."""
+"""The problem registry, hpsearch's one extension point.
+
+A ``Problem`` entry carries everything that differs between problems: the data loader, the
+model builder and the hyperparameters it reads, the losses, the validation and test metrics,
+the lab report's defaults, how an ensemble averages, the classic baseline and an optional
+calibration. Every other module reads problems only through these fields. A new problem is
+one entry, registered with ``register_problem`` (or from another package through the
+``hpsearch.problems`` entry-point group), plus a study file with ``problem = "<name>"``.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hpsearch import data, models, training
+from hpsearch import baselines, data, metrics, models, training
 from hpsearch.data import Splits
 from hpsearch.errors import HpsearchError
+from hpsearch.metrics import Metrics
 
-Metrics = dict[str, float]
-
-
-def classification_metrics(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits
-) -> Metrics:
-    """Accuracy and mean cross-entropy over ``(x, y)``."""
-    logits = training.predict(model, x)
-    return {
-        "accuracy": float((logits.argmax(dim=-1) == y).float().mean()),
-        "cross_entropy": float(F.cross_entropy(logits, y)),
-    }
+Evaluate = Callable[[nn.Module, torch.Tensor, torch.Tensor, Splits], Metrics]
+ENTRY_POINT_GROUP = "hpsearch.problems"
 
 
-def dollar_errors(mean: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
-    """RMSE, MSE and MAE in dollars of normalized predictions ``mean`` against ``y``
-    (with a log-price target, ``exp`` of the predicted log price, i.e. its median)."""
-    error = splits.to_dollars(mean) - splits.to_dollars(y)
-    mse = float((error**2).mean())
-    return {"rmse": math.sqrt(mse), "mse": mse, "mae": float(error.abs().mean())}
+@dataclass(frozen=True)
+class Calibration:
+    """A scale fitted on validation after training (the Gaussian regressor's sigma):
+    ``statistic`` of each validation fit, ``scale`` from those, ``apply`` to the model."""
 
-
-def r2_score(mean: torch.Tensor, y: torch.Tensor, splits: Splits) -> float:
-    """Coefficient of determination of ``mean`` against ``y``, on prices in dollars."""
-    y64, mean64 = splits.to_dollars(y), splits.to_dollars(mean)
-    residual = float(((y64 - mean64) ** 2).sum())
-    total = float(((y64 - y64.mean()) ** 2).sum())
-    return 1.0 - residual / total if total > 0 else math.nan
-
-
-def dollar_nll(normalized_nll: float, y: torch.Tensor, splits: Splits) -> float:
-    """Mean Gaussian NLL per house of prices in dollars, from the NLL of normalized targets:
-    plus ``log(target_std)``, and with a log-price target plus the mean log price (the
-    change of variables from log(price) to price)."""
-    nll = normalized_nll + math.log(splits.target_std)
-    if splits.log_target:
-        nll += float(torch.log(splits.to_dollars(y)).mean())
-    return nll
-
-
-def regression_metrics(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits
-) -> Metrics:
-    """RMSE, MSE and MAE of the prediction, in dollars."""
-    return dollar_errors(training.predict(model, x), y, splits)
-
-
-def gaussian_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits) -> Metrics:
-    """Dollar errors of the mean, and the mean Gaussian NLL per house in dollar units."""
-    output = training.predict(model, x)
-    metrics = dollar_errors(output[:, 0], y, splits)
-    nll = float(training.gaussian_nll(output.double(), y.double()))
-    metrics["nll"] = dollar_nll(nll, y, splits)
-    return metrics
+    statistic: Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
+    scale: Callable[[Sequence[float]], float]
+    apply: Callable[[nn.Module, float], nn.Module]
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A named search problem: ``run usps`` looks one of these up."""
+    """A named search problem: ``problem = "usps"`` in a study file looks one of these up."""
 
     name: str
     description: str
-    model: str  # a key of models.MODELS
+    # (data_dir or None for the packaged copy, **the study file's [data]) -> Splits
     load_data: Callable[..., Splits]
+    # (params, shape of one input example) -> an untrained model
+    build_model: Callable[[Mapping[str, Any], Sequence[int]], nn.Module]
+    # The builder's hyperparameters -> pydantic types of their valid values
+    model_hyperparameters: Mapping[str, Any]
     losses: Mapping[str, training.LossFn]
-    evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor, Splits], Metrics]
+    # Metrics of a model on validation rows, every evaluated epoch (names without "val_")
+    evaluate: Evaluate
     # Validation metric -> study direction; the first is the default objective.
-    metrics: Mapping[str, str]
+    metrics: Mapping[str, Literal["maximize", "minimize"]]
     # The lab report's best configuration: any hyperparameter a study neither fixes nor
     # searches takes this value.
     defaults: Mapping[str, Any]
-
-    def build_model(self, params: Mapping[str, Any], splits: Splits) -> nn.Module:
-        kwargs = {} if self.model == "conv" else {"n_features": splits.x_train.shape[1]}
-        return models.build_model(self.model, params, **kwargs)
+    # Stacked member outputs (M, B, ...) -> the ensemble's output, in the members' format
+    combine: Callable[[torch.Tensor], torch.Tensor] = models.mean_prediction
+    # Metrics of the one look at the test split; default: ``evaluate``'s
+    test_metrics: Evaluate | None = None
+    # Fits a classic model on train + validation and scores it on test: {"name", "test"}
+    baseline: Callable[[Splits], dict[str, Any]] | None = None
+    calibration: Calibration | None = None
+    # Width key -> depth key: ``per_layer = true`` samples ``{width}_{i}`` for each layer
+    per_layer: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def default_metric(self) -> str:
         return next(iter(self.metrics))
 
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every hyperparameter a study may fix or search -> the pydantic type of its values."""
+        losses: Any = Literal[tuple(self.losses)]
+        return {**self.model_hyperparameters, **training.HYPERPARAMETERS, "loss": losses}
 
-_TRAINING_DEFAULTS = {
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "lr_step_epochs": 10,
-    "lr_gamma": 0.1,
-}
+    def fit(
+        self,
+        params: Mapping[str, Any],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        seed: int,
+        evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
+    ) -> tuple[nn.Module, Metrics]:
+        """Train a fresh model of ``params`` on ``(x, y)`` with ``seed`` for all its epochs;
+        the model and ``evaluate``'s metrics after the last one."""
+        torch.manual_seed(seed)
+        model = self.build_model(params, tuple(x.shape[1:])).to(x.device)
+        result = training.train(
+            model,
+            x,
+            y,
+            self.losses[params["loss"]],
+            training.TrainConfig.from_params(params, seed=seed),
+            evaluate=evaluate,
+            eval_every=max(1, int(params["epochs"])),
+        )
+        return model, result.metrics
 
-_REPORT_MLP = {
+
+PROBLEMS: dict[str, Problem] = {}
+
+
+def register_problem(problem: Problem) -> Problem:
+    """Add ``problem`` to the registry under its name (replacing one of the same name)."""
+    PROBLEMS[problem.name] = problem
+    return problem
+
+
+def get_problem(name: str) -> Problem:
+    """Look a problem up by name: registered here, else from an installed package's
+    ``hpsearch.problems`` entry point of that name.
+
+    Raises:
+        HpsearchError: unknown name; the message lists the known ones.
+    """
+    if name not in PROBLEMS:
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            register_problem(entry.load())
+    try:
+        return PROBLEMS[name]
+    except KeyError:
+        raise HpsearchError(
+            f"unknown problem {name!r}; choose from {', '.join(PROBLEMS)}"
+        ) from None
+
+
+# The training defaults the lab report did not vary.
+_TRAINING_DEFAULTS = {"momentum": 0.9, "weight_decay": 0.0, "lr_step_epochs": 10, "lr_gamma": 0.1}
+_LAB_REPORT_MLP = {
     **_TRAINING_DEFAULTS,
     "n_hidden_layers": 3,
     "hidden_units": 128,
@@ -116,14 +147,17 @@ _REPORT_MLP = {
     "epochs": 2000,
 }
 
-PROBLEMS: dict[str, Problem] = {
-    "usps": Problem(
+register_problem(
+    Problem(
         name="usps",
         description="USPS handwritten digits, conv classifier",
-        model="conv",
         load_data=data.load_usps,
+        build_model=models.build_conv_classifier,
+        model_hyperparameters=models.CONV_HYPERPARAMETERS,
+        per_layer=models.CONV_PER_LAYER,
         losses=training.CLASSIFICATION_LOSSES,
-        evaluate=classification_metrics,
+        evaluate=metrics.classification_metrics,
+        test_metrics=metrics.classification_test_metrics,
         metrics={"val_accuracy": "maximize", "val_cross_entropy": "minimize"},
         defaults={
             **_TRAINING_DEFAULTS,
@@ -139,44 +173,52 @@ PROBLEMS: dict[str, Problem] = {
             "epochs": 30,
             "loss": "mse",
         },
-    ),
-    "house-prices": Problem(
+        combine=models.mean_softmax,
+        baseline=baselines.rbf_svm,
+    )
+)
+register_problem(
+    Problem(
         name="house-prices",
         description="Ames house prices, MLP regressor",
-        model="mlp",
         load_data=data.load_house_prices,
+        build_model=models.build_mlp_regressor,
+        model_hyperparameters=models.MLP_HYPERPARAMETERS,
+        per_layer=models.MLP_PER_LAYER,
         losses=training.REGRESSION_LOSSES,
-        evaluate=regression_metrics,
+        evaluate=metrics.regression_metrics,
+        test_metrics=metrics.regression_test_metrics,
         metrics={"val_rmse": "minimize", "val_mse": "minimize", "val_mae": "minimize"},
-        defaults={**_REPORT_MLP, "loss": "mse"},
-    ),
-    "house-prices-gaussian": Problem(
+        defaults={**_LAB_REPORT_MLP, "loss": "mse"},
+        baseline=baselines.gradient_boosting,
+    )
+)
+register_problem(
+    Problem(
         name="house-prices-gaussian",
         description="Ames house prices, Gaussian regressor (mean and log variance)",
-        model="gaussian",
         load_data=data.load_house_prices,
+        build_model=models.build_gaussian_regressor,
+        model_hyperparameters=models.MLP_HYPERPARAMETERS,
+        per_layer=models.MLP_PER_LAYER,
         losses=training.GAUSSIAN_LOSSES,
-        evaluate=gaussian_metrics,
+        evaluate=metrics.gaussian_metrics,
+        test_metrics=metrics.gaussian_test_metrics,
         metrics={
             "val_nll": "minimize",
             "val_rmse": "minimize",
             "val_mse": "minimize",
             "val_mae": "minimize",
         },
-        defaults={**_REPORT_MLP, "loss": "gaussian_nll"},
-    ),
-}
-
-
-def get_problem(name: str) -> Problem:
-    """Look a problem up by name.
-
-    Raises:
-        HpsearchError: unknown name; the message lists the valid ones.
-    """
-    try:
-        return PROBLEMS[name]
-    except KeyError:
-        raise HpsearchError(
-            f"unknown problem {name!r}; choose from {', '.join(PROBLEMS)} or give a study .toml"
-        ) from None
+        defaults={**_LAB_REPORT_MLP, "loss": "gaussian_nll"},
+        combine=models.gaussian_mixture,
+        baseline=baselines.gradient_boosting,
+        # sigma x scale makes the validation z-scores of the chosen configuration's seeds
+        # unit variance.
+        calibration=Calibration(
+            statistic=metrics.mean_z2,
+            scale=lambda stats: math.sqrt(statistics.fmean(stats)),
+            apply=models.ScaledVariance,
+        ),
+    )
+)

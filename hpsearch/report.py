@@ -1,13 +1,12 @@
 """``hpsearch report``: the lab report's tables and figures, rebuilt from a study's trials.
 
 Writes into one folder:
-- ``tables.md``: for each hyperparameter, the trials per value with the best and median
-  validation score of the complete ones (floats by decade buckets), as the report's
-  ablation tables;
-- ``curves-<param>.png``: validation curves per epoch (every trial's intermediate values),
-  coloured by batch size, learning-rate decade, optimizer and loss, with each group's median;
-- ``history.png`` (optimization history) and ``importances.png`` (Optuna's fANOVA
-  parameter importances);
+- ``tables.md``: for each hyperparameter, the trials per bucket of values (from its search
+  distribution) with the best and median validation score of the complete ones;
+- ``curves-<param>.png``: every trial's validation curve coloured by the bucket of its batch
+  size, learning rate, optimizer or loss, with each bucket's median in bold;
+- ``history.png`` and ``importances.png``: Optuna's optimization history and parameter
+  importances plots;
 - ``index.html``: all of it in one self-contained page (figures embedded), plus the
   ``hpsearch finalize`` results when the study has them.
 """
@@ -18,20 +17,29 @@ import base64
 import html
 import math
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.display import format_value
 from hpsearch.errors import HpsearchError
-from hpsearch.finalize import test_columns
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_VALUES = 8  # a parameter with at most this many possible values gets a row per value
+BINS = 5  # otherwise (unless log-scale) this many equal-width bins
 
 
 @dataclass
@@ -43,72 +51,139 @@ class Row:
     median: float | None
 
 
-def bucket(name: str, value: Any) -> str:
-    """The value a table or figure groups by: floats by decade (``1e-3..1e-2``) for
-    learning rates and other log-scale numbers, else the value itself."""
-    if isinstance(value, float):
-        if value > 0 and (name in ("lr", "weight_decay") or value < 0.01):
-            low = 10 ** math.floor(math.log10(value))
-            return f"{low:.0e}..{low * 10:.0e}"
-        return f"{value:g}"
-    return str(value)
+def bucket(value: Any, distribution: BaseDistribution) -> tuple[float, str]:
+    """Where tables and curves group a parameter's value: (sort order, label)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.choices.index(value), str(value)
+    assert isinstance(distribution, FloatDistribution | IntDistribution), distribution
+    low, high, step = distribution.low, distribution.high, distribution.step
+    integer = isinstance(distribution, IntDistribution)
+    if distribution.log:
+        start = 10.0 ** math.floor(math.log10(value))
+        return start, f"{start:g}..{start * 10:g}" if integer else f"{start:.0e}..{start * 10:.0e}"
+    count = math.inf if step is None else round((high - low) / step) + 1
+    if count <= MAX_VALUES or high == low:
+        return value, f"{value:g}"
+    if isinstance(distribution, IntDistribution):  # whole values per bin: inclusive labels
+        span = math.ceil(count / BINS) * distribution.step
+        first = low + (value - low) // span * span
+        return first, f"{first}..{min(first + span - distribution.step, high)}"
+    width = (high - low) / BINS
+    # The epsilon keeps a stepped value on a bin edge (0.3 = 2.9999.. widths) in the upper bin.
+    start = low + width * min(int((value - low) / width + 1e-9), BINS - 1)
+    return start, f"{start:.3g}..{start + width:.3g}"
 
 
-def _sort_key(text: str) -> tuple[int, float, str]:
-    try:
-        return (0, float(text.split("..")[0]), text)
-    except ValueError:
-        return (1, 0.0, text)
+def _groups(trials: Sequence[FrozenTrial], name: str) -> dict[str, list[FrozenTrial]]:
+    """The trials that have ``name``, by bucket, in bucket order."""
+    groups: dict[str, list[FrozenTrial]] = defaultdict(list)
+    order: dict[str, float] = {}
+    for trial in trials:
+        if name in trial.params:
+            # Keyed by label: a study resumed with an edited space may bucket a value twice.
+            key, label = bucket(trial.params[name], trial.distributions[name])
+            order.setdefault(label, key)
+            groups[label].append(trial)
+    return {label: groups[label] for label in sorted(groups, key=lambda k: (order[k], k))}
+
+
+def _maximize(study: optuna.Study) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
 def ablation_tables(study: optuna.Study) -> dict[str, list[Row]]:
-    """Per hyperparameter: trials per value and the best / median value of complete ones."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    finished = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED])
-    groups: dict[str, dict[str, list[FrozenTrial]]] = defaultdict(lambda: defaultdict(list))
-    for trial in finished:
-        for name, value in trial.params.items():
-            groups[name][bucket(name, value)].append(trial)
+    """Per hyperparameter: trials per bucket and the best / median value of complete ones."""
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    choose = max if _maximize(study) else min
     tables: dict[str, list[Row]] = {}
-    for name in sorted(groups):
-        rows = []
-        for value in sorted(groups[name], key=_sort_key):
-            trials = groups[name][value]
+    for name in sorted({name for trial in finished for name in trial.params}):
+        tables[name] = []
+        for label, trials in _groups(finished, name).items():
             scores = [
                 t.value
                 for t in trials
                 if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
             ]
-            best = (max(scores) if maximize else min(scores)) if scores else None
-            rows.append(
-                Row(
-                    value=value,
-                    trials=len(trials),
-                    complete=len(scores),
-                    best=best,
-                    median=statistics.median(scores) if scores else None,
-                )
+            median = statistics.median(scores) if scores else None
+            tables[name].append(
+                Row(label, len(trials), len(scores), choose(scores, default=None), median)
             )
-        tables[name] = rows
     return tables
 
 
+def _cells(row: Row) -> list[str]:
+    best, median = format_value(row.best), format_value(row.median)
+    return [row.value, str(row.trials), str(row.complete), best, median]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "| --- |" + " ---: |" * (len(header) - 1), *map(line, rows)]
+
+
 def tables_markdown(study: optuna.Study, tables: dict[str, list[Row]], metric: str) -> str:
-    direction = study.direction.name.lower()
     lines = [
-        f"# {study.study_name}: {metric} ({direction}) by hyperparameter value",
+        f"# {study.study_name}: {metric} ({study.direction.name.lower()}) by hyperparameter",
         "",
         "Best and median over complete trials; trials counts pruned ones too.",
     ]
     for name, rows in tables.items():
-        lines += ["", f"## {name}", "", f"| {name} | trials | complete | best | median |"]
-        lines.append("| --- | ---: | ---: | ---: | ---: |")
-        for row in rows:
-            lines.append(
-                f"| {row.value} | {row.trials} | {row.complete} | {format_value(row.best)} "
-                f"| {format_value(row.median)} |"
-            )
+        header = [name, "trials", "complete", "best", "median"]
+        lines += ["", f"## {name}", "", *_markdown_table(header, [_cells(r) for r in rows])]
     return "\n".join(lines) + "\n"
+
+
+def finalize_columns(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, test metrics) of each model in a stored ``finalize`` summary, in the order
+    ``hpsearch finalize`` and ``hpsearch report`` show them: the tuned network, the ensemble,
+    the calibrated intervals and the baseline, each where present."""
+    columns: list[tuple[str, dict[str, Any]]] = [("network", summary["test"])]
+    if summary.get("ensemble_test"):
+        columns.append((f"ensemble ({summary['ensemble_size']})", summary["ensemble_test"]))
+    if summary.get("calibration"):
+        scale = summary["calibration"]["scale"]
+        columns.append((f"sigma x {scale:.2f}", summary["calibration"]["test"]))
+    if summary.get("baseline"):
+        columns.append((summary["baseline"]["name"], summary["baseline"]["test"]))
+    return columns
+
+
+def _test_table(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the finalized models' test metrics: one row per numeric metric."""
+    columns = finalize_columns(summary)
+    names: dict[str, None] = {}  # ordered set: a metric may be missing from some columns
+    for _, metrics in columns:
+        names.update((k, None) for k, v in metrics.items() if _is_number(v))
+    rows = [
+        [name, *(format_value(m[name] if _is_number(m.get(name)) else None) for _, m in columns)]
+        for name in names
+    ]
+    return ["metric", *(label for label, _ in columns)], rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finalize_lines(summary: Mapping[str, Any], metric: str) -> list[str]:
+    lines = [
+        f"Trial {summary['trial']}: validation {metric} {format_value(summary['val_mean'])} "
+        f"± {format_value(summary['val_std'])} (mean ± std over seeds).",
+        f"Retrained on {format_value(summary['train_rows'])} rows (train + validation), "
+        f"scored once on {format_value(summary['test_rows'])} test rows.",
+    ]
+    if summary.get("calibration"):
+        lines.append("sigma x s: the predicted sigma scaled by s, fitted on validation.")
+    return lines
+
+
+def finalize_note(summary: Mapping[str, Any], metric: str) -> str:
+    """Markdown for optuna-dashboard's study note: the ``finalize`` summary's test scores."""
+    table = "\n".join(_markdown_table(*_test_table(summary)))
+    heading = "## Finalized model (held-out test split)"
+    return "\n\n".join([heading, *_finalize_lines(summary, metric), table]) + "\n"
 
 
 def _pyplot() -> Any:
@@ -124,34 +199,30 @@ def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> b
     """Validation curves of every trial with intermediate values, coloured by ``param``."""
     trials = [
         t
-        for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED])
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
         if param in t.params and t.intermediate_values
     ]
     if not trials:
         return False
     plt = _pyplot()
-    groups: dict[str, list[FrozenTrial]] = defaultdict(list)
-    for trial in trials:
-        groups[bucket(param, trial.params[param])].append(trial)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = plt.get_cmap("tab10")
-    for i, value in enumerate(sorted(groups, key=_sort_key)):
-        color = colors(i % 10)
+    for i, (label, group) in enumerate(_groups(trials, param).items()):
+        color = plt.get_cmap("tab10")(i % 10)
         by_step: dict[int, list[float]] = defaultdict(list)
-        for trial in groups[value]:
+        for trial in group:
             steps = sorted(trial.intermediate_values)
             values = [trial.intermediate_values[s] for s in steps]
             ax.plot(steps, values, color=color, alpha=0.18, linewidth=0.8)
-            for step, v in zip(steps, values, strict=True):
-                if math.isfinite(v):
-                    by_step[step].append(v)
+            for step, value in zip(steps, values, strict=True):
+                if math.isfinite(value):
+                    by_step[step].append(value)
         steps = sorted(by_step)
         medians = [statistics.median(by_step[s]) for s in steps]
-        ax.plot(steps, medians, color=color, linewidth=2.2, label=f"{value} ({len(groups[value])})")
+        ax.plot(steps, medians, color=color, linewidth=2.2, label=f"{label} ({len(group)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{study.study_name}: validation curves by {param} (bold: median)")
-    _focus(ax, [v for t in trials for v in t.intermediate_values.values()], study)
+    _focus(ax, trials, _maximize(study))
     ax.legend(fontsize=8, title=param)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -159,74 +230,40 @@ def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> b
     return True
 
 
-def _focus(ax: Any, values: Iterable[float], study: optuna.Study) -> None:
-    """Zoom the y axis on the useful range: diverged and hopeless trials off-scale."""
-    finite = sorted(v for v in values if math.isfinite(v))
+def _focus(ax: Any, trials: Sequence[FrozenTrial], maximize: bool) -> None:
+    """Zoom the y axis past diverged and hopeless curves, but keep every complete trial's
+    final and reported values in view."""
+    finite = sorted(v for t in trials for v in t.intermediate_values.values() if math.isfinite(v))
     if len(finite) < 4:
         return
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    if maximize:
-        low, high = finite[len(finite) // 10], finite[-1]
-    else:
-        low, high = finite[0], finite[(9 * len(finite)) // 10]
+    n = len(finite)
+    low, high = (finite[n // 10], finite[-1]) if maximize else (finite[0], finite[9 * n // 10])
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            last = trial.intermediate_values[max(trial.intermediate_values)]
+            for value in (last, trial.value):
+                if value is not None and math.isfinite(value):
+                    low, high = min(low, value), max(high, value)
     pad = (high - low) * 0.05 or abs(high) * 0.01 or 1.0
     ax.set_ylim(low - pad, high + pad)
 
 
-def history_figure(study: optuna.Study, metric: str, path: Path) -> bool:
-    complete = [
-        t
-        for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        if t.value is not None and math.isfinite(t.value)
-    ]
-    if not complete:
-        return False
-    plt = _pyplot()
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    numbers = [t.number for t in complete]
-    values = [float(t.value) for t in complete]  # type: ignore[arg-type]
-    best, running = [], -math.inf if maximize else math.inf
-    for value in values:
-        running = max(running, value) if maximize else min(running, value)
-        best.append(running)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.scatter(numbers, values, s=10, alpha=0.6, label="complete trial")
-    ax.step(numbers, best, where="post", color="C3", linewidth=2, label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{study.study_name}: optimization history")
-    _focus(ax, values, study)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+def _optuna_figure(plot: str, study: optuna.Study, metric: str, path: Path, title: str) -> None:
+    """Save ``optuna.visualization.matplotlib.<plot>`` of ``study``."""
+    plt = _pyplot()  # before Optuna's module imports pyplot, to get the Agg backend
+    import matplotlib
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
 
-
-def importances(study: optuna.Study) -> dict[str, float]:
-    """Optuna's fANOVA importances over complete trials; empty when too few."""
-    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-    if len(complete) < 4:
-        return {}
-    try:
-        return dict(optuna.importance.get_param_importances(study, normalize=True))
-    except (RuntimeError, ValueError):  # e.g. a single distinct configuration
-        return {}
-
-
-def importances_figure(study: optuna.Study, scores: dict[str, float], path: Path) -> bool:
-    if not scores:
-        return False
-    plt = _pyplot()
-    names = list(scores)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
-    ax.barh(names, [scores[n] for n in names], color="C0")
-    ax.set_xlabel("importance (fANOVA, normalized)")
-    ax.set_title(f"{study.study_name}: hyperparameter importances")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    # rc_context: Optuna's plots switch pyplot to the ggplot style for good.
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        ax = getattr(optuna_plots, plot)(study, target_name=metric)
+        ax.set_title("", loc="left")  # where the importances plot puts its own title
+        ax.set_title(f"{study.study_name}: {title.lower()}")
+        # bbox_inches: the history plot's legend sits outside the axes.
+        ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
 
 
 def _embed(path: Path) -> str:
@@ -235,11 +272,11 @@ def _embed(path: Path) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    def cells(tag: str, row: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>"
+
+    body = "".join(cells("td", row) for row in rows)
+    return f"<table><thead>{cells('th', header)}</thead><tbody>{body}</tbody></table>"
 
 
 def build_report(study: optuna.Study, out: Path) -> Path:
@@ -248,30 +285,36 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     Raises:
         HpsearchError: the study has no finished trial, or ``out`` cannot be written.
     """
-    from hpsearch.search import study_counts
-
-    counts = study_counts(study)
+    counts = Counter(trial.state for trial in study.get_trials(deepcopy=False))
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 0:
         raise HpsearchError(f"study {study.study_name!r} has no finished trial to report on")
-    metric = str(study.user_attrs.get("metric", "value"))
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        return _write_report(study, out, counts)
     except OSError as error:
-        raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
+        raise HpsearchError(f"cannot write to {out}: {error.strerror or error}") from None
+
+
+def _write_report(study: optuna.Study, out: Path, counts: Counter[TrialState]) -> Path:
+    metric = str(study.user_attrs.get("metric", "value"))
+    out.mkdir(parents=True, exist_ok=True)
     tables = ablation_tables(study)
-    (out / "tables.md").write_text(tables_markdown(study, tables, metric))
+    (out / "tables.md").write_text(tables_markdown(study, tables, metric), encoding="utf-8")
     figures: list[tuple[str, Path]] = []
-    if history_figure(study, metric, out / "history.png"):
-        figures.append(("Optimization history", out / "history.png"))
-    scores = importances(study)
-    if importances_figure(study, scores, out / "importances.png"):
-        figures.append(("Hyperparameter importances", out / "importances.png"))
+    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    plots = []
+    if complete:
+        plots.append(("Optimization history", "plot_optimization_history", "history.png"))
+    # Importances from fewer trials are noise (Optuna then calls them all equal).
+    if len(complete) >= 4 and any(t.params for t in complete):
+        plots.append(("Hyperparameter importances", "plot_param_importances", "importances.png"))
+    for title, plot, name in plots:
+        _optuna_figure(plot, study, metric, out / name, title)
+        figures.append((title, out / name))
     for param in CURVE_PARAMS:
         path = out / f"curves-{param}.png"
         if curves_figure(study, param, metric, path):
             figures.append((f"Validation curves by {param}", path))
 
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>hpsearch report: {html.escape(study.study_name)}</title>",
@@ -281,52 +324,34 @@ def build_report(study: optuna.Study, out: Path) -> Path:
         "img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(study.study_name)}</h1>",
         f"<p>Problem {html.escape(str(study.user_attrs.get('problem', '?')))}; objective "
-        f"{html.escape(metric)} ({'maximize' if maximize else 'minimize'}); "
+        f"{html.escape(metric)} ({study.direction.name.lower()}); "
         f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
         f"{counts[TrialState.FAIL]} failed trials.</p>",
     ]
-    if counts[TrialState.COMPLETE]:
+    if complete:
         best = study.best_trial
         parts.append(f"<h2>Best trial: {best.number}, {metric} = {format_value(best.value)}</h2>")
         parts.append(
-            _html_table(["param", "value"], [[k, str(v)] for k, v in sorted(best.params.items())])
+            _html_table(
+                ["param", "value"],
+                [
+                    [k, format_value(v) if _is_number(v) else str(v)]
+                    for k, v in sorted(best.params.items())
+                ],
+            )
         )
     final = study.user_attrs.get("finalize")
     if final:
         parts.append("<h2>Finalized model (hpsearch finalize), held-out test split</h2>")
-        columns = test_columns(final)
-        rows = [
-            [key, *(format_value(metrics.get(key)) for _, metrics in columns)]
-            for key, value in final["test"].items()
-            if isinstance(value, int | float)
-        ]
-        parts.append(
-            f"<p>Trial {final['trial']} retrained on {final['train_rows']} rows, scored once "
-            f"on {final['test_rows']} test rows.</p>"
-        )
-        parts.append(_html_table(["metric", *(name for name, _ in columns)], rows))
+        parts += [f"<p>{html.escape(line)}</p>" for line in _finalize_lines(final, metric)]
+        parts.append(_html_table(*_test_table(final)))
     parts.append("<h2>Tables: score by hyperparameter value</h2>")
-    for name, table_rows in tables.items():
-        parts.append(f"<h3>{html.escape(name)}</h3>")
-        parts.append(
-            _html_table(
-                [name, "trials", "complete", "best", "median"],
-                [
-                    [
-                        r.value,
-                        str(r.trials),
-                        str(r.complete),
-                        format_value(r.best),
-                        format_value(r.median),
-                    ]
-                    for r in table_rows
-                ],
-            )
-        )
+    for name, rows in tables.items():
+        header = [name, "trials", "complete", "best", "median"]
+        parts.append(f"<h3>{html.escape(name)}</h3>{_html_table(header, list(map(_cells, rows)))}")
     parts.append("<h2>Figures</h2>")
-    for title, path in figures:
-        parts.append(f"<h3>{html.escape(title)}</h3>{_embed(path)}")
+    parts += [f"<h3>{html.escape(title)}</h3>{_embed(path)}" for title, path in figures]
     parts.append("</body></html>")
     page = out / "index.html"
-    page.write_text("\n".join(parts))
+    page.write_text("\n".join(parts), encoding="utf-8")
     return page

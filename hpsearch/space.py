@@ -1,4 +1,5 @@
-"""Turn a study file's ``[space]`` into sampled params; the conditional structure lives here.
+"""A study file's ``[space]``: one ``ParamSpec`` per searched hyperparameter, and how a trial
+samples them; the conditional structure lives here.
 
 A width with ``per_layer = true`` is sampled once per existing layer (``channels_0`` ...
 ``channels_{depth-1}``), so layer ``i`` gets a parameter only if the depth exceeds ``i``.
@@ -7,43 +8,88 @@ A width with ``per_layer = true`` is sampled once per existing layer (``channels
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import optuna
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hpsearch.config import ParamSpec
-from hpsearch.models import PER_LAYER_WIDTHS
+if TYPE_CHECKING:
+    import optuna
+
+
+class ParamSpec(BaseModel):
+    """One searched hyperparameter (a ``[space.NAME]`` table): a range or a list of choices."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    type: Literal["int", "float", "categorical"]
+    low: int | float | None = None  # ranges only
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    # TOML gives lists; frozen specs keep tuples (lax mode converts).
+    choices: Annotated[tuple[Any, ...], Field(strict=False)] = ()  # categorical only
+    # Widths only: sample one value per layer (``channels_0``, ``channels_1``, ...).
+    per_layer: bool = False
+    # Values the grid sampler visits; defaults to the choices or the stepped integer range.
+    grid: Annotated[tuple[Any, ...], Field(strict=False)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.grid == ():
+            raise ValueError("grid must be a non-empty list")
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty list of choices")
+            return self
+        kind = int if self.type == "int" else (int, float)
+        bounds = (self.low, self.high) + ((self.step,) if self.step is not None else ())
+        if not all(isinstance(value, kind) for value in bounds):
+            number = "integers" if self.type == "int" else "numbers"
+            raise ValueError(f"low and high (and step, if given) must be {number}")
+        assert self.low is not None and self.high is not None
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        if self.step is not None and (self.step <= 0 or self.log):
+            raise ValueError("step must be a positive number, and not combined with log")
+        return self
+
+    @property
+    def values(self) -> list[Any]:
+        """The values a study file gives for it: choices, bounds and grid points."""
+        bounds = [] if self.type == "categorical" else [self.low, self.high]
+        return [*self.choices, *bounds, *(self.grid or [])]
 
 
 def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
         return trial.suggest_categorical(name, list(spec.choices))
+    assert spec.low is not None and spec.high is not None
     if spec.type == "int":
-        return trial.suggest_int(
-            name,
-            int(spec.low),
-            int(spec.high),
-            step=int(spec.step or 1),
-            log=spec.log,
-        )
+        step = int(spec.step or 1)
+        return trial.suggest_int(name, int(spec.low), int(spec.high), step=step, log=spec.log)
     return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
 def suggest_params(
-    trial: optuna.Trial, space: Mapping[str, ParamSpec], base: Mapping[str, Any]
+    trial: optuna.Trial,
+    space: Mapping[str, ParamSpec],
+    base: Mapping[str, Any],
+    per_layer: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Sample every parameter of ``space`` and return them merged over ``base``."""
+    """Sample every parameter of ``space`` and return them merged over ``base``.
+
+    ``per_layer`` maps a width to the depth that says how many per-layer widths exist."""
     params = dict(base)
     # Depths first, so per-layer widths know how many layers exist.
-    ordered = sorted(space.values(), key=lambda spec: spec.per_layer)
-    for spec in ordered:
+    for name, spec in sorted(space.items(), key=lambda item: item[1].per_layer):
         if spec.per_layer:
-            depth = int(params[PER_LAYER_WIDTHS[spec.name]])
-            params.pop(spec.name, None)
-            for layer in range(depth):
-                params[f"{spec.name}_{layer}"] = _suggest(trial, f"{spec.name}_{layer}", spec)
+            params.pop(name, None)
+            for layer in range(int(params[per_layer[name]])):
+                params[f"{name}_{layer}"] = _suggest(trial, f"{name}_{layer}", spec)
         else:
-            params[spec.name] = _suggest(trial, spec.name, spec)
+            params[name] = _suggest(trial, name, spec)
     return params
 
 
@@ -63,6 +109,7 @@ def grid_search_space(space: Mapping[str, ParamSpec]) -> dict[str, list[Any]]:
         elif spec.type == "categorical":
             grid[name] = list(spec.choices)
         elif spec.type == "int" and not spec.log:
+            assert spec.low is not None and spec.high is not None
             grid[name] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
         else:
             raise ValueError(f"{name}: give a grid = [...] list to grid-search a {spec.type} range")

@@ -1,36 +1,56 @@
-"""Study storage: one factory that turns a URL into an Optuna RDB storage, with clear errors.
+"""Study storage: one factory that turns a URL into an Optuna RDB storage, with clear errors;
+the study-wide lock; retries of transient database errors; exact trial counts.
 
 SQLite files get WAL mode and a busy timeout so several local processes (workers, the
 dashboard) can share one; server databases get pre-ping health checks and a bounded pool.
+Nothing here imports torch: the commands that only read a study stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import sqlite3
+import sys
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 
 from hpsearch.errors import HpsearchError
 
 logger = logging.getLogger(__name__)
 
-STORAGE_ENV = "HPSEARCH_STORAGE"
+T = TypeVar("T")
+
 # A password kept out of the URL (and so out of shell history and process lists); any
 # characters work, no URL escaping needed.
 PASSWORD_ENV = "HPSEARCH_DB_PASSWORD"
-DEFAULT_HEARTBEAT_S = 10
-DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 SQLITE_BUSY_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
-# How long a starting worker keeps retrying dropped connections before giving up.
+# How long a starting worker keeps retrying dropped connections before giving up, and how
+# long a running one keeps retrying one database call.
 STARTUP_RETRY_S = 30.0
+DB_RETRY_SECONDS = 120.0
 
 
 def redact(url: str) -> str:
@@ -90,7 +110,8 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
 def open_storage(
     url: str, *, create: bool = True, heartbeat_interval: int | None = None
 ) -> optuna.storages.RDBStorage:
-    """Open the storage at ``url``, creating Optuna's tables if they are missing.
+    """Open the storage at ``url``, creating Optuna's tables if they are missing (unless
+    ``create`` is false: a reader creates nothing).
 
     Args:
         heartbeat_interval: seconds between running trials' heartbeats; a trial silent for
@@ -100,13 +121,7 @@ def open_storage(
         HpsearchError: bad URL, missing SQLite file (unless ``create``), unreachable
             database or wrong credentials; the message never contains the password.
     """
-    from hpsearch.workers import (
-        StudyLock,
-        is_schema_race,
-        is_transient_db_error,
-        retry_trial,
-        with_db_retries,
-    )
+    from hpsearch.coordination import retry_trial
 
     parsed = parse_url(url)
     engine_kwargs: dict[str, object]
@@ -124,6 +139,8 @@ def open_storage(
             "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
         }
         _check_reachable(parsed)
+    if not create and not _has_optuna_tables(parsed):
+        raise HpsearchError(f"no study storage at {redact(url)} (run `hpsearch run` first)")
     heartbeat: dict[str, object] = {}
     if heartbeat_interval is not None:
         heartbeat = {
@@ -133,14 +150,16 @@ def open_storage(
         }
 
     def connect() -> optuna.storages.RDBStorage:
-        # Workers starting together on a new database would race to create its tables.
+        # Workers starting together on a new database would race to create its tables;
+        # a reader (create=False) creates none.
         lock = StudyLock(parsed, "__schema__")
         try:
-            with lock.hold(), warnings.catch_warnings():
+            with lock.hold() if create else contextlib.nullcontext(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     parsed.render_as_string(hide_password=False),
                     engine_kwargs=engine_kwargs,
+                    skip_table_creation=not create,
                     **heartbeat,  # type: ignore[arg-type]
                 )
         finally:
@@ -157,6 +176,18 @@ def open_storage(
         raise HpsearchError(
             f"cannot open storage {redact(url)}: {_scrub(str(error), parsed)}"
         ) from None
+
+
+def _has_optuna_tables(parsed: URL) -> bool:
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.NullPool)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    except SQLAlchemyError as error:
+        raise HpsearchError(
+            f"cannot open storage {redact(str(parsed))}: {_scrub(str(error), parsed)}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _check_reachable(parsed: URL) -> None:
@@ -178,6 +209,211 @@ def _check_reachable(parsed: URL) -> None:
         engine.dispose()
 
 
-def storage_url(url: str | None) -> str:
-    """The storage to use: the argument, else ``$HPSEARCH_STORAGE``, else ./hpsearch.db."""
-    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+def is_transient_db_error(error: BaseException) -> bool:
+    """Dropped connections, restarts, timeouts: worth retrying. Optuna wraps them in its
+    ``StorageInternalError``, so the whole cause chain is searched."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OperationalError | InterfaceError | PendingRollbackError):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        psycopg = sys.modules.get("psycopg")  # not imported: not a psycopg error
+        if psycopg is not None and isinstance(
+            seen, psycopg.OperationalError | psycopg.InterfaceError
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def is_schema_race(error: BaseException) -> bool:
+    """Two processes creating the same tables at once (possible only if the lock guarding
+    table creation was lost with a dropped connection)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, IntegrityError | ProgrammingError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def with_db_retries(
+    action: Callable[[], T],
+    what: str,
+    budget_s: float = DB_RETRY_SECONDS,
+    transient: Callable[[BaseException], bool] = is_transient_db_error,
+) -> T:
+    """Run ``action``, retrying transient database errors with backoff for ``budget_s``."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not transient(error) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "%s: database error, retrying in %.1fs: %s", what, delay, str(error).splitlines()[0]
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class StudyLock:
+    """A lock around claiming a trial, shared by every worker of a storage."""
+
+    def __init__(self, url: URL, study_name: str) -> None:
+        self.url = url
+        self.name = f"hpsearch:{study_name}"
+        # Advisory locks take a 64-bit integer key.
+        self.key = int.from_bytes(
+            hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True
+        )
+        self._engine: sqlalchemy.Engine | None = None
+
+    def close(self) -> None:
+        """Return the lock's database connection, if it has one."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        backend = self.url.get_backend_name()
+        if backend == "sqlite":
+            with self._file_lock():
+                yield
+        else:
+            with self._advisory_lock(backend):
+                yield
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        # SQLite is local: an flock beside the database file serialises its processes.
+        path = Path(str(self.url.database)).expanduser()
+        with open(f"{path}.hpsearch-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _advisory_lock(self, backend: str) -> Iterator[None]:
+        # A session-level lock on a connection of its own: the server releases it if the
+        # worker dies while holding it. One pooled connection, health-checked before use.
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(
+                self.url,
+                pool_size=1,
+                max_overflow=0,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": 10},
+            )
+        params: dict[str, Any]
+        if backend == "postgresql":
+            lock = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
+            unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
+            params = {"k": self.key}
+        else:
+            lock = sqlalchemy.text("SELECT GET_LOCK(:n, 600)")
+            unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:n)")
+            params = {"n": self.name}
+        with self._engine.connect() as connection:
+            connection.execute(lock, params)
+            connection.commit()
+            try:
+                yield
+            finally:
+                try:
+                    connection.execute(unlock, params)
+                    connection.commit()
+                except Exception:
+                    # A lock whose connection died is released by the server already.
+                    connection.invalidate()
+
+
+def count_finished(url: str, study_name: str) -> int:
+    """Finished (complete or pruned) trials of the study ``study_name``, read without
+    creating anything: 0 where the storage, its tables or the study do not exist yet.
+
+    Raises:
+        HpsearchError: a bad URL, or a database server that cannot be reached.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not Path(str(parsed.database)).expanduser().exists():
+            return 0
+    else:
+        _check_reachable(parsed)
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.NullPool)
+    query = sqlalchemy.text(
+        "SELECT COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = :name AND t.state IN ('COMPLETE', 'PRUNED')"
+    )
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(query, {"name": study_name}).scalar_one())
+    except SQLAlchemyError:  # no Optuna tables yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """The study ``name`` in the existing storage at ``url``.
+
+    Raises:
+        HpsearchError: no such storage, or no such study in it (the message lists them).
+    """
+    storage = open_storage(url, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
+
+
+def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    """The database storage behind ``storage`` (Optuna wraps it in a cache), if any."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> StudyLock | None:
+    """The lock every worker of ``study_name`` on this storage shares; None in memory."""
+    backend = rdb_storage(storage)
+    if backend is None:
+        return None  # in-memory storage: one process, nothing to coordinate
+    return StudyLock(parse_url(backend.url), study_name)
+
+
+def study_counts(study: optuna.Study) -> dict[TrialState, int]:
+    """Trials per state, read from the database itself.
+
+    Optuna's trial cache can keep showing a trial this process finished as RUNNING (it
+    never re-reads it once a later trial has finished), so exact totals across workers
+    need a direct count.
+    """
+    counts = dict.fromkeys(TrialState, 0)
+    backend = rdb_storage(study._storage)
+    if backend is None:
+        for trial in study.get_trials(deepcopy=False):
+            counts[trial.state] += 1
+        return counts
+    query = sqlalchemy.text(
+        "SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state"
+    )
+    with backend.engine.connect() as connection:
+        for state, count in connection.execute(query, {"study_id": study._study_id}):
+            counts[TrialState[state.name if hasattr(state, "name") else state]] = count
+    return counts
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The study's best value, None before its first complete trial."""
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None

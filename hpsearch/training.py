@@ -11,13 +11,15 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from hpsearch.augment import Affine, random_affine
+from hpsearch.errors import HpsearchError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
@@ -33,7 +35,7 @@ def gaussian_nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _onehot_mse(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    # The report's classification loss: MSE between softmax outputs and one-hot labels.
+    # The lab report's classification loss: MSE between softmax outputs and one-hot labels.
     probs = logits.softmax(dim=-1)
     return F.mse_loss(probs, F.one_hot(target, probs.shape[-1]).to(probs.dtype))
 
@@ -62,13 +64,15 @@ REGRESSION_LOSSES: dict[str, LossFn] = {
 }
 GAUSSIAN_LOSSES: dict[str, LossFn] = {"gaussian_nll": gaussian_nll, "mse": _mean_mse}
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-LR_SCHEDULES = ("none", "step", "cosine", "onecycle")
+Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
+LrSchedule = Literal["none", "step", "cosine", "onecycle"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 PER_BATCH_SCHEDULES = frozenset({"onecycle"})
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (a diverging run, such as SGD in the report)."""
+    """The training loss became NaN or infinite (a diverging run, such as SGD in the lab report)."""
 
     def __init__(self, epoch: int, loss: float) -> None:
         super().__init__(f"non-finite training loss ({loss}) in epoch {epoch}")
@@ -78,32 +82,32 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything the loop needs besides the model and the data."""
+    """Everything the loop needs besides the model and the data. The annotations double as
+    the study-file check of each training hyperparameter (``HYPERPARAMETERS``)."""
 
-    epochs: int
-    batch_size: int
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "none"
-    lr_step_epochs: int = 10
-    lr_gamma: float = 0.1
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=2)]  # batch norm cannot train on one row
+    optimizer: Optimizer = "adam"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    momentum: Annotated[float, Field(ge=0, le=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    lr_schedule: LrSchedule = "none"
+    lr_step_epochs: Annotated[int, Field(ge=1)] = 10
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
     fused: bool = True  # fused Adam/AdamW kernels; off gives PyTorch's default (foreach)
-    # Image batches and conv weights in NHWC order: 17-25% shorter epochs on the CPU for the
-    # report's USPS model (benchmarks/epoch_speed.py); no effect on MLPs.
+    # Image batches and conv weights in NHWC order: shorter epochs on the CPU for conv nets
+    # (docs/performance.md); no effect on MLPs.
     channels_last: bool = True
-    # bfloat16 autocast of forward passes in training: 17-23% shorter epochs on this
-    # project's CPU (AMX), slower on CPUs without bf16 units and different numerics; off by
-    # default, switch on per study.
+    # bfloat16 autocast of forward passes: faster on CPUs with bf16 units (AMX), slower
+    # elsewhere and different numerics, so off unless a study switches it on.
     bf16: bool = False
     # Random affine and elastic distortion of each training image (hpsearch.augment); 0
     # turns each off.
-    aug_translate: float = 0.0  # fraction of the image size
-    aug_rotate: float = 0.0  # degrees
-    aug_scale: float = 0.0  # relative size change
-    aug_shear: float = 0.0  # degrees
-    aug_elastic: float = 0.0  # pixels, root-mean-square displacement
+    aug_translate: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # fraction of the image size
+    aug_rotate: Annotated[float, Field(ge=0, le=180)] = 0.0  # degrees
+    aug_scale: Annotated[float, Field(ge=0, le=0.9)] = 0.0  # relative size change
+    aug_shear: Annotated[float, Field(ge=0, le=60)] = 0.0  # degrees
+    aug_elastic: Annotated[float, Field(ge=0, le=4)] = 0.0  # pixels, root-mean-square
     seed: int = 0
 
     @property
@@ -115,9 +119,16 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, seed: int = 0) -> TrainConfig:
         """Pick the training keys out of a trial's full params."""
-        keys = {f for f in cls.__dataclass_fields__ if f != "seed"}
-        known = {key: params[key] for key in keys if key in params}
+        known = {key: params[key] for key in HYPERPARAMETERS if key in params}
         return cls(**known, seed=seed)
+
+
+# Training hyperparameter -> its pydantic type (the valid values a study file may give).
+HYPERPARAMETERS: dict[str, Any] = {
+    name: kind
+    for name, kind in get_type_hints(TrainConfig, include_extras=True).items()
+    if name != "seed"
+}
 
 
 @dataclass(frozen=True)
@@ -153,8 +164,7 @@ class TrainState:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam and AdamW use PyTorch's fused kernels (one kernel for all parameters): a small
-    model's step is dominated by per-tensor overhead, and fusing cuts the house-price MLP's
-    optimizer step by a quarter on the CPU (benchmarks/step_overhead.py)."""
+    model's step is dominated by per-tensor overhead (benchmarks/step_overhead.py)."""
     params = list(model.parameters())
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -178,7 +188,7 @@ def make_scheduler(
     every epoch (``PER_BATCH_SCHEDULES``)."""
     if config.lr_schedule == "none":
         return None
-    if config.lr_schedule == "step":  # the report's lr / 10 every 10 epochs
+    if config.lr_schedule == "step":  # the lab report's lr / 10 every 10 epochs
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma
         )
@@ -217,6 +227,19 @@ def batch_indices(
     order = torch.randperm(n, generator=generator).to(device)
     for start in _batch_starts(n, batch_size):
         yield order[start : start + batch_size]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+
+    Raises:
+        HpsearchError: ``cuda`` asked for where no CUDA device is available.
+    """
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HpsearchError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @torch.inference_mode()

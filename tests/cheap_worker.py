@@ -15,10 +15,9 @@ from pathlib import Path
 
 import optuna
 
-from hpsearch.config import RunSettings
 from hpsearch.search import run_trials
-from hpsearch.storage import open_storage, parse_url
-from hpsearch.workers import StudyLock
+from hpsearch.settings import Settings
+from hpsearch.storage import StudyLock, open_storage, parse_url
 
 
 def objective(trial: optuna.Trial, seconds_per_step: float) -> float:
@@ -63,9 +62,15 @@ def main() -> None:
             load_if_exists=True,
             sampler=optuna.samplers.RandomSampler(),
         )
-    settings = RunSettings(storage=url, study_name=name, trials=trials)
-    progress = run_trials(study, lambda t: objective(t, seconds), settings)
-    print(f"ran {progress.trials_this_run} trials", flush=True)
+    settings = Settings(storage=url, study_name=name, trials=trials)
+    ran = []  # the trials this worker claimed and ran, whatever their end
+
+    def counted(trial: optuna.Trial) -> float:
+        ran.append(trial.number)
+        return objective(trial, seconds)
+
+    run_trials(study, counted, settings)
+    print(f"ran {len(ran)} trials", flush=True)
 
 
 if __name__ == "__main__":

@@ -77,12 +77,12 @@ def test_elastic_distortion_alone_changes_shape_not_place() -> None:
 
 
 def test_training_with_augmentation_learns() -> None:
-    from hpsearch.models import build_model
+    from hpsearch.models import build_conv_classifier
 
     torch.manual_seed(0)
     x = torch.randn(128, 1, 16, 16)
     y = (x[:, 0, 4:12, 4:12].mean((1, 2)) > 0).long()  # a label robust to small shifts
-    model = build_model("conv", {"n_conv_layers": 2, "channels": 8, "activation": "relu"})
+    model = build_conv_classifier({"n_conv_layers": 2, "channels": 8, "activation": "relu"})
     config = TrainConfig(epochs=8, batch_size=32, lr=0.01, aug_translate=0.06, aug_rotate=10)
     result = training.train(
         model,
@@ -97,8 +97,8 @@ def test_training_with_augmentation_learns() -> None:
 
 @pytest.mark.parametrize("key", ["aug_translate", "aug_rotate", "aug_scale", "aug_shear"])
 def test_augmentation_keys_are_study_hyperparameters(key: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from hpsearch.config import load_study_file
     from hpsearch.errors import HpsearchError
+    from hpsearch.study_file import load_study_file
 
     path = tmp_path / "s.toml"
     path.write_text(f"[study]\nproblem = 'usps'\n[fixed]\n{key} = 0.1\n")

@@ -13,10 +13,11 @@ runner = CliRunner()
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
+    result = runner.invoke(app, list(args), prog_name="hpsearch")
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_run_then_inspect(tiny_usps_file: Path, sqlite_url: str, tmp_path: Path) -> None:
     code, out, err = invoke(
         "run", str(tiny_usps_file), "--trials", "3", "--storage", sqlite_url, "--seed", "1"
@@ -66,7 +67,7 @@ def test_storage_from_environment(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "mnist"], "unknown problem 'mnist'"),
+        (["run", "mnist"], "unknown study 'mnist'"),
         (["run", "usps", "--trials", "0"], "--trials must be >= 1"),
         (["run", "usps", "--storage", "nonsense"], "bad storage URL"),
         (["run", "usps", "--sampler", "bayes"], "unknown sampler"),
@@ -95,7 +96,7 @@ def test_malformed_study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.toml").write_text("[study]\nproblem = 'usps'\n[space.lr]\ntype = 'float'\n")
     code, _, err = invoke("run", "s.toml")
-    assert code == 2 and "s.toml: [space.lr] low must be a number" in err
+    assert code == 2 and "s.toml: [space.lr] low and high (and step, if given) must be" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
 
 
@@ -124,8 +125,18 @@ def test_inspecting_a_missing_storage_or_study(sqlite_url: str, tiny_house_file:
     assert code == 2 and "no study named 'nope'" in err
 
 
-def test_help_lists_commands() -> None:
-    code, out, _ = invoke("--help")
+def test_help_of_every_command() -> None:
+    """The overview lists every command by name with its one-line summary, a full sentence
+    that is not broken across lines, and each command's own --help works."""
+    code, overview, _ = invoke("--help")
     assert code == 0
-    for command in ("run", "studies", "best", "trials", "dashboard"):
-        assert command in out
+    names = [command.name or command.callback.__name__ for command in app.registered_commands]  # type: ignore[union-attr]
+    assert names == ["run", "studies", "best", "trials", "finalize", "report", "dashboard"]
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__  # type: ignore[union-attr]
+        summary = (command.callback.__doc__ or "").split("\n\n")[0]  # type: ignore[union-attr]
+        assert "\n" not in summary and summary.endswith("."), name
+        code, out, _ = invoke(name, "--help")
+        assert code == 0 and f"Usage: hpsearch {name}" in " ".join(out.split()), name
+        assert " ".join(summary.split()) in " ".join(out.split()), name
+        assert name in overview

@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import TINY_HOUSE
 
+pytestmark = pytest.mark.slow  # real training runs: seconds each
+
 CHROMIUM = os.environ.get("HPSEARCH_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -89,38 +91,40 @@ def _start_dashboard(folder: Path, *args: str) -> tuple[subprocess.Popen[str], i
     return server, port
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[tuple[int, str, int]]:
-    """A real `hpsearch run` (3 trials), then `hpsearch dashboard` on its SQLite file."""
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
+    """A real `hpsearch run` (3 trials) and `finalize`, then `hpsearch dashboard` on its
+    SQLite file; shared by this module's tests (the run is the slow part)."""
     _need_browser()
-    study_file = tmp_path / "tiny-house.toml"
+    folder = tmp_path_factory.mktemp("dashboard")
+    study_file = folder / "tiny-house.toml"
     study_file.write_text(TINY_HOUSE.format(problem="house-prices"))
     exe = shutil.which("hpsearch")
     assert exe is not None
-    run = subprocess.run(
-        [exe, "run", str(study_file), "--trials", "3", "--workers", "1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    server, port = _start_dashboard(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
+    for command in (
+        ["run", str(study_file), "--trials", "3", "--workers", "1"],
+        ["finalize", study_file.stem, "--top-k", "1", "--seeds", "1", "--no-ensemble"],
+    ):
+        done = subprocess.run(
+            [exe, *command], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+    server, port = _start_dashboard(folder)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as r:
             assert r.status == 200
-        yield port, study_file.stem, 3
+        yield port, study_file.stem, folder
     finally:
         server.terminate()
         server.wait(timeout=20)
 
 
-def test_dashboard_in_chromium(
-    dashboard: tuple[int, str, int], request: pytest.FixtureRequest
-) -> None:
+def test_dashboard_in_chromium(dashboard: tuple[int, str, Path], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    port, study_name, trials = dashboard
+    port, study_name, _ = dashboard
+    trials = 3
     base = f"http://127.0.0.1:{port}/dashboard"
     problems: list[str] = []
     with sync_playwright() as playwright:
@@ -147,31 +151,36 @@ def test_dashboard_in_chromium(
                 timeout=30_000,
             )
             assert page.locator("#plot-history path.point").count() == trials
-            # Kept beside the test suite (test-screenshots/, git-ignored) for a look.
-            folder = request.config.rootpath / "test-screenshots"
-            folder.mkdir(exist_ok=True)
-            shot = folder / "dashboard-history.png"
+            # The objective is labelled with its metric, not "Objective 0", and finalize's
+            # result reads as a note on the study's page.
+            page.get_by_text("val_rmse").first.wait_for(timeout=30_000)
+            assert page.get_by_text("Objective 0").count() == 0
+            # Kept in pytest's temporary folder (the last runs' are kept) for a look.
+            shot = tmp_path / "dashboard-history.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            study_url = page.url.rstrip("/")
+            page.goto(f"{study_url}/note")
+            page.get_by_text("Finalized model").first.wait_for(timeout=30_000)
+            page.get_by_text("rmse").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "dashboard-note.png"), full_page=True)
             # The trial list counts the trials.
-            page.goto(f"{page.url.rstrip('/')}/trials")
+            page.goto(f"{study_url}/trials")
             page.get_by_text(f"{trials} Trials").wait_for(timeout=30_000)
         finally:
             browser.close()
     assert problems == []
 
 
-def test_dashboard_listens_on_loopback_unless_asked(
-    dashboard: tuple[int, str, int], tmp_path: Path
-) -> None:
-    port, _, _ = dashboard
+def test_dashboard_listens_on_loopback_unless_asked(dashboard: tuple[int, str, Path]) -> None:
+    port, _, folder = dashboard
     assert _reachable("127.0.0.1", port)
     address = _outward_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to try")
     assert not _reachable(address, port)
     # --host 0.0.0.0 is the explicit way to expose it.
-    server, open_port = _start_dashboard(tmp_path, "--host", "0.0.0.0")
+    server, open_port = _start_dashboard(folder, "--host", "0.0.0.0")
     try:
         assert _reachable(address, open_port)
     finally:

@@ -9,6 +9,7 @@ import torch
 
 from hpsearch import data
 from hpsearch.errors import HpsearchError
+from tests.data.make_house_features import FIXTURE, OPTIONS, SPLITS
 
 
 def test_packaged_files_match_md5sums() -> None:
@@ -100,11 +101,17 @@ def test_corrupt_file_is_refused(tmp_path: Path) -> None:
         data.load_usps(folder)
 
 
-def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_dir_is_the_argument_or_the_packaged_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _copy_data(tmp_path)
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(folder))
-    assert data.resolve_data_dir() == folder
-    assert data.load_house_prices().checksums == {
+    # $HPSEARCH_DATA_DIR is resolved with the other settings, never by the loaders.
+    monkeypatch.setenv("HPSEARCH_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert data.resolve_data_dir() == data.PACKAGED_DATA_DIR
+    assert data.resolve_data_dir(str(folder)) == folder
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.resolve_data_dir("~/data") == folder
+    assert data.load_house_prices(folder).checksums == {
         data.HOUSE_PRICES_FILE: data.md5sum(folder / data.HOUSE_PRICES_FILE)
     }
 
@@ -161,6 +168,11 @@ def test_house_feature_sets_log_target_and_a_training_only_filter() -> None:
     assert (filtered.rows["val"] == report.rows["val"]).all()
     with pytest.raises(HpsearchError, match="unknown house-price feature set 'every'"):
         data.load_house_prices(features="every")
+    # The lab report's four columns are the default, under their new name only.
+    named = data.load_house_prices(features="lab-report")
+    assert torch.equal(named.x_test, report.x_test) and named.x_test.shape[1] == 4
+    with pytest.raises(HpsearchError, match="unknown house-price feature set 'report'"):
+        data.load_house_prices(features="report")
 
 
 def test_one_hot_levels_come_from_training_rows() -> None:
@@ -169,10 +181,12 @@ def test_one_hot_levels_come_from_training_rows() -> None:
     frame = pd.DataFrame(
         {"Id": [1, 2, 3], "Size": [None, 2, 3], "Kind": ["a", "b", None], "SalePrice": [1, 2, 3]}
     )
-    columns = data._house_feature_frame(frame, "all", np.array([0, 2]))
-    assert list(columns.columns) == ["Size", "Size_missing", "Kind=NA", "Kind=a"]
-    # Row 1's level "b" was never seen in training: all zeros.
-    assert columns.loc[1, ["Kind=NA", "Kind=a"]].tolist() == [0.0, 0.0]
+    pipeline = data.house_feature_pipeline(frame.iloc[[0, 2]], "all")
+    names = ["Size", "missingindicator_Size", "Kind_NA", "Kind_a"]
+    assert list(pipeline.get_feature_names_out()) == names
+    # Row 1's level "b" was never seen in training: all zeros (before scaling).
+    columns = pipeline[0].transform(frame)
+    assert columns[1, 2:].tolist() == [0.0, 0.0]
 
 
 def test_log_of_skewed_columns_uses_training_rows_only() -> None:
@@ -180,7 +194,7 @@ def test_log_of_skewed_columns_uses_training_rows_only() -> None:
         [[1.0, -1.0, 0.0], [2.0, 1.0, 0.0], [3.0, -1.0, 1.0], [1000.0, 1.0, 0.0], [-5.0, 9.0, 0.0]]
     )
     train = np.array([0, 1, 2, 3])
-    out = data._log_skewed(x, train)
+    out = data.SkewedLog1p().fit(x[train]).transform(x)
     # Column 0 is non-negative and right-skewed in training: log1p, with the unseen negative
     # value clipped to 0 first. Column 1 has negatives in training: untouched.
     assert np.allclose(out[:, 0], np.log1p([1.0, 2.0, 3.0, 1000.0, 0.0]))
@@ -206,8 +220,8 @@ def test_clipped_inputs_stay_inside_the_training_range() -> None:
     assert torch.allclose(plain.x_test[inside], clipped.x_test[inside])
     logged = data.load_house_prices(features="all", log_target=True, log_features=True)
     table = pd.read_csv(data.PACKAGED_DATA_DIR / data.HOUSE_PRICES_FILE)
-    columns = data._house_feature_frame(table, "all", logged.rows["train"]).columns
-    area = list(columns).index("GrLivArea")
+    columns = data.house_feature_pipeline(table.iloc[logged.rows["train"]], "all")
+    area = list(columns.get_feature_names_out()).index("GrLivArea")
     # Living area is right-skewed: logged, the largest test house sits closer to the rest.
     assert logged.x_test[:, area].max() < plain.x_test[:, area].max()
 
@@ -224,7 +238,7 @@ def test_winsorize_clips_continuous_tails_to_training_quantiles() -> None:
         ]
     )
     train = np.arange(5)
-    out = data._winsorize(x, train, 0.25)
+    out = data.Winsorizer(0.25).fit(x[train]).transform(x)
     low, high = np.quantile(x[train, 0], [0.25, 0.75])
     assert np.array_equal(out[:, 0], np.clip(x[:, 0], low, high))  # test row clipped too
     assert np.array_equal(out[:, 1], x[:, 1])  # an indicator is left alone
@@ -232,7 +246,22 @@ def test_winsorize_clips_continuous_tails_to_training_quantiles() -> None:
     assert np.isnan(out[1, 3]) and out[5, 3] == np.nanquantile(x[train, 3], 0.75)
     assert out[0, 3] == np.nanquantile(x[train, 3], 0.25)
     with pytest.raises(HpsearchError, match="tail fraction"):
-        data._winsorize(x, train, 0.5)
+        data.Winsorizer(0.5).fit(x[train])
+    with pytest.raises(HpsearchError, match="tail fraction"):
+        data.load_house_prices(winsorize=0.5)
+
+
+def test_clipping_keeps_a_column_constant_in_training_at_its_one_value() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"Flat": [3.0, 3.0, 3.0, 9.0, 1.0], "Wide": [1.0, 2.0, 3.0, 9.0, -9.0]})
+    train = frame.iloc[:3]
+    x = data.house_feature_pipeline(train, ["Flat", "Wide"], clip_inputs=True).transform(frame)
+    # Constant in training: every row, clipped to 3, standardizes to 0 (std 0 counts as 1).
+    assert x[:, 0].tolist() == [0.0] * 5
+    assert np.allclose(x[3:, 1], [(3 - 2) / np.std([1, 2, 3]), (1 - 2) / np.std([1, 2, 3])])
+    plain = data.house_feature_pipeline(train, ["Flat", "Wide"]).transform(frame)
+    assert plain[3:, 0].tolist() == [6.0, -2.0]  # unclipped: offset by the training mean
 
 
 def test_winsorized_house_prices_keep_every_feature() -> None:
@@ -284,3 +313,29 @@ def test_dev_folds_hold_out_train_and_validation_rows_never_the_test_split() -> 
     assert np.array_equal(np.sort(every), np.sort(np.concatenate([real["train"], real["val"]])))
     with pytest.raises(HpsearchError, match="dev_fold"):
         data.load_house_prices(dev_fold=data.DEV_FOLDS)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_house_features_match_the_hand_written_pipeline(name: str) -> None:
+    """The scikit-learn pipeline reproduces the features of the hand-written code it replaced
+    (``tests/data/make_house_features.py`` recorded them), column order included."""
+    expected = np.load(FIXTURE)
+    splits = data.load_house_prices(**OPTIONS[name])
+    assert [splits.target_mean, splits.target_std] == pytest.approx(expected[f"{name}/target"])
+    for split in SPLITS:
+        at = f"{name}/{split}"
+        x = getattr(splits, f"x_{split}").numpy()
+        assert np.array_equal(splits.rows[split], expected[f"{at}/rows"])
+        assert x.shape == (len(expected[f"{at}/rows"]), len(expected[f"{at}/sum"]))
+        # The features are float32 (about 7 digits): float64 statistics summed in another
+        # order (scikit-learn's, not numpy's) can flip the last float32 bit, far below 1e-5;
+        # a wrong column, log or clip moves values by much more. Sums add one such error
+        # per row.
+        tolerance = {"rtol": 1e-5, "atol": 1e-5}
+        assert np.allclose(x[expected[f"{at}/at"]], expected[f"{at}/x_sample"], **tolerance)
+        x64 = x.astype(np.float64)
+        sums = {"rtol": 1e-5, "atol": 1e-5 * len(x)}
+        assert np.allclose(x64.sum(axis=0), expected[f"{at}/sum"], **sums)
+        assert np.allclose((x64**2).sum(axis=0), expected[f"{at}/sumsq"], **sums)
+        y = getattr(splits, f"y_{split}").numpy()
+        assert np.allclose(y, expected[f"{at}/y"], **tolerance)

@@ -28,6 +28,10 @@ def hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_usps_end_to_end(tiny_usps_file: Path, tmp_path: Path) -> None:
     result = hpsearch("run", str(tiny_usps_file), "--trials", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # Output to a pipe or a log file: one plain line per finished trial, no progress bar.
+    finished = [line for line in result.stderr.splitlines() if "finished, best" in line]
+    assert len(finished) == 4 and "━" not in result.stderr
+    assert all(f"trial {n} " in "".join(finished) for n in range(4))
     assert (tmp_path / "hpsearch.db").exists()  # the default storage, in the working directory
     best = json.loads(hpsearch("best", "tiny-usps", "--json", cwd=tmp_path).stdout)
     assert best["value"] > 0.8  # two epochs of a small conv net on USPS

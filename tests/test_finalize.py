@@ -5,17 +5,22 @@ import json
 import math
 from pathlib import Path
 
+import optuna_dashboard
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from hpsearch import data
 from hpsearch.cli import app
-from hpsearch.config import load_study_file, resolve_settings
 from hpsearch.errors import HpsearchError
 from hpsearch.finalize import RESULT_FILE, finalize, load_model, top_configurations
+from hpsearch.problems import Problem
 from hpsearch.search import run_study
+from hpsearch.settings import resolve_settings
+from hpsearch.study_file import load_study_file
 from hpsearch.training import predict
+
+pytestmark = pytest.mark.slow  # real training runs: seconds each
 
 
 def _study(path: Path, url: str, trials: int = 4):  # type: ignore[no-untyped-def]
@@ -37,7 +42,7 @@ def test_top_configurations_are_distinct_and_best_first(
 
 def test_finalize_usps_saves_a_model_that_reloads(tiny_usps_file: Path, sqlite_url: str) -> None:
     config, study = _study(tiny_usps_file, sqlite_url)
-    splits = config.problem.load_data(data.resolve_data_dir(), **config.data)
+    splits = config.problem.load_data(None, **config.data)
     out = Path("final")
     result = finalize(study, config.problem, splits, config.metric, top_k=2, seeds=2, out=out)
     assert len(result.candidates) == 2 and all(len(c.val_scores) == 2 for c in result.candidates)
@@ -68,13 +73,16 @@ def test_finalize_usps_saves_a_model_that_reloads(tiny_usps_file: Path, sqlite_u
     hits = predict(averaged, splits.x_test).argmax(-1) == splits.y_test
     assert float(hits.float().mean()) == pytest.approx(result.ensemble_test["accuracy"])
     assert study.user_attrs["finalize"]["ensemble_size"] == 4
+    # The dashboard shows the answer as a readable note on the study's page.
+    note = optuna_dashboard.get_note(study)
+    assert f"Trial {result.chosen.trial}" in note and "| accuracy |" in note
 
 
 def test_finalize_regressors_report_dollars_r2_and_coverage(
     tiny_house_file: Path, sqlite_url: str
 ) -> None:
     config, study = _study(tiny_house_file, sqlite_url, trials=3)
-    splits = config.problem.load_data(data.resolve_data_dir(), **config.data)
+    splits = config.problem.load_data(None, **config.data)
     result = finalize(study, config.problem, splits, config.metric, top_k=1, seeds=2, out=Path("f"))
     test = result.test_metrics
     assert 10_000 < test["rmse"] < 200_000 and test["mae"] <= test["rmse"]
@@ -109,14 +117,14 @@ def test_finalize_command(tiny_usps_file: Path, sqlite_url: str) -> None:
     result = runner.invoke(app, [*args, "--no-ensemble"])
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "scored once on 2007 test rows" in result.output
-    assert "ensemble" not in result.output
+    assert "ensemble" not in result.output.replace("ensemble.pt", "")
     assert (Path("final-tiny-usps") / "model.pt").is_file()
     assert not (Path("final-tiny-usps") / "ensemble.pt").exists()
     with pytest.raises(HpsearchError, match="holds no ensemble"):
         load_model("final-tiny-usps", ensemble=True)
     result = runner.invoke(app, [*args, "--seeds", "2"])
     assert result.exit_code == 0, result.output
-    assert "ensemble of 2" in result.output and (Path("final-tiny-usps") / "ensemble.pt").is_file()
+    assert "ensemble (2)" in result.output and (Path("final-tiny-usps") / "ensemble.pt").is_file()
     bad = runner.invoke(app, ["finalize", "nope", "--storage", sqlite_url])
     assert bad.exit_code == 2 and "no study named 'nope'" in bad.output
 
@@ -150,20 +158,19 @@ def test_the_search_never_reads_the_test_split(tiny_usps_file: Path, tmp_path: P
 def test_a_diverging_retrain_drops_its_candidate(
     tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hpsearch import finalize as module
     from hpsearch.training import NonFiniteLossError
 
     config, study = _study(tiny_usps_file, sqlite_url)
-    splits = config.problem.load_data(data.resolve_data_dir(), **config.data)
+    splits = config.problem.load_data(None, **config.data)
     first = top_configurations(study, 2)[0][1]
-    real_fit = module.fit
+    real_fit = Problem.fit
 
-    def fit(problem, params, splits, x, y, seed, evaluate):  # type: ignore[no-untyped-def]
+    def fit(self, params, x, y, *, seed, **kwargs):  # type: ignore[no-untyped-def]
         if params == first and x is splits.x_train and seed == 1:
             raise NonFiniteLossError(1, float("nan"))
-        return real_fit(problem, params, splits, x, y, seed, evaluate)
+        return real_fit(self, params, x, y, seed=seed, **kwargs)
 
-    monkeypatch.setattr(module, "fit", fit)
+    monkeypatch.setattr(Problem, "fit", fit)
     result = finalize(
         study, config.problem, splits, config.metric, top_k=2, seeds=2, with_baseline=False
     )

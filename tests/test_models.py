@@ -96,9 +96,9 @@ def test_regressors(depth: int, units: int, activation: str) -> None:
         "dropout": 0.2,
     }
     x = torch.randn(5, 4)
-    mlp = models.build_model("mlp", params, n_features=4)
+    mlp = models.build_mlp_regressor(params, (4,))
     assert mlp(x).shape == (5,)
-    gaussian = models.build_model("gaussian", params, n_features=4)
+    gaussian = models.build_gaussian_regressor(params, (4,))
     out = gaussian(x)
     assert out.shape == (5, 2) and torch.isfinite(out).all()
     linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
@@ -110,8 +110,6 @@ def test_bad_params_raise() -> None:
         models.build_conv_classifier({"n_conv_layers": 1, "channels": 8, "activation": "nope"})
     with pytest.raises(ValueError, match=">= 1 layer"):
         models.build_conv_classifier({"n_conv_layers": 0, "channels": 8, "activation": "relu"})
-    with pytest.raises(ValueError, match="unknown model"):
-        models.build_model("transformer", {})
     with pytest.raises(ValueError, match="unknown pool"):
         models.build_conv_classifier(
             {"n_conv_layers": 1, "channels": 8, "activation": "relu", "pool": "middle"}
@@ -121,9 +119,9 @@ def test_bad_params_raise() -> None:
 def test_builders_are_deterministic_under_seed() -> None:
     params = {"n_hidden_layers": 2, "hidden_units": 8, "activation": "relu"}
     torch.manual_seed(3)
-    a = models.build_mlp_regressor(params)
+    a = models.build_mlp_regressor(params, (4,))
     torch.manual_seed(3)
-    b = models.build_mlp_regressor(params)
+    b = models.build_mlp_regressor(params, (4,))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
@@ -139,15 +137,17 @@ class _Constant(torch.nn.Module):
 
 def test_ensembles_average_probabilities_values_and_mixtures() -> None:
     x = torch.zeros(3, 4)
-    log_probs = Ensemble("conv", [_Constant([0.0, 0.0]), _Constant([math.log(3.0), 0.0])])(x)
+    members = [_Constant([0.0, 0.0]), _Constant([math.log(3.0), 0.0])]
+    log_probs = Ensemble(members, models.mean_softmax)(x)
     # Members say (0.5, 0.5) and (0.75, 0.25): the ensemble says (0.625, 0.375).
     assert torch.allclose(log_probs.exp(), torch.tensor([0.625, 0.375]).expand(3, -1))
-    mean = Ensemble("mlp", [_Constant([1.0]), _Constant([3.0])])(x)
+    mean = Ensemble([_Constant([1.0]), _Constant([3.0])], models.mean_prediction)(x)
     assert torch.allclose(mean, torch.full((3, 1), 2.0))
     # Two unit-variance Gaussians at 0 and 2: the mixture has mean 1 and variance 1 + 1.
-    mixture = Ensemble("gaussian", [_Constant([0.0, 0.0]), _Constant([2.0, 0.0])])(x)
+    members = [_Constant([0.0, 0.0]), _Constant([2.0, 0.0])]
+    mixture = Ensemble(members, models.gaussian_mixture)(x)
     assert torch.allclose(mixture, torch.tensor([1.0, math.log(2.0)]).expand(3, -1))
     scaled = ScaledVariance(_Constant([1.0, 0.0]), 2.0)(x)
     assert torch.allclose(scaled, torch.tensor([1.0, math.log(4.0)]).expand(3, -1))
-    with pytest.raises(ValueError, match="known kind"):
-        Ensemble("conv", [])
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble([], models.mean_prediction)

@@ -7,8 +7,8 @@ import optuna
 import pytest
 import torch
 
-from hpsearch.config import load_study_file
 from hpsearch.objective import Objective
+from hpsearch.study_file import load_study_file
 
 
 def _objective(path: Path) -> Objective:

@@ -1,19 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.config import load_study_file, resolve_settings
 from hpsearch.errors import HpsearchError
-from hpsearch.search import Progress, create_pruner, create_sampler, run_study
+from hpsearch.search import StudyProgress, create_pruner, create_sampler, run_study
+from hpsearch.settings import resolve_settings
+from hpsearch.study_file import load_study_file
 
 
 def test_trials_is_the_study_total_and_reruns_resume(tiny_usps_file: Path, sqlite_url: str) -> None:
     config = load_study_file(tiny_usps_file)
-    seen: list[Progress] = []
+    seen: list[StudyProgress] = []
     study, progress = run_study(
         config,
         resolve_settings(config, workers=1, storage=sqlite_url, trials=2),
@@ -78,7 +80,7 @@ def test_grid_sampler_visits_the_grid(tmp_path: Path, sqlite_url: str) -> None:
 @pytest.mark.parametrize("pruner", ["hyperband", "median", "successive-halving", "none"])
 def test_pruners(tiny_usps_file: Path, pruner: str) -> None:
     config = load_study_file(tiny_usps_file)
-    built = create_pruner(pruner, {}, config)
+    built = create_pruner(config, resolve_settings(config, workers=1, pruner=pruner))
     expected = {
         "hyperband": optuna.pruners.HyperbandPruner,
         "median": optuna.pruners.MedianPruner,
@@ -90,8 +92,9 @@ def test_pruners(tiny_usps_file: Path, pruner: str) -> None:
 
 def test_bad_sampler_option_names_the_file(tiny_usps_file: Path) -> None:
     config = load_study_file(tiny_usps_file)
+    settings = resolve_settings(config)
     with pytest.raises(HpsearchError, match=r"tiny-usps.toml: \[sampler\] tpe"):
-        create_sampler("tpe", {"n_startup": 3}, 0, config)
+        create_sampler(dataclasses.replace(config, sampler_options={"n_startup": 3}), settings)
 
 
 def test_enqueued_report_config_runs_first(tmp_path: Path, sqlite_url: str) -> None:
@@ -124,10 +127,10 @@ def test_failing_trials_stop_the_run(
 def test_interrupt_after_another_worker_failed_the_trial(sqlite_url: str) -> None:
     # Another worker found this trial stale, failed it and queued its retry; the interrupt
     # must neither crash on the finished trial nor queue a second retry.
-    from hpsearch.config import RunSettings
+    from hpsearch.coordination import retry_trial
     from hpsearch.search import run_trials
+    from hpsearch.settings import Settings
     from hpsearch.storage import open_storage
-    from hpsearch.workers import retry_trial
 
     study = optuna.create_study(storage=open_storage(sqlite_url, heartbeat_interval=5))
 
@@ -139,6 +142,6 @@ def test_interrupt_after_another_worker_failed_the_trial(sqlite_url: str) -> Non
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_trials(study, objective, RunSettings(storage=sqlite_url, trials=3))
+        run_trials(study, objective, Settings(storage=sqlite_url, trials=3))
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]

@@ -44,11 +44,22 @@ def test_not_a_database(tmp_path: Path) -> None:
         storage.open_storage(f"sqlite:///{path}")
 
 
-def test_storage_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert storage.storage_url(None) == storage.DEFAULT_STORAGE
-    monkeypatch.setenv(storage.STORAGE_ENV, "sqlite:///env.db")
-    assert storage.storage_url(None) == "sqlite:///env.db"
-    assert storage.storage_url("sqlite:///flag.db") == "sqlite:///flag.db"
+def test_load_study_lists_the_studies_there(sqlite_url: str) -> None:
+    optuna.create_study(storage=storage.open_storage(sqlite_url), study_name="here")
+    assert storage.load_study("here", sqlite_url).study_name == "here"
+    with pytest.raises(HpsearchError, match=r"no study named 'there' .*\(studies: here\)"):
+        storage.load_study("there", sqlite_url)
+
+
+def test_study_counts_read_the_database(sqlite_url: str) -> None:
+    study = optuna.create_study(storage=storage.open_storage(sqlite_url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    study.enqueue_trial({"x": 0.5})
+    counts = storage.study_counts(study)
+    assert counts[optuna.trial.TrialState.COMPLETE] == 3
+    assert counts[optuna.trial.TrialState.WAITING] == 1
+    assert storage.best_value(study) == study.best_value
+    assert storage.best_value(optuna.create_study()) is None
 
 
 @pytest.mark.postgres
@@ -85,3 +96,29 @@ def test_wrong_password_message_hides_it(postgres_url: str) -> None:
     with pytest.raises(HpsearchError, match="cannot reach database") as caught:
         storage.open_storage(url)
     assert "hunter2" not in str(caught.value)
+
+
+def test_count_finished_reads_without_creating(sqlite_url: str, tmp_path: Path) -> None:
+    """What `hpsearch run` checks before loading data: it must create nothing."""
+    assert storage.count_finished(sqlite_url, "s") == 0
+    assert not (tmp_path / "studies.db").exists()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a database without Optuna's tables
+    assert storage.count_finished(f"sqlite:///{empty}", "s") == 0
+    with sqlite3.connect(empty) as connection:
+        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
+    study = optuna.create_study(storage=storage.open_storage(sqlite_url), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    assert storage.count_finished(sqlite_url, "s") == 3
+    assert storage.count_finished(sqlite_url, "other") == 0
+
+
+def test_readers_create_no_tables(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    with pytest.raises(HpsearchError, match="no study storage at sqlite:///.*empty.db"):
+        storage.open_storage(f"sqlite:///{path}", create=False)
+    with sqlite3.connect(path) as connection:
+        assert "studies" not in str(connection.execute("SELECT name FROM sqlite_master").fetchall())

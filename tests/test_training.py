@@ -26,7 +26,7 @@ def _fit(config: TrainConfig, **kwargs: object) -> training.TrainResult:
     x, y = _toy_regression()
     torch.manual_seed(config.seed)
     model = models.build_mlp_regressor(
-        {"n_hidden_layers": 1, "hidden_units": 16, "activation": "tanh"}, n_features=3
+        {"n_hidden_layers": 1, "hidden_units": 16, "activation": "tanh"}, (3,)
     )
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
@@ -166,14 +166,14 @@ def test_train_config_from_params() -> None:
 
 
 def test_channels_last_trains_the_same_model() -> None:
-    from hpsearch.models import build_model
+    from hpsearch.models import build_conv_classifier
 
     x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
     params = {"n_conv_layers": 2, "channels": 8, "activation": "relu", "dropout": 0.0}
     outputs = []
     for channels_last in (True, False):
         torch.manual_seed(0)
-        model = build_model("conv", params)
+        model = build_conv_classifier(params)
         config = TrainConfig(
             epochs=1, batch_size=16, optimizer="sgd", lr=0.01, channels_last=channels_last
         )
@@ -206,7 +206,7 @@ def test_bf16_autocast_trains() -> None:
 def test_dollar_nll_with_a_log_target_is_the_log_normal_nll() -> None:
     """Scored in dollars, a Gaussian on normalized log prices is a log-normal on prices."""
     from hpsearch.data import load_house_prices
-    from hpsearch.problems import dollar_nll
+    from hpsearch.metrics import dollar_nll
 
     splits = load_house_prices(log_target=True)
     y = splits.y_val

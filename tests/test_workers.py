@@ -161,7 +161,7 @@ def _slow_house_study(tmp_path: Path) -> Path:
     path.write_text(
         TINY_HOUSE.format(problem="house-prices")
         .replace("epochs = 20", "epochs = 300")
-        .replace("report_every = 5", "report_every = 20")
+        .replace("eval_every = 5", "eval_every = 20")
         .replace("batch_size = 128", "batch_size = 32")
     )
     return path

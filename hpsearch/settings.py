@@ -1,0 +1,141 @@
+"""Settings of every command, resolved in one function and one order: built-in defaults <
+study file < environment < command-line flags.
+
+This module is the only reader of the ``HPSEARCH_*`` settings variables (the database password,
+a secret rather than a setting, is read where the storage URL is built: ``storage.parse_url``).
+It imports nothing heavy, so commands that do not train start fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.errors import HpsearchError
+
+if TYPE_CHECKING:
+    from hpsearch.study_file import StudyConfig
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
+PRUNERS = ("hyperband", "median", "successive-halving", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Setting -> the environment variable that sets it (below a flag, above the study file).
+ENVIRONMENT = {
+    "storage": "HPSEARCH_STORAGE",
+    "device": "HPSEARCH_DEVICE",
+    "data_dir": "HPSEARCH_DATA_DIR",
+    "workers": "HPSEARCH_WORKERS",
+    "checkpoint_dir": "HPSEARCH_CHECKPOINT_DIR",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of ``hpsearch run`` and ``hpsearch finalize``, with its built-in default."""
+
+    storage: str = "sqlite:///hpsearch.db"
+    device: str = "auto"
+    data_dir: str | None = None  # None: the data sets packaged with hpsearch
+    # run; the study file sets study_name, sampler, pruner, seed and trials.
+    study_name: str = ""
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    seed: int = 0
+    trials: int = 30
+    timeout: float | None = None
+    threads: int | None = None  # None: cores / workers
+    workers: int | None = None  # None: one per CPU core, or per GPU memory (workers.auto_workers)
+    checkpoint_dir: str = "hpsearch-checkpoints"  # "" turns checkpoints off
+    heartbeat_interval: int = 10
+    # finalize
+    top_k: int = 3
+    seeds: int = 3
+    ensemble: bool = True
+    out: str | None = None  # None: ./final-STUDY
+
+
+DEFAULTS = Settings()
+_NAMES = {f.name for f in fields(Settings)}
+_INTEGERS = {"workers"}  # of the environment's settings; the rest are text
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT.items():
+        text = environ.get(variable)
+        if text is None or (text == "" and name != "checkpoint_dir"):
+            continue
+        if name in _INTEGERS:
+            try:
+                values[name] = int(text)
+            except ValueError:
+                raise HpsearchError(f"${variable} must be an integer, got {text!r}") from None
+        else:
+            values[name] = text
+    return values
+
+
+def resolve_settings(
+    study: StudyConfig | None = None, *, environ: Mapping[str, str] | None = None, **flags: Any
+) -> Settings:
+    """Merge the settings: built-in defaults < ``study`` file < environment < ``flags``.
+
+    ``flags`` hold the command line's values, ``None`` meaning "not given". With a study (the
+    ``run`` path), an unset worker count becomes the machine's default.
+
+    Raises:
+        HpsearchError: a value out of range or an unknown name, naming the flag.
+    """
+    unknown = set(flags) - _NAMES
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}")
+    from_study: dict[str, Any] = {}
+    if study is not None:
+        from_study = {
+            "study_name": study.name,
+            "sampler": study.sampler,
+            "pruner": study.pruner,
+            "seed": study.seed,
+            "trials": study.trials,
+        }
+    given = {name: value for name, value in flags.items() if value is not None}
+    environment = _from_environment(os.environ if environ is None else environ)
+    settings = replace(DEFAULTS, **{**from_study, **environment, **given})
+    _check(settings)
+    if study is not None:
+        if not settings.study_name:
+            raise HpsearchError("--study-name must not be empty")
+        if settings.sampler == "grid" and study.sampler != "grid":
+            from hpsearch.space import grid_search_space
+
+            try:
+                grid_search_space(study.space)
+            except ValueError as error:
+                raise HpsearchError(f"--sampler grid: {error}") from None
+        if settings.workers is None:
+            from hpsearch.workers import default_workers
+
+            settings = replace(settings, workers=default_workers(settings))
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    def at_least(name: str, minimum: int) -> None:
+        value = getattr(settings, name)
+        if value is not None and value < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise HpsearchError(f"{flag} must be >= {minimum}, got {value}")
+
+    for name in ("trials", "threads", "workers", "heartbeat_interval", "top_k", "seeds"):
+        at_least(name, 1)
+    timeout = settings.timeout
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise HpsearchError(f"--timeout must be a positive number of seconds, got {timeout}")
+    for name, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("device", DEVICES)):
+        value = getattr(settings, name)
+        if value not in choices:
+            raise HpsearchError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
