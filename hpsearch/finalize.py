@@ -312,8 +312,9 @@ def record_on_study(study: optuna.Study, result: FinalResult) -> None:
 
     from hpsearch.report import finalize_note
 
-    study.set_user_attr("finalize", result.summary())
-    save_note(study, finalize_note(result.summary(), result.metric))
+    summary = result.summary()
+    study.set_user_attr("finalize", summary)
+    save_note(study, finalize_note(summary, result.metric))
 
 
 def save(
