@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -53,23 +53,23 @@ class _StudyFile(_Table):
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A validated study file."""
+    """A validated study file (its defaults are the schema's, above)."""
 
     name: str
     source: str
     problem: Problem
     metric: str
-    sampler: str = DEFAULTS.sampler
-    sampler_options: dict[str, Any] = field(default_factory=dict)
-    pruner: str = DEFAULTS.pruner
-    pruner_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = DEFAULTS.seed
-    trials: int = DEFAULTS.trials
-    eval_every: int = 1
-    data: dict[str, Any] = field(default_factory=dict)
-    fixed: dict[str, Any] = field(default_factory=dict)
-    space: dict[str, ParamSpec] = field(default_factory=dict)
-    enqueue: tuple[dict[str, Any], ...] = ()
+    sampler: str
+    sampler_options: dict[str, Any]
+    pruner: str
+    pruner_options: dict[str, Any]
+    seed: int
+    trials: int
+    eval_every: int
+    data: dict[str, Any]
+    fixed: dict[str, Any]
+    space: dict[str, ParamSpec]
+    enqueue: tuple[dict[str, Any], ...]
 
     @property
     def direction(self) -> str:
