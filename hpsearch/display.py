@@ -274,20 +274,20 @@ def finalize_table(result: FinalResult) -> Group:
     """Test metrics (rows) of the tuned network, the ensemble, the calibrated intervals and
     the baseline (columns); a metric that is not one number (per-class accuracy) follows
     the table as a line of its own."""
-    from hpsearch.report import finalize_columns
+    from hpsearch.report import finalize_test_table
 
-    columns = finalize_columns(result.summary())
+    header, rows = finalize_test_table(result.summary())
     table = Table()
     table.add_column("test metric", overflow="fold")
-    for label, _ in columns:
+    for label in header[1:]:
         table.add_column(label, justify="right", overflow="fold")
-    notes = []
-    for key, value in result.test_metrics.items():
-        if isinstance(value, Mapping):
-            pairs = "  ".join(f"{k}: {format_value(v)}" for k, v in value.items())
-            notes.append(f"{columns[0][0]} {key}: {pairs}")
-            continue
-        table.add_row(key, *(format_value(metrics.get(key)) for _, metrics in columns))
+    for row in rows:
+        table.add_row(*row)
+    notes = [
+        f"{header[1]} {key}: " + "  ".join(f"{k}: {format_value(v)}" for k, v in value.items())
+        for key, value in result.test_metrics.items()
+        if isinstance(value, Mapping)
+    ]
     title = (
         f"{result.study}: trial {result.chosen.trial} retrained on {result.train_rows} rows, "
         f"scored once on {result.test_rows} test rows"

@@ -150,8 +150,9 @@ def finalize_columns(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, An
     return columns
 
 
-def _test_table(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the finalized models' test metrics: one row per numeric metric."""
+def finalize_test_table(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the finalized models' test metrics, one row per numeric metric, as
+    ``hpsearch finalize``, the report page and the dashboard note show them."""
     columns = finalize_columns(summary)
     names: dict[str, None] = {}  # ordered set: a metric may be missing from some columns
     for _, metrics in columns:
@@ -181,7 +182,7 @@ def _finalize_lines(summary: Mapping[str, Any], metric: str) -> list[str]:
 
 def finalize_note(summary: Mapping[str, Any], metric: str) -> str:
     """Markdown for optuna-dashboard's study note: the ``finalize`` summary's test scores."""
-    table = "\n".join(_markdown_table(*_test_table(summary)))
+    table = "\n".join(_markdown_table(*finalize_test_table(summary)))
     heading = "## Finalized model (held-out test split)"
     return "\n\n".join([heading, *_finalize_lines(summary, metric), table]) + "\n"
 
@@ -344,7 +345,7 @@ def _write_report(study: optuna.Study, out: Path, counts: Counter[TrialState]) -
     if final:
         parts.append("<h2>Finalized model (hpsearch finalize), held-out test split</h2>")
         parts += [f"<p>{html.escape(line)}</p>" for line in _finalize_lines(final, metric)]
-        parts.append(_html_table(*_test_table(final)))
+        parts.append(_html_table(*finalize_test_table(final)))
     parts.append("<h2>Tables: score by hyperparameter value</h2>")
     for name, rows in tables.items():
         header = [name, "trials", "complete", "best", "median"]

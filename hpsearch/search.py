@@ -79,10 +79,7 @@ def run_study(
     if settings.workers is not None and settings.workers > 1:
         from hpsearch.workers import run_local_workers
 
-        # A full study spawns nobody: the loop below says so at once.
-        counts = study_counts(study)
-        if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] < settings.trials:
-            return study, run_local_workers(study, config, settings, on_progress)
+        return study, run_local_workers(study, config, settings, on_progress)
     if settings.threads is not None:
         import torch
 
