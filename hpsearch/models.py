@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 from pydantic import AfterValidator, Field
@@ -34,6 +34,10 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(
             f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}"
         ) from None
+
+
+Pool = Literal["every", "end"]  # a max-pool in every block, or one at the end
+POOLING: tuple[str, ...] = get_args(Pool)
 
 
 def _odd(value: int) -> int:
@@ -65,8 +69,8 @@ def build_conv_classifier(
     if not widths or min(widths) < 1:
         raise ValueError(f"conv classifier needs >= 1 layer of >= 1 channel, got {widths}")
     pool = str(params.get("pool", "every"))
-    if pool not in ("every", "end"):
-        raise ValueError(f"unknown pool {pool!r}; choose from every, end")
+    if pool not in POOLING:
+        raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLING)}")
     kernel = int(params.get("kernel_size", 3))
     activation = str(params["activation"])
     dropout = float(params.get("dropout", 0.0))
@@ -157,7 +161,7 @@ def build_gaussian_regressor(
 # check applies to every fixed value, range bound and choice).
 Positive = Annotated[int, Field(ge=1)]
 Dropout = Annotated[float, Field(ge=0.0, le=0.95)]
-Activation = Literal["relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu", "silu"]
+Activation: Any = Literal[tuple(ACTIVATIONS)]
 CONV_HYPERPARAMETERS: dict[str, Any] = {
     "n_conv_layers": Annotated[int, Field(ge=1, le=4)],  # a 16x16 map halves four times
     "channels": Positive,
@@ -165,7 +169,7 @@ CONV_HYPERPARAMETERS: dict[str, Any] = {
     "batch_norm": bool,
     "dropout": Dropout,
     "kernel_size": Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)],
-    "pool": Literal["every", "end"],
+    "pool": Pool,
     "head_units": Annotated[int, Field(ge=0)],  # 0: a linear head
 }
 MLP_HYPERPARAMETERS: dict[str, Any] = {
