@@ -1,42 +1,58 @@
-"""The protocol of a trial across workers: claim under the study's exact total, heartbeat,
-stale-trial detection, one retry with the same params and seed, and a clean stop on signals.
+"""The protocol of a trial across workers, in one place.
 
-Each worker claims a trial inside a study-wide lock (``storage.StudyLock``) and only while
-``finished + running < trials``, so the study ends with exactly ``trials`` finished trials
-however many workers join, and whenever. (Optuna's ``MaxTrialsCallback`` overshoots by up to
-workers - 1.)
+``Coordinator`` is what a worker's loop (``search.run_trials``) calls:
+
+- ``claim()``: under a study-wide lock, fail the trials of dead workers (and queue each
+  again once), count, and start a trial only while ``finished + running < trials``, so the
+  study ends with exactly ``trials`` finished trials however many workers join, and
+  whenever (Optuna's ``MaxTrialsCallback`` overshoots by up to workers - 1);
+- ``heartbeat(trial)``: a thread that keeps the trial alive for the other workers;
+- ``finish(trial, ...)`` and ``fail(trial, reason, retry=...)``: tell, unless another
+  worker already failed the trial as stale (its late result is dropped, not counted twice).
+
+``WorkerStorage`` is the worker's view of the shared storage that makes bookkeeping cheap:
+the running trial's writes are batched and the study is read once per claim.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
+import functools
 import logging
 import random
 import signal
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import optuna
-import sqlalchemy
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.storage import StudyLock, rdb_storage, study_counts, with_db_retries
+from hpsearch import optuna_internals as internals
+from hpsearch.storage import StudyLock, parse_url, study_counts, with_db_retries
 
 logger = logging.getLogger(__name__)
 
 # A crashed or interrupted trial runs once more with the same params (attempt 2).
 MAX_ATTEMPTS = 2
+# The longest a running trial's reports wait before they reach the database (and the
+# dashboard); the first report and the tell are written at once.
+FLUSH_S = 2.0
 
 
-def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+def retry_trial(study: optuna.Study, trial: FrozenTrial, *, quiet: bool = False) -> None:
     """Queue a failed trial again with the same params, unless it already had its retry.
 
     The copy carries ``retry_of`` (the first trial of the series: its seed and checkpoint key)
-    and ``attempt``. Used for heartbeat-stale trials and for interrupted ones.
+    and ``attempt``. Used for heartbeat-stale trials and for interrupted ones. (Optuna's
+    ``RetryFailedTrialCallback`` does the same but records the series in system attributes,
+    which an objective cannot read.)
     """
     attempt = int(trial.user_attrs.get("attempt", 1))
     if attempt >= MAX_ATTEMPTS:
@@ -53,93 +69,377 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             intermediate_values=trial.intermediate_values,
         )
     )
-    logger.warning("trial %d failed; queued a retry with the same params", trial.number)
+    logger.log(
+        logging.INFO if quiet else logging.WARNING,
+        "trial %d failed; queued a retry with the same params",
+        trial.number,
+    )
 
 
-def claim_trial(
-    study: optuna.Study, target: int, lock: StudyLock | None
-) -> optuna.Trial | Literal["done", "wait"]:
-    """Start a trial if the study still needs one: the trial, else ``"done"`` (``target``
-    trials finished) or ``"wait"`` (the rest are running elsewhere and may yet fail).
+class WorkerStorage(optuna.storages.BaseStorage):
+    """One worker's view of a shared storage, built on Optuna's storage interface.
 
-    Counting and asking happen under the study lock, so no two workers both take the last
-    slot; stale trials of dead workers are failed (and queued again) first.
+    - The running trial's params, reports and user attributes are kept here and written in
+      one transaction: at its first report, then at most every ``FLUSH_S``, and before its
+      tell (``optuna_internals.write_trial_rows``). A killed worker loses at most the last
+      ``FLUSH_S`` of reports; its checkpoint has them anyway.
+    - The study's trials are read at most once per claim (``refresh``), and only when
+      another worker has finished one since: the sampler and the pruner see the study as
+      it was when the trial started, plus this worker's own trials and reports.
+    - Trials this worker finished stay finished in its view (Optuna 5.0's trial cache can
+      keep showing them RUNNING once a later trial has finished).
+
+    Every other call passes straight to ``backend``; readers (the dashboard, ``optuna``)
+    see ordinary Optuna rows.
     """
-    with lock.hold() if lock is not None else contextlib.nullcontext():
-        fail_stale_trials(study)
-        counts = study_counts(study)
-        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-        if finished >= target:
-            return "done"
-        if finished + counts[TrialState.RUNNING] >= target:
-            return "wait"
-        with warnings.catch_warnings():
-            # Optuna warns that heartbeats expect Study.optimize; this loop beats itself.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        storage = rdb_storage(study._storage)
-        if storage is not None and storage.heartbeat_interval:
-            # Beat once before leaving the lock, so that a worker dying from here on leaves
-            # a stale trial that others retry. (Retried on its own: a failure must not make
-            # the caller claim a second trial.)
-            with_db_retries(lambda: storage.record_heartbeat(trial._trial_id), "first heartbeat")
-        if storage is not None and _trials_before(storage, study, trial) >= target:
-            # Only if the lock was lost with its connection (a database restart) can two
-            # workers both pass the count; the later trial yields, so the total stays exact.
-            with_db_retries(
-                lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True),
-                "yielding a surplus trial",
+
+    def __init__(self, backend: optuna.storages.BaseStorage, flush_s: float = FLUSH_S) -> None:
+        self.backend = optuna.storages.get_storage(backend)
+        rdb = internals.rdb_of(self.backend)
+        if rdb is None:
+            raise TypeError("WorkerStorage batches writes to a database storage only")
+        self.rdb = rdb
+        self.flush_s = flush_s
+        self._trials: dict[int, list[FrozenTrial]] = {}  # study id -> trials at last refresh
+        self._finished: dict[int, FrozenTrial] = {}  # trial id -> as this worker told it
+        self._running: FrozenTrial | None = None
+        self._pending_params: dict[str, tuple[float, BaseDistribution]] = {}
+        self._pending_values: dict[int, float] = {}
+        self._pending_attrs: dict[str, Any] = {}
+        self._flushed_at: float | None = None
+
+    # Reading the study.
+
+    def refresh(self, study_id: int) -> None:
+        """Read the study's trials (only those changed since the last read)."""
+        self._trials[study_id] = self.backend.get_all_trials(study_id, deepcopy=False)
+
+    def _view(self, trial: FrozenTrial) -> FrozenTrial:
+        id_ = internals.trial_id(trial)
+        if self._running is not None and self._is_running(id_):
+            return self._running
+        return self._finished.get(id_, trial)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        if study_id not in self._trials:
+            self.refresh(study_id)
+        snapshot = self._trials[study_id]
+        # This worker's trials created since the last refresh are not in the snapshot.
+        known = {internals.trial_id(t) for t in snapshot}
+        own = [*self._finished.values(), *([self._running] if self._running else [])]
+        trials = [self._view(t) for t in snapshot]
+        trials += [t for t in own if internals.trial_id(t) not in known]
+        trials.sort(key=lambda t: t.number)
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        if self._running is not None and self._is_running(trial_id):
+            return copy.deepcopy(self._running)
+        if trial_id in self._finished:
+            return copy.deepcopy(self._finished[trial_id])
+        return self.backend.get_trial(trial_id)
+
+    # The running trial: kept here, written in batches.
+
+    def _start(self, trial: FrozenTrial) -> None:
+        self._running = trial
+        self._flushed_at = None
+        self._pending_params.clear()
+        self._pending_values.clear()
+        self._pending_attrs.clear()
+
+    def _is_running(self, id_: int) -> bool:
+        return self._running is not None and id_ == internals.trial_id(self._running)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        created = self.backend.create_new_trial(study_id, template_trial)
+        if template_trial is None:  # Study.ask: a RUNNING trial for this worker
+            self._start(internals.new_trial(self.rdb.engine, created))
+        return created
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        if not self._is_running(trial_id):
+            self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            return
+        assert self._running is not None
+        self._running.params[param_name] = distribution.to_external_repr(param_value_internal)
+        self._running.distributions[param_name] = distribution
+        self._pending_params[param_name] = (param_value_internal, distribution)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        if not self._is_running(trial_id):
+            self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
+            return
+        assert self._running is not None
+        self._running.intermediate_values[step] = intermediate_value
+        self._pending_values[step] = intermediate_value
+        if self._flushed_at is None or time.monotonic() - self._flushed_at >= self.flush_s:
+            self.flush()
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._is_running(trial_id):
+            self.backend.set_trial_user_attr(trial_id, key, value)
+            return
+        assert self._running is not None
+        self._running.user_attrs[key] = value
+        self._pending_attrs[key] = value
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        # Rare (the successive-halving pruner's rungs), and read by other workers: at once.
+        self.backend.set_trial_system_attr(trial_id, key, value)
+        if self._is_running(trial_id):
+            assert self._running is not None
+            self._running.system_attrs[key] = value
+
+    def flush(self) -> None:
+        """Write the running trial's pending rows in one transaction.
+
+        Raises:
+            UpdateFinishedTrialError: another worker has failed the trial (it went stale).
+        """
+        if self._running is None:
+            return
+        pending = (self._pending_params, self._pending_values, self._pending_attrs)
+        if any(pending):
+            engine, id_ = self.rdb.engine, internals.trial_id(self._running)
+            written = with_db_retries(
+                lambda: internals.write_trial_rows(engine, id_, *pending), "writing reports"
             )
+            if not written:
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {self._running.number} was finished by another worker"
+                )
+            for rows in pending:
+                rows.clear()
+        self._flushed_at = time.monotonic()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if not self._is_running(trial_id):
+            changed = self.backend.set_trial_state_values(trial_id, state, values)
+            if changed and state == TrialState.RUNNING:  # Study.ask took a waiting trial
+                self._start(self.backend.get_trial(trial_id))
+            return changed
+        self.flush()
+        changed = self.backend.set_trial_state_values(trial_id, state, values)
+        if changed and state.is_finished():
+            assert self._running is not None
+            finished = copy.deepcopy(self._running)
+            finished.state = state
+            finished.values = list(values) if values is not None else None
+            finished.datetime_complete = datetime.datetime.now()
+            self._finished[trial_id] = finished
+            self._running = None
+        return changed
+
+    # Everything else: straight through.
+
+    def create_new_study(
+        self, directions: Sequence[optuna.study.StudyDirection], study_name: str | None = None
+    ) -> int:
+        return self.backend.create_new_study(directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self.backend.delete_study(study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.backend.set_study_user_attr(study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.backend.set_study_system_attr(study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self.backend.get_study_id_from_name(study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self.backend.get_study_name_from_id(study_id)
+
+    def get_study_directions(self, study_id: int) -> list[optuna.study.StudyDirection]:
+        return self.backend.get_study_directions(study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.backend.get_study_user_attrs(study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.backend.get_study_system_attrs(study_id)
+
+    def get_all_studies(self) -> list[Any]:  # FrozenStudy, which Optuna does not export
+        return self.backend.get_all_studies()
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self.backend.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+
+
+class Coordinator:
+    """Claims, keeps alive and finishes one worker's trials of ``study``.
+
+    On a database, works on its own handle of the study over a ``WorkerStorage``;
+    ``self.study`` is the handle whose trials the objective gets. In memory (one process,
+    tests) it uses ``study`` itself, and there is nothing to lock or beat.
+    """
+
+    def __init__(self, study: optuna.Study, target: int) -> None:
+        self.target = target
+        self.rdb = internals.rdb_of(internals.storage_of(study))
+        self.study = study
+        self._plain = study
+        self.view: WorkerStorage | None = None
+        self.lock: StudyLock | None = None
+        self.heartbeat_s: int | None = None
+        self._stale_checked = -float("inf")
+        self._ended_seen = -1  # trials ended (finished or failed) when the view last read
+        if self.rdb is None:
+            return
+        storage = internals.storage_of(study)
+        self.view = storage if isinstance(storage, WorkerStorage) else WorkerStorage(storage)
+        self.study = optuna.load_study(
+            study_name=study.study_name,
+            storage=self.view,
+            sampler=study.sampler,
+            pruner=study.pruner,
+        )
+        # Optuna's stale-trial check needs a study over its own (heartbeat-aware) storage.
+        self._plain = optuna.load_study(study_name=study.study_name, storage=self.view.backend)
+        self.heartbeat_s = self.rdb.heartbeat_interval
+        self.lock = StudyLock(parse_url(self.rdb.url), study.study_name)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+
+    def claim(self) -> optuna.Trial | Literal["done", "wait"]:
+        """Start a trial if the study still needs one: the trial, else ``"done"`` (the
+        target reached) or ``"wait"`` (the rest are running elsewhere and may yet fail)."""
+        return with_db_retries(self._claim, "claiming a trial")
+
+    def _claim(self) -> optuna.Trial | Literal["done", "wait"]:
+        # Outside the lock, which every worker waits for: failing stale trials (each is
+        # failed by one worker only) and reading the study for the sampler.
+        self.fail_stale_trials()
+        counts = study_counts(self._plain)
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if finished >= self.target:
+            return "done"  # finished trials only ever grow
+        ended = finished + counts[TrialState.FAIL]
+        if self.view is not None and (ended != self._ended_seen or counts[TrialState.WAITING]):
+            self.view.refresh(internals.study_id(self.study))
+            self._ended_seen = ended
+        with self.lock.hold() if self.lock is not None else contextlib.nullcontext():
+            counts = study_counts(self._plain)
+            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            if finished >= self.target:
+                return "done"
+            if finished + counts[TrialState.RUNNING] >= self.target:
+                return "wait"
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats expect Study.optimize; this loop beats itself.
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.study.ask()
+        if self.rdb is None:
+            return trial
+        # Only if the lock was lost with its connection (a database restart) can two workers
+        # both pass the count; the later trial yields, so the total stays exact. (Trials
+        # created after this one do not change the count, so it needs no lock.)
+        # A worker dying before the trial's first heartbeat leaves a RUNNING trial without
+        # one; fail_stale_trials finds those too.
+        before = internals.trials_before(
+            self.rdb.engine, internals.study_id(self.study), internals.trial_id(trial)
+        )
+        if before >= self.target:
+            self._tell(trial, state=TrialState.FAIL)
             logger.warning("trial %d yielded: another worker took the last slot", trial.number)
             return "wait"
         return trial
 
+    def fail_stale_trials(self) -> None:
+        """Fail (and queue again) the RUNNING trials of dead workers; at most once per
+        heartbeat interval, since nothing goes stale faster.
 
-def _trials_before(
-    storage: optuna.storages.RDBStorage, study: optuna.Study, trial: optuna.Trial
-) -> int:
-    """Finished or running trials created before ``trial``."""
-    query = sqlalchemy.text(
-        "SELECT COUNT(*) FROM trials WHERE study_id = :study_id AND trial_id < :trial_id "
-        "AND state IN ('COMPLETE', 'PRUNED', 'RUNNING')"
-    )
-    with storage.engine.connect() as connection:
-        params = {"study_id": study._study_id, "trial_id": trial._trial_id}
-        return int(connection.execute(query, params).scalar_one())
+        Optuna's check covers trials whose heartbeat went silent; a trial whose worker died
+        (or lost the database) between creating it and its first heartbeat has no heartbeat
+        at all, and is failed once it is older than the grace period.
+        """
+        if self.rdb is None or not self.heartbeat_s:
+            return
+        if time.monotonic() - self._stale_checked < self.heartbeat_s:
+            return
+        self._stale_checked = time.monotonic()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self._plain)
+        grace = self.rdb.grace_period or 2 * self.heartbeat_s
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+        orphans = internals.running_without_heartbeat(
+            self.rdb.engine, internals.study_id(self.study), cutoff
+        )
+        for orphan in orphans:
+            try:
+                if self.rdb.set_trial_state_values(orphan, state=TrialState.FAIL):
+                    logger.warning("failed trial id %d: RUNNING without a heartbeat", orphan)
+                    retry_trial(self._plain, self.rdb.get_trial(orphan))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
 
+    @contextlib.contextmanager
+    def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
+        """Record the trial's heartbeat in a thread while inside (if heartbeats are on)."""
+        if self.rdb is None or not self.heartbeat_s:
+            yield
+            return
+        with Heartbeat(self.rdb, internals.trial_id(trial), self.heartbeat_s):
+            yield
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and queue again) the RUNNING trials of dead workers.
+    def _tell(
+        self, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None
+    ) -> FrozenTrial | None:
+        """Finish ``trial``; None if another worker already had (it went stale)."""
 
-    Optuna's check covers trials whose heartbeat went silent; a trial whose worker died
-    (or lost the database) between creating it and its first heartbeat has no heartbeat at
-    all, and is failed once it is older than the grace period.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    backend = rdb_storage(study._storage)
-    if backend is None or not backend.heartbeat_interval:
-        return
-    grace = backend.grace_period or 2 * backend.heartbeat_interval
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
-    query = sqlalchemy.text(
-        "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
-        "ON h.trial_id = t.trial_id WHERE t.study_id = :study_id AND t.state = 'RUNNING' "
-        "AND h.trial_id IS NULL AND t.datetime_start < :cutoff"
-    )
-    with backend.engine.connect() as connection:
-        orphans = [
-            row[0]
-            for row in connection.execute(query, {"study_id": study._study_id, "cutoff": cutoff})
-        ]
-    for trial_id in orphans:
-        try:
-            if backend.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                logger.warning("failed trial id %d: RUNNING without a heartbeat", trial_id)
-                retry_trial(study, backend.get_trial(trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+        def action() -> FrozenTrial | None:
+            try:
+                return self.study.tell(trial, value, state=state)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return None
+
+        told = with_db_retries(action, "telling a trial")
+        if told is not None:
+            self._ended_seen += 1  # the view has this trial already
+        else:
+            logger.warning("trial %d was failed by another worker; result dropped", trial.number)
+        return told
+
+    def finish(
+        self, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None
+    ) -> None:
+        """Tell a trial's result (``value``, or ``state`` PRUNED)."""
+        self._tell(trial, value, state)
+
+    def fail(
+        self, trial: optuna.Trial, reason: str, *, retry: bool = False, quiet: bool = False
+    ) -> None:
+        """Fail ``trial`` (the reason goes in its ``fail_reason`` attribute); with ``retry``,
+        queue it again once with the same params (its checkpoint lets the retry resume);
+        ``quiet`` when the user asked for it (an interrupt): the retry is logged as info."""
+        trial.set_user_attr("fail_reason", reason)
+        failed = self._tell(trial, state=TrialState.FAIL)
+        if retry and failed is not None:  # else whoever failed it has queued the retry
+            queue = functools.partial(retry_trial, self._plain, failed, quiet=quiet)
+            with_db_retries(queue, "queueing a retry")
 
 
 class Heartbeat:
@@ -187,6 +487,10 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread while inside."""
@@ -196,9 +500,11 @@ def signals_interrupt() -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         # One interrupt is enough: a second (Ctrl-C, then the pool's SIGTERM) must not cut
-        # short the clean-up that marks the running trial.
+        # short the clean-up that marks the running trial. A no-op handler, not SIG_IGN: a
+        # signal already on its way when SIG_IGN is set prints "Signal 15 ignored due to
+        # race condition" with a traceback.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, _ignore)
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -8,30 +8,31 @@ finished (complete or pruned) overall, across every worker.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.coordination import Heartbeat, claim_trial, retry_trial, signals_interrupt
+from hpsearch.coordination import Coordinator, retry_trial, signals_interrupt
 from hpsearch.errors import HpsearchError
 from hpsearch.settings import Settings
 from hpsearch.space import grid_search_space
 from hpsearch.storage import (
+    StudyLock,
     best_value,
     count_finished,
     is_transient_db_error,
     load_study,
     open_storage,
-    rdb_storage,
+    parse_url,
     study_counts,
-    study_lock,
     with_db_retries,
 )
 from hpsearch.study_file import StudyConfig
@@ -71,7 +72,11 @@ def run_study(
             on_progress(progress)
         return study, progress
     splits = config.problem.load_data(settings.data_dir, **config.data)
-    storage = open_storage(settings.storage, heartbeat_interval=settings.heartbeat_interval)
+    storage = open_storage(
+        settings.storage,
+        heartbeat_interval=settings.heartbeat_interval,
+        on_stale_trial=retry_trial,
+    )
     study = with_db_retries(
         lambda: open_study(storage, config, settings.study_name, sampler, pruner),
         "opening the study",
@@ -108,78 +113,48 @@ def run_trials(
     """
     started = time.monotonic()
     consecutive_failures = 0
-    lock = study_lock(study._storage, study.study_name)
-    storage = rdb_storage(study._storage)
-    heartbeat_s = storage.heartbeat_interval if storage is not None else None
+    coordinator = Coordinator(study, settings.trials)
     read_progress = ProgressReader(study, settings.trials, list_trials=on_progress is not None)
 
-    def report() -> StudyProgress:
+    def report() -> StudyProgress | None:
+        # A worker nobody watches reads the study's progress once, at the end.
+        if on_progress is None:
+            return None
         state = with_db_retries(read_progress, "reading progress")
-        if on_progress is not None:
-            on_progress(state)
+        on_progress(state)
         return state
 
-    def tell(
-        trial: optuna.Trial,
-        value: float | None = None,
-        state: TrialState | None = None,
-        reason: str | None = None,
-    ) -> FrozenTrial | None:
-        """Finish ``trial``; ``None`` if another worker already had (it went stale)."""
-
-        def action() -> FrozenTrial | None:
-            if study._storage.get_trial(trial._trial_id).state.is_finished():
-                return None
-            try:
-                if reason is not None:
-                    trial.set_user_attr("fail_reason", reason)
-                return study.tell(trial, value, state=state)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return None
-
-        return with_db_retries(action, "telling a trial")
-
-    def fail_and_retry(trial: optuna.Trial, reason: str) -> None:
-        failed = tell(trial, state=TrialState.FAIL, reason=reason)
-        if failed is not None:  # else whoever failed it has queued the retry
-            with_db_retries(functools.partial(retry_trial, study, failed), "queueing a retry")
-
-    progress = report()
-    release_lock = contextlib.closing(lock) if lock is not None else contextlib.nullcontext()
-    with signals_interrupt(), release_lock:
+    if report() is None:
+        with_db_retries(read_progress, "reading progress")  # the counts before this run
+    with signals_interrupt(), contextlib.closing(coordinator):
         while True:
             if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
                 logger.info("timeout of %ss reached", settings.timeout)
                 break
             if isinstance(study.sampler, GridSearchSampler) and study.sampler.is_exhausted(study):
-                logger.warning("every grid point has been tried; stopping at %d", progress.finished)
+                logger.warning("every grid point has been tried")
                 break
-            claim = with_db_retries(
-                lambda: claim_trial(study, settings.trials, lock), "claiming a trial"
-            )
-            if claim == "done":
+            trial = coordinator.claim()
+            if trial == "done":
                 break
-            if claim == "wait":
-                time.sleep(min(heartbeat_s or 1.0, 2.0))
-                progress = report()
+            if trial == "wait":
+                time.sleep(min(coordinator.heartbeat_s or 1.0, 2.0))
+                report()
                 continue
-            trial = claim
-            beat = (
-                Heartbeat(storage, trial._trial_id, heartbeat_s)  # type: ignore[arg-type]
-                if heartbeat_s
-                else contextlib.nullcontext()
-            )
-            with beat:
+            with coordinator.heartbeat(trial):
                 try:
                     value = objective(trial)
                 except optuna.TrialPruned:
-                    tell(trial, state=TrialState.PRUNED)
+                    coordinator.finish(trial, state=TrialState.PRUNED)
                     consecutive_failures = 0
                 except KeyboardInterrupt as interrupt:
-                    fail_and_retry(
-                        trial, f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
-                    )
+                    reason = f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
+                    coordinator.fail(trial, reason, retry=True, quiet=True)
                     raise
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # This worker stalled (stopped, suspended) past the grace period and
+                    # another one failed the trial and queued its retry: drop this run.
+                    logger.warning("trial %d was failed by another worker; dropped", trial.number)
                 except Exception as error:
                     if is_transient_db_error(error):
                         # The database went away mid-trial (a restart, a dropped connection):
@@ -189,10 +164,10 @@ def run_trials(
                             trial.number,
                             str(error).splitlines()[0],
                         )
-                        fail_and_retry(trial, "database connection lost")
+                        coordinator.fail(trial, "database connection lost", retry=True)
                         continue
                     logger.warning("trial %d failed: %s", trial.number, error, exc_info=True)
-                    tell(trial, state=TrialState.FAIL, reason=f"{type(error).__name__}: {error}")
+                    coordinator.fail(trial, f"{type(error).__name__}: {error}")
                     consecutive_failures += 1
                     if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                         raise HpsearchError(
@@ -200,10 +175,10 @@ def run_trials(
                             f"{type(error).__name__}: {error}"
                         ) from None
                 else:
-                    tell(trial, value)
+                    coordinator.finish(trial, value)
                     consecutive_failures = 0
-            progress = report()
-    return progress
+            report()
+    return with_db_retries(read_progress, "reading progress")
 
 
 @dataclass(frozen=True)
@@ -266,7 +241,7 @@ class ProgressReader:
 
 
 def open_study(
-    storage: optuna.storages.BaseStorage,
+    storage: optuna.storages.RDBStorage,
     config: StudyConfig,
     study_name: str,
     sampler: optuna.samplers.BaseSampler,
@@ -280,8 +255,8 @@ def open_study(
     Raises:
         HpsearchError: the study exists with another problem, metric or direction.
     """
-    lock = study_lock(storage, study_name)
-    with lock.hold() if lock is not None else contextlib.nullcontext():
+    lock = StudyLock(parse_url(storage.url), study_name)
+    with lock.hold():
         try:
             study = optuna.create_study(
                 storage=storage,
@@ -303,8 +278,7 @@ def open_study(
                 for params in config.enqueue:
                     study.enqueue_trial(params, skip_if_exists=True)
         finally:
-            if lock is not None:
-                lock.close()
+            lock.close()
     return study
 
 
@@ -335,9 +309,69 @@ class GridSearchSampler(optuna.samplers.GridSampler):
         pass
 
 
+def trial_sampler_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of trial ``trial_number``'s random draws: mixed, so that nearby study
+    seeds do not share trials' streams."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler whose random draws for trial n derive from the study seed and n.
+
+    Every worker seeds its sampler from the same study file, so plain seeding repeats the
+    same random (start-up) draws in each worker. Here each trial gets a fresh sampler
+    seeded by ``trial_sampler_seed``: trial n's random draws are the same whichever worker
+    runs it and however many there are. (Model-based draws also depend on which trials
+    had finished when n started.) Optuna's samplers keep their learning in the study, not
+    in the sampler object, so a fresh one per trial loses nothing but caches.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self.make = make
+        self.seed = seed
+        self.sampler = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.sampler = self.make(trial_sampler_seed(self.seed, trial.number))
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
+
+
 def create_sampler(config: StudyConfig, settings: Settings) -> optuna.samplers.BaseSampler:
-    """The sampler of ``settings.sampler``, seeded with ``settings.seed``; the study file's
-    ``[sampler]`` options apply when it names the same sampler.
+    """The sampler of ``settings.sampler``, seeded per trial from ``settings.seed``
+    (``TrialSeededSampler``); the study file's ``[sampler]`` options apply when it names the
+    same sampler. Grid and QMC keep the study seed: it fixes the order of their points,
+    and they take point n for trial n already.
 
     Raises:
         HpsearchError: an option the sampler does not take, or a space it cannot search.
@@ -351,13 +385,18 @@ def create_sampler(config: StudyConfig, settings: Settings) -> optuna.samplers.B
         "cmaes": optuna.samplers.CmaEsSampler,
         "qmc": optuna.samplers.QMCSampler,
     }
-    try:
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
         if name == "grid":
-            space = grid_search_space(config.space)
-            return GridSearchSampler(space, seed=settings.seed, **options)
+            return GridSearchSampler(grid_search_space(config.space), seed=seed, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return factories[name](seed=settings.seed, **options)
+            return factories[name](seed=seed, **options)
+
+    try:
+        if name in ("grid", "qmc"):
+            return make(settings.seed)
+        return TrialSeededSampler(make, settings.seed)
     except (TypeError, ValueError) as error:
         raise HpsearchError(f"{config.source}: [sampler] {name}: {error}") from None
 

@@ -1,5 +1,5 @@
 """Study storage: one factory that turns a URL into an Optuna RDB storage, with clear errors;
-the study-wide lock; retries of transient database errors; exact trial counts.
+the lock workers share; retries of transient database errors; reading a study's counts.
 
 SQLite files get WAL mode and a busy timeout so several local processes (workers, the
 dashboard) can share one; server databases get pre-ping health checks and a bounded pool.
@@ -9,21 +9,21 @@ Nothing here imports torch: the commands that only read a study stay fast.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import sqlite3
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import filelock
 import optuna
 import sqlalchemy
-from optuna.trial import TrialState
+import tenacity
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -37,6 +37,7 @@ from sqlalchemy.exc import (
 )
 
 from hpsearch.errors import HpsearchError
+from hpsearch.optuna_internals import rdb_of, state_counts, storage_of, study_id
 
 logger = logging.getLogger(__name__)
 
@@ -108,21 +109,23 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
 
 
 def open_storage(
-    url: str, *, create: bool = True, heartbeat_interval: int | None = None
+    url: str,
+    *,
+    create: bool = True,
+    heartbeat_interval: int | None = None,
+    on_stale_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> optuna.storages.RDBStorage:
     """Open the storage at ``url``, creating Optuna's tables if they are missing (unless
     ``create`` is false: a reader creates nothing).
 
     Args:
         heartbeat_interval: seconds between running trials' heartbeats; a trial silent for
-            three intervals is failed and retried once with the same params.
+            three intervals is failed, and ``on_stale_trial`` called on it.
 
     Raises:
         HpsearchError: bad URL, missing SQLite file (unless ``create``), unreachable
             database or wrong credentials; the message never contains the password.
     """
-    from hpsearch.coordination import retry_trial
-
     parsed = parse_url(url)
     engine_kwargs: dict[str, object]
     if parsed.get_backend_name() == "sqlite":
@@ -133,8 +136,11 @@ def open_storage(
             # Test each pooled connection before use: a database restart or an idle
             # connection dropped by a firewall costs a reconnect, not a crashed worker.
             "pool_pre_ping": True,
-            "pool_size": 2,
-            "max_overflow": 2,
+            # One connection kept open, a second for the heartbeat thread while it beats,
+            # plus the study lock's: about 3 per worker against the server's
+            # max_connections (100 by default).
+            "pool_size": 1,
+            "max_overflow": 1,
             "pool_recycle": 300,
             "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
         }
@@ -146,7 +152,7 @@ def open_storage(
         heartbeat = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": 3 * heartbeat_interval,
-            "heartbeat_stale_trial_callback": retry_trial,
+            "heartbeat_stale_trial_callback": on_stale_trial,
         }
 
     def connect() -> optuna.storages.RDBStorage:
@@ -166,16 +172,35 @@ def open_storage(
             lock.close()
 
     try:
-        return with_db_retries(
+        storage = with_db_retries(
             connect,
             "opening the storage",
             budget_s=STARTUP_RETRY_S,
             transient=lambda e: is_transient_db_error(e) or is_schema_race(e),
         )
     except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as error:
+        if "optuna storage upgrade" in str(error):
+            raise HpsearchError(
+                f"storage {redact(url)} has an older Optuna schema; back it up, then run: "
+                f"optuna storage upgrade --storage '{redact(url)}'"
+            ) from None
         raise HpsearchError(
             f"cannot open storage {redact(url)}: {_scrub(str(error), parsed)}"
         ) from None
+    if parsed.get_backend_name() == "sqlite":
+        _relax_sqlite_sync(storage.engine)
+    return storage
+
+
+def _relax_sqlite_sync(engine: sqlalchemy.Engine) -> None:
+    """Commit without waiting for the disk: in WAL mode a killed process loses nothing
+    (the OS has the writes); only a power loss can undo the last commits."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _set(connection: sqlite3.Connection, _record: object) -> None:
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    engine.dispose()  # pooled connections opened before the listener get it too
 
 
 def _has_optuna_tables(parsed: URL) -> bool:
@@ -245,19 +270,22 @@ def with_db_retries(
     transient: Callable[[BaseException], bool] = is_transient_db_error,
 ) -> T:
     """Run ``action``, retrying transient database errors with backoff for ``budget_s``."""
-    deadline = time.monotonic() + budget_s
-    delay = 0.5
-    while True:
-        try:
-            return action()
-        except Exception as error:
-            if not transient(error) or time.monotonic() + delay > deadline:
-                raise
-            logger.warning(
-                "%s: database error, retrying in %.1fs: %s", what, delay, str(error).splitlines()[0]
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0
+        logger.warning(
+            "%s: database error, retrying in %.1fs: %s", what, delay, str(error).splitlines()[0]
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(transient),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+        stop=tenacity.stop_after_delay(budget_s),
+        before_sleep=log,
+        reraise=True,
+    )
+    return retrying(action)
 
 
 class StudyLock:
@@ -290,26 +318,19 @@ class StudyLock:
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
-        # SQLite is local: an flock beside the database file serialises its processes.
+        # SQLite is local: a lock file beside the database serialises its processes.
         path = Path(str(self.url.database)).expanduser()
-        with open(f"{path}.hpsearch-lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with filelock.FileLock(f"{path}.hpsearch-lock"):
+            yield
 
     @contextlib.contextmanager
     def _advisory_lock(self, backend: str) -> Iterator[None]:
         # A session-level lock on a connection of its own: the server releases it if the
-        # worker dies while holding it. One pooled connection, health-checked before use.
+        # worker dies while holding it. One pooled connection; if the server dropped it,
+        # the claim fails with a transient error and is retried on a new one.
         if self._engine is None:
             self._engine = sqlalchemy.create_engine(
-                self.url,
-                pool_size=1,
-                max_overflow=0,
-                pool_pre_ping=True,
-                connect_args={"connect_timeout": 10},
+                self.url, pool_size=1, max_overflow=0, connect_args={"connect_timeout": 10}
             )
         params: dict[str, Any]
         if backend == "postgresql":
@@ -348,17 +369,13 @@ def count_finished(url: str, study_name: str) -> int:
     else:
         _check_reachable(parsed)
     engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.NullPool)
-    query = sqlalchemy.text(
-        "SELECT COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-        "WHERE s.study_name = :name AND t.state IN ('COMPLETE', 'PRUNED')"
-    )
     try:
-        with engine.connect() as connection:
-            return int(connection.execute(query, {"name": study_name}).scalar_one())
+        counts = state_counts(engine, study_name=study_name)
     except SQLAlchemyError:  # no Optuna tables yet
         return 0
     finally:
         engine.dispose()
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
 
 def load_study(name: str, url: str) -> optuna.Study:
@@ -375,39 +392,15 @@ def load_study(name: str, url: str) -> optuna.Study:
         raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
 
 
-def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
-    """The database storage behind ``storage`` (Optuna wraps it in a cache), if any."""
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
-def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> StudyLock | None:
-    """The lock every worker of ``study_name`` on this storage shares; None in memory."""
-    backend = rdb_storage(storage)
-    if backend is None:
-        return None  # in-memory storage: one process, nothing to coordinate
-    return StudyLock(parse_url(backend.url), study_name)
-
-
 def study_counts(study: optuna.Study) -> dict[TrialState, int]:
-    """Trials per state, read from the database itself.
-
-    Optuna's trial cache can keep showing a trial this process finished as RUNNING (it
-    never re-reads it once a later trial has finished), so exact totals across workers
-    need a direct count.
-    """
+    """Trials per state, counted by the database itself (a process's trial cache lags
+    behind the other workers)."""
+    rdb = rdb_of(storage_of(study))
+    if rdb is not None:
+        return state_counts(rdb.engine, study_id=study_id(study))
     counts = dict.fromkeys(TrialState, 0)
-    backend = rdb_storage(study._storage)
-    if backend is None:
-        for trial in study.get_trials(deepcopy=False):
-            counts[trial.state] += 1
-        return counts
-    query = sqlalchemy.text(
-        "SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state"
-    )
-    with backend.engine.connect() as connection:
-        for state, count in connection.execute(query, {"study_id": study._study_id}):
-            counts[TrialState[state.name if hasattr(state, "name") else state]] = count
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
     return counts
 
 

@@ -1,7 +1,12 @@
 """A worker process with a cheap, checkable objective, for the multi-worker tests.
 
-usage: python -m tests.cheap_worker URL STUDY TRIALS [SECONDS_PER_STEP]
-The value of every trial is x**2 + y, so a test can check it against the params.
+usage: python -m tests.cheap_worker URL STUDY TRIALS [SECONDS_PER_STEP] [STEPS] [CKPT_DIR]
+                                    [SAMPLER]
+The value of every trial is x**2 + y, so a test can check it against the params. With
+CKPT_DIR, each step is "checkpointed" to a file per trial series, and a retry resumes from
+it (``resumed_from_step``), like hpsearch's objective. The study is sampled by TPE (or
+SAMPLER=random, whose draws cost nothing) seeded per trial from seed 7
+(``search.TrialSeededSampler``), as ``hpsearch run`` does.
 """
 
 from __future__ import annotations
@@ -15,18 +20,31 @@ from pathlib import Path
 
 import optuna
 
-from hpsearch.search import run_trials
+from hpsearch.coordination import retry_trial
+from hpsearch.search import TrialSeededSampler, run_trials
 from hpsearch.settings import Settings
 from hpsearch.storage import StudyLock, open_storage, parse_url
 
+SEED = 7
 
-def objective(trial: optuna.Trial, seconds_per_step: float) -> float:
+
+def objective(
+    trial: optuna.Trial, seconds_per_step: float, steps: int = 3, ckpt: Path | None = None
+) -> float:
     x = trial.suggest_float("x", -10, 10)
     y = trial.suggest_int("y", 0, 5)
-    for step in range(3):
-        time.sleep(seconds_per_step)
-        trial.report(x**2 + y + 3 - step, step)
+    series = int(trial.user_attrs.get("retry_of", trial.number))
+    start = 0
+    if ckpt is not None and (ckpt / f"{series}").exists():
+        start = int((ckpt / f"{series}").read_text())
+        trial.set_user_attr("resumed_from_step", start)
     trial.set_user_attr("pid", os.getpid())
+    for step in range(start, steps):
+        time.sleep(seconds_per_step)
+        trial.report(x**2 + y + steps - step, step)
+        if ckpt is not None:
+            ckpt.mkdir(exist_ok=True)
+            (ckpt / f"{series}").write_text(str(step + 1))
     return x**2 + y
 
 
@@ -34,12 +52,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def spawn(
-    url: str, name: str, trials: int, count: int, seconds: float = 0.01
+    url: str,
+    name: str,
+    trials: int,
+    count: int,
+    seconds: float = 0.01,
+    steps: int = 3,
+    ckpt: Path | None = None,
+    sampler: str = "tpe",
 ) -> list[subprocess.Popen[str]]:
     """Start ``count`` cheap worker processes on one study; output merged into stdout."""
+    args = [url, name, str(trials), str(seconds), str(steps), str(ckpt or ""), sampler]
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.cheap_worker", url, name, str(trials), str(seconds)],
+            [sys.executable, "-m", "tests.cheap_worker", *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -52,25 +78,38 @@ def spawn(
 def main() -> None:
     url, name, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.01
+    steps = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+    ckpt = Path(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[6] else None
+    sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[
+        sys.argv[7] if len(sys.argv) > 7 else "tpe"
+    ]
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url, heartbeat_interval=1)
+    storage = open_storage(url, heartbeat_interval=1, on_stale_trial=retry_trial)
     with StudyLock(parse_url(url), name).hold():
         study = optuna.create_study(
             storage=storage,
             study_name=name,
             load_if_exists=True,
-            sampler=optuna.samplers.RandomSampler(),
+            sampler=TrialSeededSampler(lambda seed: sampler(seed=seed), SEED),
         )
     settings = Settings(storage=url, study_name=name, trials=trials)
     ran = []  # the trials this worker claimed and ran, whatever their end
+    completed = []  # the trials whose objective returned
 
     def counted(trial: optuna.Trial) -> float:
         ran.append(trial.number)
-        return objective(trial, seconds)
+        value = objective(trial, seconds, steps, ckpt)
+        completed.append(trial.number)
+        return value
 
-    run_trials(study, counted, settings)
+    try:
+        run_trials(study, counted, settings)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise SystemExit(130) from None
     print(f"ran {len(ran)} trials", flush=True)
+    print(f"completed {completed}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Several real worker processes on one study, on SQLite and on the PostgreSQL server."""
+"""Local worker processes and signals through the `hpsearch run` command (the storage
+contract across backends is tests/test_storage_contract.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 from hpsearch.storage import open_storage
 from tests.cheap_worker import spawn
 from tests.conftest import TINY_HOUSE
-from tests.pg import fresh_database
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -88,67 +87,6 @@ def test_four_workers_on_sqlite_with_dashboard_reading(tmp_path: Path) -> None:
     assert "ran 0 trials" in finish(spawn(url, "cheap", 40, 1))[0]
 
 
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the test server, dropped afterwards."""
-    with fresh_database(postgres_url) as url:
-        yield url
-
-
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_eight_workers_on_postgres_created_together(pg_url: str) -> None:
-    # All eight start at once on an empty database: one schema, one study, no error. At
-    # 0.15 s a trial no single worker can finish the study while the others still import.
-    workers = spawn(pg_url, "cheap", 48, 8, seconds=0.05)
-    logs = finish(workers)
-    study = check_exact(pg_url, "cheap", 48, logs)
-    assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["cheap"]
-    assert sum(int(log.split("ran ")[1].split()[0]) for log in logs) == len(study.trials)
-
-
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_ten_workers_create_one_study(pg_url: str) -> None:
-    logs = finish(spawn(pg_url, "race", 10, 10, seconds=0.0))
-    assert optuna.get_all_study_names(open_storage(pg_url, create=False)) == ["race"]
-    assert all("Traceback" not in log for log in logs)
-
-
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_workers_survive_dropped_connections(pg_url: str, postgres_url: str) -> None:
-    workers = spawn(pg_url, "drops", 30, 3, seconds=0.2)
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    database = sqlalchemy.make_url(pg_url).database
-    terminate = sqlalchemy.text(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = :n AND pid <> pg_backend_pid()"
-    )
-    killed = 0
-    try:
-        # Once the workers are running trials, cut every connection they hold, again and
-        # again, until they finish.
-        store = open_storage(pg_url)  # under the schema lock, like the workers
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                study = optuna.load_study(study_name="drops", storage=store)
-                if sum(t.state in FINISHED for t in study.trials) >= 3:
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.3)
-        while any(p.poll() is None for p in workers):
-            time.sleep(0.7)
-            with admin.connect() as connection:
-                killed += sum(row[0] for row in connection.execute(terminate, {"n": database}))
-    finally:
-        admin.dispose()
-    assert killed >= 3
-    check_exact(pg_url, "drops", 30, finish(workers))
-
-
 def hpsearch_cmd() -> list[str]:
     exe = shutil.which("hpsearch")
     assert exe is not None
@@ -182,56 +120,8 @@ def _wait_for_reports(url: str, name: str, reports: int, timeout: float = 120) -
 
 
 @pytest.mark.slow
-def test_sigkill_retry_resumes_from_checkpoint(tmp_path: Path) -> None:
-    study_file = _slow_house_study(tmp_path)
-    url = f"sqlite:///{tmp_path / 'kill.db'}"
-    args = [
-        *hpsearch_cmd(),
-        "run",
-        str(study_file),
-        "--trials",
-        "2",
-        "--storage",
-        url,
-        "--pruner",
-        "none",
-        "--heartbeat-interval",
-        "1",
-        "--checkpoint-dir",
-        str(tmp_path / "ckpt"),
-    ]
-    victim = subprocess.Popen(
-        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    _wait_for_reports(url, "slow-house", 3)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    study = optuna.load_study(study_name="slow-house", storage=url)
-    killed = [t for t in study.trials if t.state == TrialState.RUNNING]
-    assert len(killed) == 1  # the dead worker's trial, until its heartbeat goes stale
-    killed_epochs = max(killed[0].intermediate_values)
-    assert (tmp_path / "ckpt" / "slow-house" / f"trial-{killed[0].number}.pt").exists()
-
-    survivor = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert survivor.returncode == 0, survivor.stderr
-    study = optuna.load_study(study_name="slow-house", storage=url)
-    assert sum(t.state in FINISHED for t in study.trials) == 2
-    original = study.trials[killed[0].number]
-    assert original.state == TrialState.FAIL
-    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == original.number]
-    assert len(retries) == 1
-    retry = retries[0]
-    assert retry.state == TrialState.COMPLETE
-    assert retry.params == original.params
-    # Resumed from a checkpoint at least as late as the last report seen before the kill.
-    assert retry.user_attrs["resumed_from_epoch"] >= killed_epochs
-    assert retry.user_attrs["seed"] == original.user_attrs["seed"]
-    assert not list((tmp_path / "ckpt" / "slow-house").glob("*.pt"))  # cleaned up
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_ends_running_trial_and_rerun_resumes(tmp_path: Path, signum: int) -> None:
+def test_ctrl_c_ends_running_trial_and_rerun_resumes_from_checkpoint(tmp_path: Path) -> None:
+    # SIGKILL and SIGTERM of a worker, on every backend: tests/test_storage_contract.py.
     study_file = _slow_house_study(tmp_path)
     url = f"sqlite:///{tmp_path / 'sig.db'}"
     args = [
@@ -249,7 +139,7 @@ def test_signal_ends_running_trial_and_rerun_resumes(tmp_path: Path, signum: int
         args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     _wait_for_reports(url, "slow-house", 2)
-    process.send_signal(signum)
+    process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
@@ -339,7 +229,8 @@ def test_special_character_password_reaches_server(
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_local_workers_leaves_nothing_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_local_workers_group_leaves_nothing_running(tmp_path: Path, signum: int) -> None:
     study_file = _slow_house_study(tmp_path)
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     args = [
@@ -355,7 +246,8 @@ def test_ctrl_c_on_local_workers_leaves_nothing_running(tmp_path: Path) -> None:
         "--workers",
         "2",
     ]
-    # Its own process group, as a terminal gives it: Ctrl-C reaches parent and workers.
+    # Its own process group, as a terminal gives it: Ctrl-C (or a SIGTERM to the group,
+    # as a job scheduler sends it) reaches parent and workers.
     process = subprocess.Popen(
         args,
         cwd=tmp_path,
@@ -365,9 +257,13 @@ def test_ctrl_c_on_local_workers_leaves_nothing_running(tmp_path: Path) -> None:
         start_new_session=True,
     )
     _wait_for_reports(url, "slow-house", 2)
-    os.killpg(process.pid, signal.SIGINT)
+    os.killpg(process.pid, signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
+    assert "Traceback" not in err and "race condition" not in err, err
+    # After the run's header, one line: interrupted, and how to resume.
+    lines = [line for line in err.strip().splitlines() if not line.startswith("study ")]
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), err
     study = optuna.load_study(study_name="slow-house", storage=url)
     assert TrialState.RUNNING not in [t.state for t in study.trials]
     rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,186 @@
+"""Every place hpsearch goes below Optuna's public API, one function each.
+
+Optuna offers no public way to name a study's or trial's storage id, to count a study's
+trials by state without reading them all, or to write several rows of a trial in one
+transaction; the functions here do, against the tables of ``optuna.storages.RDBStorage``.
+``tests/test_optuna_internals.py`` checks each against the installed Optuna, so a release
+that changes the schema or these attributes fails there, loudly, and not in a worker.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.storages._rdb.models import (
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialParamModel,
+    TrialUserAttributeModel,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage object a study reads and writes through."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (its ``number`` counts within the study)."""
+    return trial._trial_id
+
+
+def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    """The database storage behind ``storage`` (Optuna wraps it in a cache; hpsearch's
+    worker view wraps that), or None for in-memory and journal storages."""
+    while not isinstance(storage, optuna.storages.RDBStorage):
+        inner = getattr(storage, "_backend", None) or getattr(storage, "backend", None)
+        if inner is None:
+            return None
+        storage = inner
+    return storage
+
+
+def state_counts(
+    engine: sqlalchemy.Engine, *, study_id: int | None = None, study_name: str | None = None
+) -> dict[TrialState, int]:
+    """Trials per state, counted by the database: one query, no trial read. Exact totals
+    across workers need it, since a process's trial cache lags behind other processes."""
+    counts = dict.fromkeys(TrialState, 0)
+    query = "SELECT t.state, COUNT(*) FROM trials t "
+    if study_name is not None:
+        query += "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :key "
+    else:
+        query += "WHERE t.study_id = :key "
+    key = study_name if study_name is not None else study_id
+    with engine.connect() as connection:
+        rows = connection.execute(sqlalchemy.text(query + "GROUP BY t.state"), {"key": key})
+        for state, count in rows:
+            counts[TrialState[getattr(state, "name", state)]] = int(count)
+    return counts
+
+
+def trials_before(engine: sqlalchemy.Engine, study_id: int, trial_id: int) -> int:
+    """Finished or running trials of the study created before the trial ``trial_id``."""
+    query = sqlalchemy.text(
+        "SELECT COUNT(*) FROM trials WHERE study_id = :study_id AND trial_id < :trial_id "
+        "AND state IN ('COMPLETE', 'PRUNED', 'RUNNING')"
+    )
+    with engine.connect() as connection:
+        params = {"study_id": study_id, "trial_id": trial_id}
+        return int(connection.execute(query, params).scalar_one())
+
+
+def running_without_heartbeat(
+    engine: sqlalchemy.Engine, study_id: int, started_before: datetime.datetime
+) -> list[int]:
+    """Ids of RUNNING trials that never recorded a heartbeat and started before the
+    cutoff: their worker died between creating them and beating once, which Optuna's own
+    stale check (heartbeats gone silent) cannot see."""
+    query = sqlalchemy.text(
+        "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
+        "ON h.trial_id = t.trial_id WHERE t.study_id = :study_id AND t.state = 'RUNNING' "
+        "AND h.trial_id IS NULL AND t.datetime_start < :cutoff"
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query, {"study_id": study_id, "cutoff": started_before})
+        return [int(row[0]) for row in rows]
+
+
+def new_trial(engine: sqlalchemy.Engine, trial_id: int) -> FrozenTrial:
+    """The trial ``trial_id`` just created by ``Study.ask``, read in one query (Optuna's
+    ``get_trial`` makes six to fetch what a new trial cannot have yet)."""
+    trials = TrialModel.__table__
+    with engine.connect() as connection:
+        number, started = connection.execute(
+            sqlalchemy.select(trials.c.number, trials.c.datetime_start).where(
+                trials.c.trial_id == trial_id
+            )
+        ).one()
+    return FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=started,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
+
+
+def write_trial_rows(
+    engine: sqlalchemy.Engine,
+    trial_id: int,
+    params: dict[str, tuple[float, BaseDistribution]],
+    intermediate_values: dict[int, float],
+    user_attrs: dict[str, Any],
+) -> bool:
+    """Write a running trial's new params (internal value, distribution), reports and user
+    attributes in one transaction; False (nothing written) if the trial has finished.
+
+    Optuna writes each of these in a transaction of its own (three to five statements);
+    one batch per flush is what makes 30 reports cost milliseconds instead of a hundred.
+    The rows are Optuna's own (its table objects and value encoding), so every reader
+    sees an ordinary trial.
+    """
+    trials = TrialModel.__table__
+    with engine.begin() as connection:
+        state = connection.execute(
+            sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)
+        ).scalar_one()
+        if getattr(state, "name", state) != TrialState.RUNNING.name:
+            return False
+        if params:
+            connection.execute(
+                sqlalchemy.insert(TrialParamModel.__table__),
+                [
+                    {
+                        "trial_id": trial_id,
+                        "param_name": name,
+                        "param_value": value,
+                        "distribution_json": distribution_to_json(distribution),
+                    }
+                    for name, (value, distribution) in params.items()
+                ],
+            )
+        if intermediate_values:
+            rows = []
+            for step, value in intermediate_values.items():
+                stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+                rows.append(
+                    {
+                        "trial_id": trial_id,
+                        "step": step,
+                        "intermediate_value": stored,
+                        "intermediate_value_type": kind,
+                    }
+                )
+            connection.execute(sqlalchemy.insert(TrialIntermediateValueModel.__table__), rows)
+        if user_attrs:
+            table = TrialUserAttributeModel.__table__
+            connection.execute(
+                sqlalchemy.delete(table).where(
+                    table.c.trial_id == trial_id, table.c.key.in_(list(user_attrs))
+                )
+            )
+            connection.execute(
+                sqlalchemy.insert(table),
+                [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in user_attrs.items()
+                ],
+            )
+    return True
