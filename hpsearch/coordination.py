@@ -82,7 +82,8 @@ class WorkerStorage(optuna.storages.BaseStorage):
     - The running trial's params, reports and user attributes are kept here and written in
       one transaction: at its first report, then at most every ``FLUSH_S``, and before its
       tell (``optuna_internals.write_trial_rows``). A killed worker loses at most the last
-      ``FLUSH_S`` of reports; its checkpoint has them anyway.
+      ``FLUSH_S`` of reports (its checkpoint has them anyway); one killed before its trial's
+      first report leaves a trial without params, whose retry samples afresh.
     - The study's trials are read at most once per claim (``refresh``), and only when
       another worker has finished one since: the sampler and the pruner see the study as
       it was when the trial started, plus this worker's own trials and reports.

@@ -134,8 +134,10 @@ class Objective:
             raise optuna.TrialPruned(str(error)) from None
         except Exception as error:
             # Pruned, or a bug or an out-of-memory error: no retry will come. A lost database
-            # connection is retried, and the retry resumes from the checkpoint.
-            if not is_transient_db_error(error):
+            # connection is retried, and the retry resumes from the checkpoint; so is a trial
+            # that another worker failed while this one stalled.
+            stale = isinstance(error, optuna.exceptions.UpdateFinishedTrialError)
+            if not (stale or is_transient_db_error(error)):
                 self._forget(series)
             raise
         # Interrupts and crashes keep the checkpoint: the retry resumes from it.

@@ -53,6 +53,25 @@ def test_other_problem_in_same_study_name_is_refused(
         )
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes"])
+def test_workers_samplers_draw_by_trial_number(tiny_usps_file: Path, sampler: str) -> None:
+    """Two workers' samplers, built from the same study file and seed, draw the same params
+    for the same trial number and different params for different numbers."""
+    config = load_study_file(tiny_usps_file)
+    settings = resolve_settings(config, workers=1, sampler=sampler)
+    first: dict[int, list[float]] = {}
+    for worker in range(2):
+        study = optuna.create_study(sampler=create_sampler(config, settings))
+        lrs = []
+        for _ in range(4):
+            trial = study.ask()
+            lrs.append(trial.suggest_float("lr", 1e-4, 1e-1, log=True))
+            study.tell(trial, state=TrialState.FAIL)
+        first[worker] = lrs
+    assert first[0] == first[1]  # the same number, the same draw, in any worker
+    assert len(set(first[0])) == 4  # different numbers, different draws
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
 def test_every_sampler_runs(tiny_house_file: Path, sqlite_url: str, sampler: str) -> None:
     config = load_study_file(tiny_house_file)

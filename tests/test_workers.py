@@ -264,9 +264,9 @@ def test_signal_to_local_workers_group_leaves_nothing_running(tmp_path: Path, si
     # After the run's header, one line: interrupted, and how to resume.
     lines = [line for line in err.strip().splitlines() if not line.startswith("study ")]
     assert len(lines) == 1 and lines[0].startswith("interrupted"), err
+    # Each worker's trial failed and queued again, for the rerun (whose resuming the Ctrl-C
+    # test above checks).
     study = optuna.load_study(study_name="slow-house", storage=url)
-    assert TrialState.RUNNING not in [t.state for t in study.trials]
-    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    study = optuna.load_study(study_name="slow-house", storage=url)
-    assert sum(t.state in FINISHED for t in study.trials) == 4
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.FAIL) == states.count(TrialState.WAITING) >= 1
