@@ -259,7 +259,10 @@ def own_postgres() -> Iterator[tuple[str, list[str]]]:
     """A PostgreSQL server of this test's own (initdb, pg_ctl run as the postgres user, as
     they refuse root): its URL, and the pg_ctl command to stop or start it."""
     if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        pytest.fail("initdb and pg_ctl are needed to start a PostgreSQL server")
+        message = "initdb and pg_ctl (PostgreSQL's server programs) are not on PATH"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
     shutil.chown(folder, "postgres")
     data, port = folder / "data", _free_port()
