@@ -117,9 +117,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
 
     def _view(self, trial: FrozenTrial) -> FrozenTrial:
         id_ = internals.trial_id(trial)
-        if self._running is not None and self._is_running(id_):
-            return self._running
-        return self._finished.get(id_, trial)
+        return self._own(id_) or self._finished.get(id_, trial)
 
     def get_all_trials(
         self,
@@ -141,11 +139,8 @@ class WorkerStorage(optuna.storages.BaseStorage):
         return copy.deepcopy(trials) if deepcopy else trials
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        if self._running is not None and self._is_running(trial_id):
-            return copy.deepcopy(self._running)
-        if trial_id in self._finished:
-            return copy.deepcopy(self._finished[trial_id])
-        return self.backend.get_trial(trial_id)
+        mine = self._own(trial_id) or self._finished.get(trial_id)
+        return copy.deepcopy(mine) if mine is not None else self.backend.get_trial(trial_id)
 
     # The running trial: kept here, written in batches.
 
@@ -156,8 +151,11 @@ class WorkerStorage(optuna.storages.BaseStorage):
         self._pending_values.clear()
         self._pending_attrs.clear()
 
-    def _is_running(self, id_: int) -> bool:
-        return self._running is not None and id_ == internals.trial_id(self._running)
+    def _own(self, id_: int) -> FrozenTrial | None:
+        """This worker's running trial, if it is the trial ``id_``."""
+        if self._running is not None and id_ == internals.trial_id(self._running):
+            return self._running
+        return None
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         created = self.backend.create_new_trial(study_id, template_trial)
@@ -172,40 +170,40 @@ class WorkerStorage(optuna.storages.BaseStorage):
         param_value_internal: float,
         distribution: BaseDistribution,
     ) -> None:
-        if not self._is_running(trial_id):
+        running = self._own(trial_id)
+        if running is None:
             self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
             return
-        assert self._running is not None
-        self._running.params[param_name] = distribution.to_external_repr(param_value_internal)
-        self._running.distributions[param_name] = distribution
+        running.params[param_name] = distribution.to_external_repr(param_value_internal)
+        running.distributions[param_name] = distribution
         self._pending_params[param_name] = (param_value_internal, distribution)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
     ) -> None:
-        if not self._is_running(trial_id):
+        running = self._own(trial_id)
+        if running is None:
             self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
             return
-        assert self._running is not None
-        self._running.intermediate_values[step] = intermediate_value
+        running.intermediate_values[step] = intermediate_value
         self._pending_values[step] = intermediate_value
         if self._flushed_at is None or time.monotonic() - self._flushed_at >= self.flush_s:
             self.flush()
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if not self._is_running(trial_id):
+        running = self._own(trial_id)
+        if running is None:
             self.backend.set_trial_user_attr(trial_id, key, value)
             return
-        assert self._running is not None
-        self._running.user_attrs[key] = value
+        running.user_attrs[key] = value
         self._pending_attrs[key] = value
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         # Rare (the successive-halving pruner's rungs), and read by other workers: at once.
         self.backend.set_trial_system_attr(trial_id, key, value)
-        if self._is_running(trial_id):
-            assert self._running is not None
-            self._running.system_attrs[key] = value
+        running = self._own(trial_id)
+        if running is not None:
+            running.system_attrs[key] = value
 
     def flush(self) -> None:
         """Write the running trial's pending rows in one transaction.
@@ -232,7 +230,8 @@ class WorkerStorage(optuna.storages.BaseStorage):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        if not self._is_running(trial_id):
+        running = self._own(trial_id)
+        if running is None:
             changed = self.backend.set_trial_state_values(trial_id, state, values)
             if changed and state == TrialState.RUNNING:  # Study.ask took a waiting trial
                 self._start(self.backend.get_trial(trial_id))
@@ -240,8 +239,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
         self.flush()
         changed = self.backend.set_trial_state_values(trial_id, state, values)
         if changed and state.is_finished():
-            assert self._running is not None
-            finished = copy.deepcopy(self._running)
+            finished = copy.deepcopy(running)
             finished.state = state
             finished.values = list(values) if values is not None else None
             finished.datetime_complete = datetime.datetime.now()
