@@ -1,7 +1,9 @@
-# hpsearch worker / dashboard image.
-#   docker compose build            (see docker-compose.yml and the README)
-# Torch comes from PyPI by default; pass --build-arg TORCH_INDEX_URL=<a PyTorch wheel index>
-# to pick a CPU-only or a specific CUDA build instead.
+# hpsearch worker / dashboard image, for docker-compose.yml and deploy/kubernetes/.
+#   docker compose build            (see docker-compose.yml and docs/workers.md)
+#   docker build -t hpsearch:latest .
+# Torch comes from PyPI by default (its Linux wheels carry CUDA, so one image serves CPU and
+# GPU nodes); pass --build-arg TORCH_INDEX_URL=<a PyTorch wheel index> to pick a CPU-only or
+# a specific CUDA build instead.
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=""
@@ -16,10 +18,16 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
 COPY pyproject.toml README.md ./
 COPY studies ./studies
 COPY hpsearch ./hpsearch
-RUN pip install . && useradd --create-home hpsearch && mkdir /checkpoints \
-    && chown hpsearch /checkpoints
-USER hpsearch
+# [s3]: boto3, for an s3:// artifact store. /artifacts is the artifact folder of
+# docker-compose.yml; a named volume mounted there starts with this owner.
+RUN pip install '.[s3]' \
+    && useradd --uid 10001 --user-group --create-home hpsearch \
+    && mkdir /artifacts && chown hpsearch:hpsearch /artifacts
+# Numeric, so that Kubernetes' runAsNonRoot can check it (deploy/kubernetes sets the same ids).
+USER 10001:10001
 WORKDIR /home/hpsearch
 
+# hpsearch dashboard --port 8080
+EXPOSE 8080
 ENTRYPOINT ["hpsearch"]
 CMD ["--help"]

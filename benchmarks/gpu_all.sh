@@ -31,7 +31,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/device.txt" || exit 1
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee -a "$out/device.txt" || true
 run_args=(--trials 200 --device cuda --storage "sqlite:///$scratch/usps200.db"
-  --checkpoint-dir "$scratch/checkpoints")
+  --artifacts "$scratch/artifacts")
 [ -n "${RUN_TIMEOUT:-}" ] && run_args+=(--timeout "$RUN_TIMEOUT")
 step usps200 hpsearch run usps "${run_args[@]}"
 step finalize hpsearch finalize usps --storage "sqlite:///$scratch/usps200.db" --device cuda \

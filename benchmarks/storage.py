@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from hpsearch.coordination import Coordinator  # noqa: E402
 from hpsearch.storage import open_storage  # noqa: E402
 from tests.cheap_worker import spawn  # noqa: E402
-from tests.pg import fresh_database  # noqa: E402
+from tests.servers import fresh_database  # noqa: E402
 
 EPOCHS = 30
 STEP_S = 0.1

@@ -1,74 +1,77 @@
-"""Per-trial training checkpoints, so a retried trial resumes instead of starting over."""
+"""Per-trial training checkpoints in the artifact store, so a retried trial resumes instead of
+starting over, on this machine or another one sharing the store."""
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
-import tempfile
 from dataclasses import fields
-from pathlib import Path
 
 import torch
 
+from hpsearch.artifacts import ArtifactNotFound, ArtifactStore
 from hpsearch.training import TrainState
 
 logger = logging.getLogger(__name__)
 
 
 class CheckpointStore:
-    """One file per trial series (a trial and its retries) under ``folder/<study>/``.
+    """One artifact per trial series (a trial and its retries), ``checkpoints/<study>/
+    trial-<series>.pt``: each save replaces the last, and a finished trial removes it.
 
-    Writes are atomic (temporary file, then rename), so a worker killed mid-write leaves the
-    previous checkpoint intact. Remote workers share checkpoints only through a shared folder;
-    elsewhere a retry starts from scratch.
+    A checkpoint that cannot be written or read costs a retry its head start, never the trial:
+    errors are logged, not raised.
     """
 
-    def __init__(self, folder: str | Path, study_name: str) -> None:
-        safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
-        self.folder = Path(folder) / safe_name
+    def __init__(self, store: ArtifactStore, study_name: str) -> None:
+        self.store = store
+        self.prefix = "checkpoints/" + re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
 
-    def path(self, series: int) -> Path:
-        return self.folder / f"trial-{series}.pt"
+    def key(self, series: int) -> str:
+        return f"{self.prefix}/trial-{series}.pt"
 
     def save(self, series: int, state: TrainState, tag: str = "") -> None:
         """Write ``state``; ``tag`` names what it belongs to (the trial's configuration and
         seed), and ``load`` returns it only for the same tag."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         payload = {field.name: getattr(state, field.name) for field in fields(state)}
         payload["tag"] = tag
-        handle, tmp_name = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        buffer.seek(0)
         try:
-            with os.fdopen(handle, "wb") as tmp:
-                torch.save(payload, tmp)
-            os.replace(tmp_name, self.path(series))
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+            self.store.write(self.key(series), buffer)
+        except Exception as error:  # a full disk, an unreachable S3 endpoint
+            logger.warning("could not save checkpoint %s: %s", self.key(series), error)
 
     def load(self, series: int, tag: str = "") -> TrainState | None:
-        """The checkpoint of ``series`` if there is one and it carries ``tag``: a file left
-        by another study of the same name (another database) is ignored, not resumed."""
-        path = self.path(series)
-        if not path.exists():
+        """The checkpoint of ``series`` if there is one and it carries ``tag``: one left by
+        another study of the same name (another database) is ignored, not resumed."""
+        key = self.key(series)
+        try:
+            with self.store.open_reader(key) as reader:
+                data = reader.read()
+        except ArtifactNotFound:
+            return None
+        except Exception as error:
+            logger.warning("could not read checkpoint %s: %s", key, error)
             return None
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             found = payload.pop("tag", "")
             state = TrainState(**payload)
-        except Exception as error:  # a damaged checkpoint costs a restart, not the trial
-            logger.warning("ignoring unreadable checkpoint %s: %s", path, error)
+        except Exception as error:
+            logger.warning("ignoring unreadable checkpoint %s: %s", key, error)
             return None
         if found != tag:
-            logger.warning("ignoring checkpoint %s: it belongs to another trial", path)
+            logger.warning("ignoring checkpoint %s: it belongs to another trial", key)
             return None
         return state
 
     def delete(self, series: int) -> None:
-        self.path(series).unlink(missing_ok=True)
-        # Leave no empty folders behind once a study's last checkpoint is gone.
-        for folder in (self.folder, self.folder.parent):
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (other trials, other studies), or never made
-                break
+        try:
+            self.store.remove(self.key(series))
+        except ArtifactNotFound:
+            pass
+        except Exception as error:
+            logger.warning("could not remove checkpoint %s: %s", self.key(series), error)

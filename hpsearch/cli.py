@@ -1,7 +1,8 @@
 """The ``hpsearch`` command line. Each command parses its options, calls one library function
 and prints; settings resolve in ``settings.resolve_settings``. Bad input prints one line and
-exits with code 2. Commands import what they use inside their body, so that ``--help`` and
-the commands that only read a study start fast.
+exits with code 2 (75: a service that cannot be reached, see ``errors``). Commands import
+what they use inside their body, so that ``--help`` and the commands that only read a study
+start fast.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, Unavailable
 from hpsearch.settings import DEFAULTS, ENVIRONMENT
 
 app = typer.Typer(
@@ -50,6 +51,16 @@ DeviceOption = Annotated[
     str | None,
     typer.Option(help=f"auto, cpu or cuda. Default: {DEFAULTS.device}" + _env("device")),
 ]
+ArtifactsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Artifact store of per-epoch checkpoints (a retried trial resumes from them, on "
+        "any machine sharing the store) and finalized models: a folder or s3://bucket/prefix, "
+        "S3 endpoint and keys from the AWS_* variables; '' turns checkpoints off. Default: "
+        f"./{DEFAULTS.artifacts}" + _env("artifacts"),
+        show_default=False,
+    ),
+]
 DataDirOption = Annotated[
     Path | None,
     typer.Option(help="Folder with the data sets. Default: the packaged copies" + _env("data_dir")),
@@ -57,8 +68,9 @@ DataDirOption = Annotated[
 
 
 def one_line_errors(interrupted: str) -> Callable[[F], F]:
-    """Turn ``HpsearchError`` into one line on stderr and exit code 2, and Ctrl-C / SIGTERM
-    into the line ``interrupted`` and exit code 130, without a traceback."""
+    """Turn ``HpsearchError`` into one line on stderr and its exit code (2, or 75 for a
+    service that cannot be reached), a database lost for good into one line and 75, and
+    Ctrl-C / SIGTERM into the line ``interrupted`` and exit code 130, without a traceback."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
@@ -67,10 +79,19 @@ def one_line_errors(interrupted: str) -> Callable[[F], F]:
                 return command(*args, **kwargs)
             except HpsearchError as error:
                 err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
-                raise typer.Exit(2) from None
+                raise typer.Exit(error.exit_code) from None
             except KeyboardInterrupt:
                 err_console.print(interrupted)
                 raise typer.Exit(130) from None
+            except Exception as error:
+                # The database lost for longer than the retries cover: one line, exit 75.
+                from hpsearch.storage import is_transient_db_error
+
+                if not is_transient_db_error(error):
+                    raise
+                reason = escape(str(error).splitlines()[0])
+                err_console.print(f"[red]error:[/red] lost the database: {reason}")
+                raise typer.Exit(Unavailable.exit_code) from None
 
         return wrapper  # type: ignore[return-value]
 
@@ -130,14 +151,7 @@ def run(
             show_default=False,
         ),
     ] = None,
-    checkpoint_dir: Annotated[
-        str | None,
-        typer.Option(
-            help="Folder of per-epoch checkpoints that let a retried trial resume; '' turns "
-            f"them off. Default: ./{DEFAULTS.checkpoint_dir}" + _env("checkpoint_dir"),
-            show_default=False,
-        ),
-    ] = None,
+    artifacts: ArtifactsOption = None,
     heartbeat_interval: Annotated[
         int | None,
         typer.Option(
@@ -175,7 +189,7 @@ def run(
         data_dir=str(data_dir) if data_dir else None,
         threads=threads,
         workers=workers,
-        checkpoint_dir=checkpoint_dir,
+        artifacts=artifacts,
         heartbeat_interval=heartbeat_interval,
     )
     header = run_header(config, settings)
@@ -187,6 +201,35 @@ def run(
             "(raise --trials to add more)"
         )
     console.print(summary_table(study, config.metric))
+
+
+@app.command()
+@one_line_errors("interrupted")
+def create(
+    target: Annotated[
+        str, typer.Argument(help="A shipped study (usps, house-prices, ...) or a .toml file.")
+    ],
+    storage: StorageOption = None,
+    study_name: Annotated[str | None, typer.Option(help="Default: the study file's.")] = None,
+) -> None:
+    """Create a study without running a trial, so workers started next all join it.
+
+    `hpsearch run` creates the study too; this is the set-up step of a cluster job. An
+    existing study of the same problem is left as it is.
+    """
+    from hpsearch.search import create_study
+    from hpsearch.settings import resolve_settings
+    from hpsearch.storage import redact
+    from hpsearch.study_file import find_study_file, load_study_file
+
+    _configure_logging()
+    config = load_study_file(find_study_file(target))
+    settings = resolve_settings(config, storage=storage, study_name=study_name, workers=1)
+    study = create_study(config, settings)
+    err_console.print(
+        f"study {study.study_name} ({config.problem.name}, {config.metric}) is in "
+        f"{redact(settings.storage)} with {len(study.get_trials(deepcopy=False))} trials"
+    )
 
 
 @app.command()
@@ -268,6 +311,7 @@ def finalize(
             show_default=False,
         ),
     ] = None,
+    artifacts: ArtifactsOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -289,6 +333,7 @@ def finalize(
         seeds=seeds,
         out=str(out) if out else None,
         ensemble=ensemble,
+        artifacts=artifacts,
         device=device,
         data_dir=str(data_dir) if data_dir else None,
     )
@@ -299,6 +344,8 @@ def finalize(
     console.print(finalize_table(result))
     saved = "model.pt, ensemble.pt" if result.ensemble_test is not None else "model.pt"
     err_console.print(f"saved {saved} and finalize.json in {result.out}")
+    if result.artifacts:
+        err_console.print(f"and in the artifact store {settings.artifacts} (see the dashboard)")
 
 
 @app.command()
@@ -326,17 +373,21 @@ def dashboard(
         str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    artifacts: ArtifactsOption = None,
 ) -> None:
-    """Serve optuna-dashboard on the storage: live plots of every study."""
+    """Serve optuna-dashboard on the storage: live plots of every study, finalized models."""
     import optuna_dashboard
 
+    from hpsearch.artifacts import open_artifact_store
     from hpsearch.settings import resolve_settings
     from hpsearch.storage import open_storage, redact
 
     _configure_logging()
-    url = resolve_settings(storage=storage).storage
-    store = open_storage(url, create=False)
+    settings = resolve_settings(storage=storage, artifacts=artifacts)
+    store = open_storage(settings.storage, create=False)
+    artifact_store = open_artifact_store(settings.artifacts) if settings.artifacts else None
     err_console.print(
-        f"optuna-dashboard for {redact(url)} at http://{host}:{port}/ (Ctrl-C stops it)"
+        f"optuna-dashboard for {redact(settings.storage)} at http://{host}:{port}/ "
+        "(Ctrl-C stops it)"
     )
-    optuna_dashboard.run_server(store, host=host, port=port)
+    optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store)

@@ -58,7 +58,8 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, *, quiet: bool = False)
     if attempt >= MAX_ATTEMPTS:
         logger.warning("trial %d failed on attempt %d; not retried", trial.number, attempt)
         return
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+    # Not copied: what describes the failed attempt (why it failed, where it ran).
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("fail_reason", "worker")}
     user_attrs.update(retry_of=trial.user_attrs.get("retry_of", trial.number), attempt=attempt + 1)
     study.add_trial(
         optuna.trial.create_trial(

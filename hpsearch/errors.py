@@ -1,10 +1,21 @@
-"""The one exception type the CLI turns into a single clear line."""
+"""The exception types the CLI turns into a single clear line and an exit code."""
 
 from __future__ import annotations
 
 
 class HpsearchError(Exception):
-    """A user-facing error: bad input, missing data, unreachable storage.
+    """A user-facing error: bad input, missing data, a study that does not fit.
 
-    The CLI prints ``str(error)`` on one line and exits non-zero, without a traceback.
+    The CLI prints ``str(error)`` on one line and exits with ``exit_code``, without a
+    traceback.
     """
+
+    exit_code = 2
+
+
+class Unavailable(HpsearchError):
+    """A service hpsearch needs (the database, the S3 endpoint) cannot be reached: worth
+    trying again later, unlike bad input. Exit code 75 (``EX_TEMPFAIL`` of sysexits.h) lets
+    a scheduler tell the two apart (deploy/kubernetes fails the Job on 2, retries on 75)."""
+
+    exit_code = 75

@@ -10,14 +10,16 @@ This module, and the baselines it fits, are the only code that reads ``Splits.x_
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -30,6 +32,9 @@ from hpsearch.models import Ensemble
 from hpsearch.problems import Problem, get_problem
 from hpsearch.settings import Settings
 from hpsearch.training import NonFiniteLossError, resolve_device
+
+if TYPE_CHECKING:
+    from hpsearch.artifacts import ArtifactStore
 
 MODEL_FILE = "model.pt"
 ENSEMBLE_FILE = "ensemble.pt"
@@ -84,6 +89,8 @@ class FinalResult:
     # metrics; None for problems without a calibration.
     calibration: dict[str, Any] | None = None
     out: str | None = None  # where model.pt and finalize.json were saved
+    # Artifact ids in the artifact store (file name -> id), also listed by the dashboard.
+    artifacts: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What is stored on the study (user attribute ``finalize``) for ``hpsearch report``,
@@ -101,6 +108,7 @@ class FinalResult:
             "train_rows": self.train_rows,
             "test_rows": self.test_rows,
             "out": self.out,
+            "artifacts": self.artifacts,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -176,12 +184,14 @@ def finalize_study(
         HpsearchError: no such study, a study not made by ``hpsearch run``, or no complete
             trial.
     """
+    from hpsearch.artifacts import open_artifact_store
     from hpsearch.storage import load_study
 
     study = load_study(study_name, settings.storage)
     attrs = study.user_attrs
     if "problem" not in attrs or "data" not in attrs:
         raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
+    artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
     problem = get_problem(attrs["problem"])
     splits = problem.load_data(settings.data_dir, **attrs["data"])
     return finalize(
@@ -192,6 +202,7 @@ def finalize_study(
         top_k=settings.top_k,
         seeds=settings.seeds,
         out=Path(settings.out or f"final-{study_name}"),
+        artifacts=artifacts,
         ensemble=settings.ensemble,
         on_candidate=on_candidate,
     )
@@ -206,13 +217,16 @@ def finalize(
     top_k: int = 3,
     seeds: int = 3,
     out: Path | None = None,
+    artifacts: ArtifactStore | None = None,
     with_baseline: bool = True,
     ensemble: bool = True,
     on_candidate: Callable[[Candidate], None] | None = None,
 ) -> FinalResult:
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
     split, choose by validation mean -/+ std, retrain the choice on train + validation and
-    score it once on test. With ``out``, save the weights and ``finalize.json`` there.
+    score it once on test. With ``out``, save the weights and ``finalize.json`` there; with
+    ``artifacts``, upload them to that store too, as the study's artifacts (Optuna's
+    ``upload_artifact``: the dashboard lists them).
     ``with_baseline`` also fits the problem's classic baseline on the same rows. ``ensemble``
     also retrains every finite candidate with every seed on train + validation and scores
     the combination of their predictions once on test. The summary is stored on the study
@@ -297,10 +311,14 @@ def finalize(
         }
     if with_baseline and problem.baseline is not None:
         result.baseline = problem.baseline(splits)
-    if out is not None:
+    if out is not None or artifacts is not None:
         saved = [(c.params, member) for c, _, member in members] if ensemble else []
-        save(result, model, out, saved)
-        result.out = str(out)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = out or Path(scratch)
+            save(result, model, folder, saved)
+            result.out = str(out) if out else None
+            if artifacts is not None:
+                result.artifacts = upload(study, artifacts, folder)
     record_on_study(study, result)
     return result
 
@@ -338,17 +356,54 @@ def save(
         raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
 
 
-def load_model(folder: str | Path, *, ensemble: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a finalized model from ``--out``'s folder: ``(model in eval mode, record)``,
-    the record being ``finalize.json`` (configuration, metrics, target scale, data
-    checksums). ``ensemble`` rebuilds the combined ensemble instead of the single model.
-    Regression outputs are normalized targets: ``record["target"]`` turns them into prices.
+def upload(study: optuna.Study, store: ArtifactStore, folder: Path) -> dict[str, str]:
+    """Upload ``folder``'s finalized files to ``store`` as ``study``'s artifacts; their ids."""
+    from optuna.artifacts import upload_artifact
+
+    ids = {}
+    for name in (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE):
+        if (folder / name).exists():
+            try:
+                ids[name] = upload_artifact(
+                    artifact_store=store, file_path=str(folder / name), study_or_trial=study
+                )
+            except Exception as error:  # an unreachable endpoint, a full disk
+                message = f"cannot upload {name} to the artifact store: {error}"
+                raise HpsearchError(message) from None
+    return ids
+
+
+def load_model(
+    folder: str | Path | None = None,
+    *,
+    study: str | None = None,
+    storage: str | None = None,
+    artifacts: str | None = None,
+    ensemble: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a finalized model: ``(model in eval mode, record)``, the record being
+    ``finalize.json`` (configuration, metrics, target scale, data checksums).
+
+    Reads ``folder`` (``finalize --out``), or, given ``study`` instead, the files that
+    finalize uploaded to the artifact store (``storage`` and ``artifacts`` default to the
+    settings: ``$HPSEARCH_STORAGE``, ``$HPSEARCH_ARTIFACTS``). ``ensemble`` rebuilds the
+    combined ensemble instead of the single model. Regression outputs are normalized
+    targets: ``record["target"]`` turns them into prices.
 
     Raises:
-        HpsearchError: ``ensemble`` asked of a folder finalized without one.
+        HpsearchError: ``ensemble`` asked of a model finalized without one, or a study not
+            finalized into an artifact store.
     """
-    folder = Path(folder)
-    record = json.loads((folder / RESULT_FILE).read_text())
+    if (folder is None) == (study is None):
+        raise TypeError("load_model needs a folder or a study, not both")
+    read = (
+        _folder_reader(Path(folder))
+        if folder is not None
+        else _store_reader(str(study), storage, artifacts)
+    )
+    record = json.loads(read(RESULT_FILE) or b"{}")
+    if not record:
+        raise HpsearchError(f"{folder} holds no {RESULT_FILE}: not a finalize --out folder")
     problem = get_problem(record["problem"])
     shape: Sequence[int] = record["input_shape"]
 
@@ -357,11 +412,51 @@ def load_model(folder: str | Path, *, ensemble: bool = False) -> tuple[nn.Module
         model.load_state_dict(state)
         return model.eval()
 
+    def load(name: str) -> Any:
+        data = read(name)
+        if data is None:
+            where = folder if folder is not None else f"study {study}"
+            raise HpsearchError(f"{where} holds no {name} (finalized with --no-ensemble?)")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
     if ensemble:
-        if not (folder / ENSEMBLE_FILE).exists():
-            raise HpsearchError(f"{folder} holds no ensemble (finalized with --no-ensemble)")
-        saved = torch.load(folder / ENSEMBLE_FILE, map_location="cpu", weights_only=True)
-        members = [rebuild(m["params"], m["state"]) for m in saved]
+        members = [rebuild(m["params"], m["state"]) for m in load(ENSEMBLE_FILE)]
         return Ensemble(members, problem.combine).eval(), record
-    state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-    return rebuild(record["chosen"]["params"], state), record
+    return rebuild(record["chosen"]["params"], load(MODEL_FILE)), record
+
+
+def _folder_reader(folder: Path) -> Callable[[str], bytes | None]:
+    def read(name: str) -> bytes | None:
+        path = folder / name
+        return path.read_bytes() if path.exists() else None
+
+    return read
+
+
+def _store_reader(
+    study_name: str, storage: str | None, artifacts: str | None
+) -> Callable[[str], bytes | None]:
+    """Reads the files that ``finalize`` uploaded for ``study_name`` (ids on the study)."""
+    from hpsearch.artifacts import open_artifact_store
+    from hpsearch.settings import resolve_settings
+    from hpsearch.storage import load_study
+
+    settings = resolve_settings(storage=storage, artifacts=artifacts)
+    summary = load_study(study_name, settings.storage).user_attrs.get("finalize") or {}
+    ids: dict[str, str] = summary.get("artifacts") or {}
+    if not ids or not settings.artifacts:
+        raise HpsearchError(f"study {study_name!r} was not finalized into an artifact store")
+    store = open_artifact_store(settings.artifacts)
+
+    def read(name: str) -> bytes | None:
+        if name not in ids:
+            return None
+        try:
+            with store.open_reader(ids[name]) as reader:
+                return reader.read()
+        except Exception as error:
+            raise HpsearchError(
+                f"cannot read {name} of study {study_name!r} from {settings.artifacts}: {error}"
+            ) from None
+
+    return read

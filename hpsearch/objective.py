@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from typing import Any
@@ -78,6 +80,8 @@ class Objective:
             trial.set_user_attr("resumed_from_epoch", resume.epoch)
         trial.set_user_attr("config", params)
         trial.set_user_attr("seed", seed)
+        # Which machine and process ran it: with workers on many hosts, where to look.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         torch.manual_seed(seed)
         model = problem.build_model(params, self.splits.x_train.shape[1:]).to(self.device)
         trial.set_user_attr("n_params", count_parameters(model))

@@ -53,9 +53,10 @@ def run_study(
     in this process, or in ``settings.workers`` local worker processes.
 
     Everything that can be checked is checked before the storage is touched (sampler and
-    pruner options, device, data files), so bad input writes nothing.
+    pruner options, device, artifact store, data files), so bad input writes nothing.
     """
     # Imported here: the loop below needs no torch, so a worker's bookkeeping stays light.
+    from hpsearch.artifacts import open_artifact_store
     from hpsearch.checkpoints import CheckpointStore
     from hpsearch.objective import Objective
     from hpsearch.training import resolve_device
@@ -63,6 +64,7 @@ def run_study(
     sampler = create_sampler(config, settings)
     pruner = create_pruner(config, settings)
     device = resolve_device(settings.device)
+    artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
     if count_finished(settings.storage, settings.study_name) >= settings.trials:
         # Nothing to run: no data to load, no worker to start.
         study = load_study(settings.study_name, settings.storage)
@@ -89,13 +91,21 @@ def run_study(
         import torch
 
         torch.set_num_threads(settings.threads)
-    checkpoints = (
-        CheckpointStore(settings.checkpoint_dir, settings.study_name)
-        if settings.checkpoint_dir
-        else None
-    )
+    checkpoints = CheckpointStore(artifacts, settings.study_name) if artifacts else None
     objective = Objective(config, splits, device, seed=settings.seed, checkpoints=checkpoints)
     return study, run_trials(study, objective, settings, on_progress)
+
+
+def create_study(config: StudyConfig, settings: Settings) -> optuna.Study:
+    """Create ``config``'s study in ``settings.storage`` without running a trial (a cluster's
+    set-up step, before its workers start); an existing study of the same problem is kept."""
+    sampler = create_sampler(config, settings)
+    pruner = create_pruner(config, settings)
+    storage = open_storage(settings.storage)
+    return with_db_retries(
+        lambda: open_study(storage, config, settings.study_name, sampler, pruner),
+        "creating the study",
+    )
 
 
 def run_trials(

@@ -29,7 +29,7 @@ ENVIRONMENT = {
     "device": "HPSEARCH_DEVICE",
     "data_dir": "HPSEARCH_DATA_DIR",
     "workers": "HPSEARCH_WORKERS",
-    "checkpoint_dir": "HPSEARCH_CHECKPOINT_DIR",
+    "artifacts": "HPSEARCH_ARTIFACTS",
 }
 
 
@@ -49,7 +49,9 @@ class Settings:
     timeout: float | None = None
     threads: int | None = None  # None: cores / workers
     workers: int | None = None  # None: one per CPU core, or per GPU memory (workers.auto_workers)
-    checkpoint_dir: str = "hpsearch-checkpoints"  # "" turns checkpoints off
+    # The artifact store of checkpoints and finalized models: a folder or s3://bucket/prefix;
+    # "" turns checkpoints off (and finalize then writes --out only).
+    artifacts: str = "hpsearch-artifacts"
     heartbeat_interval: int = 10
     # finalize
     top_k: int = 3
@@ -67,7 +69,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, variable in ENVIRONMENT.items():
         text = environ.get(variable)
-        if text is None or (text == "" and name != "checkpoint_dir"):
+        if text is None or (text == "" and name != "artifacts"):
             continue
         if name in _INTEGERS:
             try:

@@ -36,7 +36,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, Unavailable
 from hpsearch.optuna_internals import rdb_of, state_counts, storage_of, study_id
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,33 @@ CONNECT_TIMEOUT_S = 10
 # long a running one keeps retrying one database call.
 STARTUP_RETRY_S = 30.0
 DB_RETRY_SECONDS = 120.0
+# Across machines a link can die without a reset. TCP keepalives on both ends (the server's
+# set per session through libpq's "options") make each side drop a silent peer in about 25 s,
+# and an idle transaction ends after 60 s: a cut-off worker's connection then fails and is
+# retried, and the server releases the study lock and row locks it held. Without them a
+# partitioned lock holder blocks every other worker for the OS default of two hours.
+POSTGRES_TCP = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: unacknowledged writes give up after 30 s
+    "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+    "-c tcp_keepalives_count=3 -c idle_in_transaction_session_timeout=60s",
+}
+
+
+# What a database server says when it refuses a connection for good (PostgreSQL, MySQL).
+REFUSED = ("authentication failed", "does not exist", "no pg_hba.conf entry", "Access denied")
+
+
+def connect_args(url: URL) -> dict[str, object]:
+    """The driver's connection options: a connect timeout, and on PostgreSQL the keepalives
+    above."""
+    args: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if url.get_backend_name() == "postgresql":
+        args.update(POSTGRES_TCP)
+    return args
 
 
 def redact(url: str) -> str:
@@ -142,7 +169,7 @@ def open_storage(
             "pool_size": 1,
             "max_overflow": 1,
             "pool_recycle": 300,
-            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+            "connect_args": connect_args(parsed),
         }
         _check_reachable(parsed)
     if not create and not _has_optuna_tables(parsed):
@@ -218,14 +245,18 @@ def _has_optuna_tables(parsed: URL) -> bool:
 def _check_reachable(parsed: URL) -> None:
     """Connect once before Optuna creates tables, so failures give one clear line."""
     engine = sqlalchemy.create_engine(
-        parsed, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}, poolclass=sqlalchemy.NullPool
+        parsed, connect_args=connect_args(parsed), poolclass=sqlalchemy.NullPool
     )
     try:
         with engine.connect():
             pass
     except SQLAlchemyError as error:
         reason = _scrub(str(getattr(error, "orig", error)), parsed)
-        raise HpsearchError(
+        # Refused credentials or a missing database are bad input; anything else (no
+        # answer, a server starting up or full) may pass.
+        refused = any(sign in reason for sign in REFUSED)
+        kind = HpsearchError if refused else Unavailable
+        raise kind(
             f"cannot reach database {parsed.render_as_string(hide_password=True)}: {reason}"
         ) from None
     except ImportError as error:
@@ -330,7 +361,7 @@ class StudyLock:
         # the claim fails with a transient error and is retried on a new one.
         if self._engine is None:
             self._engine = sqlalchemy.create_engine(
-                self.url, pool_size=1, max_overflow=0, connect_args={"connect_timeout": 10}
+                self.url, pool_size=1, max_overflow=0, connect_args=connect_args(self.url)
             )
         params: dict[str, Any]
         if backend == "postgresql":

@@ -90,7 +90,7 @@ def _worker_main(source: str, settings: Settings, index: int) -> None:
         run_study(load_study_file(source), settings)
     except HpsearchError as error:
         logger.error("%s", error)
-        raise SystemExit(2) from None
+        raise SystemExit(error.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

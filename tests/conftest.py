@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import Bucket
 
 # What the user reads must read right on an 80-column terminal: the tests print at that width.
 os.environ["COLUMNS"] = "80"
@@ -94,13 +97,13 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(autouse=True)
 def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Default files (hpsearch.db, hpsearch-checkpoints/) land in the test's own folder.
+    # Default files (hpsearch.db, hpsearch-artifacts/) land in the test's own folder.
     monkeypatch.chdir(tmp_path)
     for name in (
         "HPSEARCH_STORAGE",
         "HPSEARCH_DATA_DIR",
         "HPSEARCH_DEVICE",
-        "HPSEARCH_CHECKPOINT_DIR",
+        "HPSEARCH_ARTIFACTS",
         "HPSEARCH_DB_PASSWORD",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -124,3 +127,24 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on loopback, shared by the session's tests (each makes its bucket)."""
+    from tests.servers import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """An empty bucket on the test S3 server, with its endpoint and keys in the environment
+    (as a worker's would be)."""
+    from tests.servers import S3_CREDENTIALS, new_bucket
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return new_bucket(s3_endpoint)

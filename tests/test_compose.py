@@ -58,8 +58,28 @@ def test_worker_runs_hpsearch_against_postgres() -> None:
     assert storage.username == ENV["POSTGRES_USER"] and storage.database == ENV["POSTGRES_DB"]
     assert storage.password is None  # the password comes from HPSEARCH_DB_PASSWORD
     assert "POSTGRES_PASSWORD" in worker["environment"]["HPSEARCH_DB_PASSWORD"]
-    checkpoint_dir = command[command.index("--checkpoint-dir") + 1]
-    assert any(v.endswith(":" + checkpoint_dir) for v in worker["volumes"])
+
+
+def test_workers_and_dashboard_share_the_artifact_volume() -> None:
+    """Checkpoints written by one worker are there for a retry in another container, and
+    finalized models for the dashboard; the Dockerfile makes the folder the user's."""
+    services = COMPOSE["services"]
+    folder = interpolate(services["worker"]["environment"]["HPSEARCH_ARTIFACTS"])
+    assert folder.startswith("/")
+    for name in ("worker", "dashboard"):
+        environment = services[name]["environment"]
+        assert environment["HPSEARCH_ARTIFACTS"] == "${HPSEARCH_ARTIFACTS:-" + folder + "}"
+        assert f"artifacts:{folder}" in services[name]["volumes"], name
+    assert "artifacts" in COMPOSE["volumes"]  # a named volume, not a host folder
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(rf"mkdir {folder} && chown hpsearch:hpsearch {folder}", dockerfile)
+
+
+def test_no_default_password() -> None:
+    assert ENV["POSTGRES_PASSWORD"] == ""  # compose refuses to start until .env sets one
+    for name in ("worker", "dashboard"):
+        password = COMPOSE["services"][name]["environment"]["HPSEARCH_DB_PASSWORD"]
+        assert password.startswith("${POSTGRES_PASSWORD:?"), name
 
 
 def test_dashboard_on_same_database_loopback_only() -> None:
@@ -81,9 +101,9 @@ def test_dockerfile_installs_the_package_with_hpsearch_entrypoint() -> None:
     for copied in ("pyproject.toml", "hpsearch", "studies"):
         assert re.search(rf"^COPY .*\b{copied}\b", dockerfile, re.M), copied
         assert (REPO / copied).exists()
-    assert re.search(r"^RUN pip install \.", dockerfile, re.M)
+    assert re.search(r"^RUN pip install '\.\[s3\]'", dockerfile, re.M)  # boto3 for s3://
     assert 'ENTRYPOINT ["hpsearch"]' in dockerfile
-    assert "/checkpoints" in dockerfile
+    assert re.search(r"^USER \d+:\d+$", dockerfile, re.M)  # not root
 
 
 def test_compose_config_validates(tmp_path: Path) -> None:
@@ -94,10 +114,14 @@ def test_compose_config_validates(tmp_path: Path) -> None:
         pytest.skip("docker-compose is not installed")
     for name in ("docker-compose.yml", "Dockerfile"):
         shutil.copy(REPO / name, tmp_path / name)
-    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    env = (REPO / ".env.example").read_text()  # as a user would: with a password set
+    (tmp_path / ".env").write_text(env.replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=x\n"))
     result = subprocess.run(
         [binary, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)
     assert set(rendered["services"]) == {"postgres", "worker", "dashboard"}
+    worker = rendered["services"]["worker"]
+    assert worker["environment"]["HPSEARCH_ARTIFACTS"] == "/artifacts"
+    assert worker["command"] == ["run", "usps", "--trials", "200"]

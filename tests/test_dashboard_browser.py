@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_HOUSE
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow  # real training runs: seconds each
 
@@ -46,12 +47,6 @@ def _need_browser() -> None:
         pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _outward_address() -> str | None:
     """This machine's non-loopback IPv4 address, if it has one (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -74,7 +69,7 @@ def _reachable(host: str, port: int) -> bool:
 def _start_dashboard(folder: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
     exe = shutil.which("hpsearch")
     assert exe is not None
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [exe, "dashboard", "--port", str(port), *args],
         cwd=folder,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_HOUSE
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,15 +47,9 @@ def test_house_prices_end_to_end(problem: str, tmp_path: Path) -> None:
     assert best["metrics"]["val_rmse"] < 80_000  # dollars; a constant guess is about 78k
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_dashboard_serves_the_study(tiny_house_file: Path, tmp_path: Path) -> None:
     assert hpsearch("run", str(tiny_house_file), "--trials", "2", cwd=tmp_path).returncode == 0
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("hpsearch")
     assert exe is not None
     server = subprocess.Popen(

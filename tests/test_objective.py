@@ -83,10 +83,11 @@ def test_pruner_stops_bad_trial(tiny_usps_file: Path) -> None:
 
 def _checkpointing_objective(study_file: Path, folder: Path) -> tuple[Objective, Any]:
     """An Objective on the tiny USPS study that checkpoints into ``folder``."""
+    from hpsearch.artifacts import FolderArtifactStore
     from hpsearch.checkpoints import CheckpointStore
 
     config = load_study_file(study_file)
-    store = CheckpointStore(folder, "tiny")
+    store = CheckpointStore(FolderArtifactStore(folder), "tiny")
     data = config.problem.load_data(**config.data)
     return Objective(config, data, torch.device("cpu"), seed=0, checkpoints=store), store
 
@@ -104,7 +105,7 @@ def test_checkpoint_kept_when_database_is_lost(tiny_usps_file: Path, tmp_path: P
     trial = LosesDatabase({"n_conv_layers": 1, "lr": 0.005, "loss": "mse"}, number=4)
     with pytest.raises(OperationalError):
         objective(trial)
-    saved = torch.load(store.path(4), weights_only=True)
+    saved = torch.load(tmp_path / store.key(4), weights_only=True)
     assert saved["epoch"] == 1  # the retry resumes after epoch 1
     assert '"lr": 0.005' in saved["tag"]
 
@@ -115,7 +116,7 @@ def test_checkpoint_kept_when_database_is_lost(tiny_usps_file: Path, tmp_path: P
 
     with pytest.raises(ValueError):
         objective(Broken({"n_conv_layers": 1, "lr": 0.005, "loss": "mse"}, number=4))
-    assert not store.path(4).exists()
+    assert not (tmp_path / store.key(4)).exists()
 
 
 def test_checkpoints_resume_only_their_own_retry(tiny_usps_file: Path, tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ def test_checkpoints_resume_only_their_own_retry(tiny_usps_file: Path, tmp_path:
     params = {"n_conv_layers": 2, "lr": 0.005, "loss": "mse"}
     with pytest.raises(KeyboardInterrupt):
         objective(Dies(params, number=7))
-    assert store.path(7).exists()
+    assert (tmp_path / store.key(7)).exists()
 
     class Retry(optuna.trial.FixedTrial):
         def __init__(self, params: dict, number: int, retry_of: int | None) -> None:

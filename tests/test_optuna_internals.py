@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from hpsearch import optuna_internals as internals
 from hpsearch.storage import open_storage
-from tests.pg import fresh_database
+from tests.servers import fresh_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

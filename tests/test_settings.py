@@ -15,21 +15,18 @@ def test_precedence_defaults_study_file_environment_flags(tmp_path: Path) -> Non
     study = load_study_file(USPS)
     # Built-in defaults, then the study file.
     settings = resolve_settings(study, environ={})
-    assert (settings.storage, settings.checkpoint_dir) == (
-        DEFAULTS.storage,
-        DEFAULTS.checkpoint_dir,
-    )
+    assert (settings.storage, settings.artifacts) == (DEFAULTS.storage, DEFAULTS.artifacts)
     assert (settings.sampler, settings.trials, settings.study_name) == ("tpe", 30, "usps")
     # The environment over the study file and the defaults.
     environ = {
         "HPSEARCH_STORAGE": "sqlite:///env.db",
         "HPSEARCH_WORKERS": "3",
         "HPSEARCH_DATA_DIR": str(tmp_path),
-        "HPSEARCH_CHECKPOINT_DIR": "",  # turns checkpoints off
+        "HPSEARCH_ARTIFACTS": "",  # turns checkpoints off
     }
     settings = resolve_settings(study, environ=environ)
     assert (settings.storage, settings.workers) == ("sqlite:///env.db", 3)
-    assert (settings.data_dir, settings.checkpoint_dir) == (str(tmp_path), "")
+    assert (settings.data_dir, settings.artifacts) == (str(tmp_path), "")
     # Flags over everything; None means "not given".
     settings = resolve_settings(
         study, environ=environ, storage="sqlite:///flag.db", workers=None, sampler="random"

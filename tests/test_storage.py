@@ -5,6 +5,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 from hpsearch import storage
 from hpsearch.errors import HpsearchError
@@ -75,6 +76,15 @@ def test_postgres_roundtrip(postgres_url: str) -> None:
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
     assert len(optuna.load_study(study_name=name, storage=store).trials) == 3
     optuna.delete_study(study_name=name, storage=store)
+    # Both ends drop a silent peer (a worker cut off from another machine): see POSTGRES_TCP.
+    with store.engine.connect() as connection:
+        expected = {
+            "tcp_keepalives_idle": "10",
+            "tcp_keepalives_count": "3",
+            "idle_in_transaction_session_timeout": "1min",
+        }
+        show = {n: connection.execute(sqlalchemy.text(f"SHOW {n}")).scalar() for n in expected}
+        assert show == expected
 
 
 @pytest.mark.postgres
@@ -87,6 +97,7 @@ def test_unreachable_database_fails_fast_without_password() -> None:
     with pytest.raises(HpsearchError, match="cannot reach database") as caught:
         storage.open_storage(url)
     assert "pa$$word" not in str(caught.value) and "pa%24%24word" not in str(caught.value)
+    assert caught.value.exit_code == 75  # nothing answered: may pass
 
 
 @pytest.mark.postgres
@@ -96,6 +107,7 @@ def test_wrong_password_message_hides_it(postgres_url: str) -> None:
     with pytest.raises(HpsearchError, match="cannot reach database") as caught:
         storage.open_storage(url)
     assert "hunter2" not in str(caught.value)
+    assert caught.value.exit_code == 2  # the server refused: bad input
 
 
 def test_count_finished_reads_without_creating(sqlite_url: str, tmp_path: Path) -> None:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import ast
 import math
-import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +26,9 @@ from hpsearch.errors import HpsearchError
 from hpsearch.search import run_trials
 from hpsearch.settings import Settings
 from hpsearch.storage import open_storage
+from tests import servers
 from tests.cheap_worker import spawn
-from tests.pg import fresh_database
+from tests.servers import fresh_database
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -248,35 +245,11 @@ def test_workers_survive_dropped_connections(postgres_url: str) -> None:
         check_exact(url, "drops", 30)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def own_postgres() -> Iterator[tuple[str, list[str]]]:
-    """A PostgreSQL server of this test's own (initdb, pg_ctl run as the postgres user, as
-    they refuse root): its URL, and the pg_ctl command to stop or start it."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        message = "initdb and pg_ctl (PostgreSQL's server programs) are not on PATH"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    folder = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
-    shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_postgres, "initdb", "-A", "trust", "-D", str(data)], check=True,
-                   capture_output=True)  # fmt: skip
-    ctl = [*as_postgres, "pg_ctl", "-D", str(data), "-w", "-l", str(folder / "log"),
-           "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"]  # fmt: skip
-    subprocess.run([*ctl, "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", ctl
-    finally:
-        subprocess.run([*ctl, "stop", "-m", "immediate"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    """A PostgreSQL server of this test's own: its URL, and the pg_ctl command."""
+    with servers.own_postgres() as server:
+        yield server
 
 
 @pytest.mark.postgres
