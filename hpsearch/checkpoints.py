@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import torch
 
-from hpsearch.artifacts import ArtifactNotFound, ArtifactStore
+from hpsearch.artifacts import ArtifactNotFound, ArtifactStore, read_artifact, store_errors
 from hpsearch.training import TrainState
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class CheckpointStore:
         buffer.seek(0)
         try:
             self.store.write(self.key(series), buffer)
-        except Exception as error:  # a full disk, an unreachable S3 endpoint
+        except store_errors() as error:  # a full disk, an unreachable S3 endpoint
             logger.warning("could not save checkpoint %s: %s", self.key(series), error)
 
     def load(self, series: int, tag: str = "") -> TrainState | None:
@@ -49,18 +49,17 @@ class CheckpointStore:
         another study of the same name (another database) is ignored, not resumed."""
         key = self.key(series)
         try:
-            with self.store.open_reader(key) as reader:
-                data = reader.read()
+            data = read_artifact(self.store, key)
         except ArtifactNotFound:
             return None
-        except Exception as error:
+        except store_errors() as error:
             logger.warning("could not read checkpoint %s: %s", key, error)
             return None
         try:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             found = payload.pop("tag", "")
             state = TrainState(**payload)
-        except Exception as error:
+        except Exception as error:  # torch.load's errors on a damaged file have many types
             logger.warning("ignoring unreadable checkpoint %s: %s", key, error)
             return None
         if found != tag:
@@ -73,5 +72,5 @@ class CheckpointStore:
             self.store.remove(self.key(series))
         except ArtifactNotFound:
             pass
-        except Exception as error:
+        except store_errors() as error:
             logger.warning("could not remove checkpoint %s: %s", self.key(series), error)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hpsearch.errors import HpsearchError, Unavailable
+from hpsearch.errors import HpsearchError
 from hpsearch.settings import DEFAULTS, ENVIRONMENT
 
 app = typer.Typer(
@@ -85,13 +85,13 @@ def one_line_errors(interrupted: str) -> Callable[[F], F]:
                 raise typer.Exit(130) from None
             except Exception as error:
                 # The database lost for longer than the retries cover: one line, exit 75.
-                from hpsearch.storage import is_transient_db_error
+                from hpsearch.storage import database_lost
 
-                if not is_transient_db_error(error):
+                lost = database_lost(error)
+                if lost is None:
                     raise
-                reason = escape(str(error).splitlines()[0])
-                err_console.print(f"[red]error:[/red] lost the database: {reason}")
-                raise typer.Exit(Unavailable.exit_code) from None
+                err_console.print(f"[red]error:[/red] {escape(str(lost))}")
+                raise typer.Exit(lost.exit_code) from None
 
         return wrapper  # type: ignore[return-value]
 
@@ -288,7 +288,12 @@ def trials(
 @app.command()
 @one_line_errors("interrupted; nothing was saved (finalize starts over when run again)")
 def finalize(
-    study_name: StudyArgument,
+    study_name: Annotated[
+        str,
+        typer.Argument(
+            metavar="STUDY", help="Study name, or the .toml study file it was run from."
+        ),
+    ],
     storage: StorageOption = None,
     top_k: Annotated[
         int | None,
@@ -337,6 +342,10 @@ def finalize(
         device=device,
         data_dir=str(data_dir) if data_dir else None,
     )
+    if study_name.endswith(".toml"):  # a cluster's settings name the study by its file
+        from hpsearch.study_file import find_study_file, load_study_file
+
+        study_name = load_study_file(find_study_file(study_name)).name
     err_console.print(f"finalizing {study_name}: top {settings.top_k} x {settings.seeds} seeds")
     result = finalize_study(
         study_name, settings, on_candidate=lambda c: err_console.print(candidate_line(c))

@@ -12,6 +12,11 @@ class HpsearchError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
 
 class Unavailable(HpsearchError):
     """A service hpsearch needs (the database, the S3 endpoint) cannot be reached: worth

@@ -14,12 +14,11 @@ import io
 import json
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import torch
@@ -32,9 +31,6 @@ from hpsearch.models import Ensemble
 from hpsearch.problems import Problem, get_problem
 from hpsearch.settings import Settings
 from hpsearch.training import NonFiniteLossError, resolve_device
-
-if TYPE_CHECKING:
-    from hpsearch.artifacts import ArtifactStore
 
 MODEL_FILE = "model.pt"
 ENSEMBLE_FILE = "ensemble.pt"
@@ -89,7 +85,9 @@ class FinalResult:
     # metrics; None for problems without a calibration.
     calibration: dict[str, Any] | None = None
     out: str | None = None  # where model.pt and finalize.json were saved
-    # Artifact ids in the artifact store (file name -> id), also listed by the dashboard.
+    # The artifact store the files were uploaded to, and their ids there (file name -> id),
+    # which the dashboard lists too.
+    artifact_store: str | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -108,6 +106,7 @@ class FinalResult:
             "train_rows": self.train_rows,
             "test_rows": self.test_rows,
             "out": self.out,
+            "artifact_store": self.artifact_store,
             "artifacts": self.artifacts,
         }
 
@@ -184,7 +183,7 @@ def finalize_study(
         HpsearchError: no such study, a study not made by ``hpsearch run``, or no complete
             trial.
     """
-    from hpsearch.artifacts import open_artifact_store
+    from hpsearch.artifacts import open_artifact_store, upload_files
     from hpsearch.storage import load_study
 
     study = load_study(study_name, settings.storage)
@@ -194,18 +193,26 @@ def finalize_study(
     artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
     problem = get_problem(attrs["problem"])
     splits = problem.load_data(settings.data_dir, **attrs["data"])
-    return finalize(
+    out = Path(settings.out or f"final-{study_name}")
+    result = finalize(
         study,
         problem,
         splits.to(resolve_device(settings.device)),
         str(attrs["metric"]),
         top_k=settings.top_k,
         seeds=settings.seeds,
-        out=Path(settings.out or f"final-{study_name}"),
-        artifacts=artifacts,
+        out=out,
         ensemble=settings.ensemble,
         on_candidate=on_candidate,
     )
+    if artifacts is not None:
+        names = (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE)
+        result.artifacts = upload_files(
+            study, artifacts, [out / n for n in names if (out / n).exists()]
+        )
+        result.artifact_store = settings.artifacts
+        study.set_user_attr("finalize", result.summary())  # now with the files' ids
+    return result
 
 
 def finalize(
@@ -217,16 +224,13 @@ def finalize(
     top_k: int = 3,
     seeds: int = 3,
     out: Path | None = None,
-    artifacts: ArtifactStore | None = None,
     with_baseline: bool = True,
     ensemble: bool = True,
     on_candidate: Callable[[Candidate], None] | None = None,
 ) -> FinalResult:
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
     split, choose by validation mean -/+ std, retrain the choice on train + validation and
-    score it once on test. With ``out``, save the weights and ``finalize.json`` there; with
-    ``artifacts``, upload them to that store too, as the study's artifacts (Optuna's
-    ``upload_artifact``: the dashboard lists them).
+    score it once on test. With ``out``, save the weights and ``finalize.json`` there.
     ``with_baseline`` also fits the problem's classic baseline on the same rows. ``ensemble``
     also retrains every finite candidate with every seed on train + validation and scores
     the combination of their predictions once on test. The summary is stored on the study
@@ -311,14 +315,10 @@ def finalize(
         }
     if with_baseline and problem.baseline is not None:
         result.baseline = problem.baseline(splits)
-    if out is not None or artifacts is not None:
+    if out is not None:
         saved = [(c.params, member) for c, _, member in members] if ensemble else []
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = out or Path(scratch)
-            save(result, model, folder, saved)
-            result.out = str(out) if out else None
-            if artifacts is not None:
-                result.artifacts = upload(study, artifacts, folder)
+        save(result, model, out, saved)
+        result.out = str(out)
     record_on_study(study, result)
     return result
 
@@ -356,23 +356,6 @@ def save(
         raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
 
 
-def upload(study: optuna.Study, store: ArtifactStore, folder: Path) -> dict[str, str]:
-    """Upload ``folder``'s finalized files to ``store`` as ``study``'s artifacts; their ids."""
-    from optuna.artifacts import upload_artifact
-
-    ids = {}
-    for name in (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE):
-        if (folder / name).exists():
-            try:
-                ids[name] = upload_artifact(
-                    artifact_store=store, file_path=str(folder / name), study_or_trial=study
-                )
-            except Exception as error:  # an unreachable endpoint, a full disk
-                message = f"cannot upload {name} to the artifact store: {error}"
-                raise HpsearchError(message) from None
-    return ids
-
-
 def load_model(
     folder: str | Path | None = None,
     *,
@@ -385,8 +368,8 @@ def load_model(
     ``finalize.json`` (configuration, metrics, target scale, data checksums).
 
     Reads ``folder`` (``finalize --out``), or, given ``study`` instead, the files that
-    finalize uploaded to the artifact store (``storage`` and ``artifacts`` default to the
-    settings: ``$HPSEARCH_STORAGE``, ``$HPSEARCH_ARTIFACTS``). ``ensemble`` rebuilds the
+    finalize uploaded to its artifact store (``storage`` defaults to the settings'
+    ``$HPSEARCH_STORAGE``, ``artifacts`` to the store finalize used). ``ensemble`` rebuilds the
     combined ensemble instead of the single model. Regression outputs are normalized
     targets: ``record["target"]`` turns them into prices.
 
@@ -437,26 +420,32 @@ def _store_reader(
     study_name: str, storage: str | None, artifacts: str | None
 ) -> Callable[[str], bytes | None]:
     """Reads the files that ``finalize`` uploaded for ``study_name`` (ids on the study)."""
-    from hpsearch.artifacts import open_artifact_store
+    from hpsearch.artifacts import (
+        ArtifactNotFound,
+        open_artifact_store,
+        read_artifact,
+        store_errors,
+    )
     from hpsearch.settings import resolve_settings
     from hpsearch.storage import load_study
 
-    settings = resolve_settings(storage=storage, artifacts=artifacts)
-    summary = load_study(study_name, settings.storage).user_attrs.get("finalize") or {}
+    url = resolve_settings(storage=storage).storage
+    summary = load_study(study_name, url).user_attrs.get("finalize") or {}
     ids: dict[str, str] = summary.get("artifacts") or {}
-    if not ids or not settings.artifacts:
+    where = artifacts or summary.get("artifact_store")
+    if not ids or not where:
         raise HpsearchError(f"study {study_name!r} was not finalized into an artifact store")
-    store = open_artifact_store(settings.artifacts)
+    store = open_artifact_store(where)
+    failures: tuple[type[Exception], ...] = (ArtifactNotFound, *store_errors())
 
     def read(name: str) -> bytes | None:
         if name not in ids:
             return None
         try:
-            with store.open_reader(ids[name]) as reader:
-                return reader.read()
-        except Exception as error:
+            return read_artifact(store, ids[name])
+        except failures as error:
             raise HpsearchError(
-                f"cannot read {name} of study {study_name!r} from {settings.artifacts}: {error}"
+                f"cannot read {name} of study {study_name!r} from {where}: {error}"
             ) from None
 
     return read

@@ -57,6 +57,8 @@ DB_RETRY_SECONDS = 120.0
 # and an idle transaction ends after 60 s: a cut-off worker's connection then fails and is
 # retried, and the server releases the study lock and row locks it held. Without them a
 # partitioned lock holder blocks every other worker for the OS default of two hours.
+# The URL's own parameters win (its `options` replaces these). A pooler that refuses the
+# `options` startup parameter (PgBouncer) lists it in its ignore_startup_parameters.
 POSTGRES_TCP = {
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -64,12 +66,19 @@ POSTGRES_TCP = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,  # ms: unacknowledged writes give up after 30 s
     "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
-    "-c tcp_keepalives_count=3 -c idle_in_transaction_session_timeout=60s",
+    "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000 "
+    "-c idle_in_transaction_session_timeout=60s",
 }
 
 
 # What a database server says when it refuses a connection for good (PostgreSQL, MySQL).
-REFUSED = ("authentication failed", "does not exist", "no pg_hba.conf entry", "Access denied")
+REFUSED = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "Access denied",
+    "unsupported startup parameter",
+)
 
 
 def connect_args(url: URL) -> dict[str, object]:
@@ -78,7 +87,8 @@ def connect_args(url: URL) -> dict[str, object]:
     args: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
     if url.get_backend_name() == "postgresql":
         args.update(POSTGRES_TCP)
-    return args
+    # SQLAlchemy lets these override the URL's query: keep what the user wrote.
+    return {name: value for name, value in args.items() if name not in url.query}
 
 
 def redact(url: str) -> str:
@@ -255,6 +265,8 @@ def _check_reachable(parsed: URL) -> None:
         # Refused credentials or a missing database are bad input; anything else (no
         # answer, a server starting up or full) may pass.
         refused = any(sign in reason for sign in REFUSED)
+        if "unsupported startup parameter" in reason:
+            reason += " (a connection pooler: let it ignore 'options'; docs/workers.md)"
         kind = HpsearchError if refused else Unavailable
         raise kind(
             f"cannot reach database {parsed.render_as_string(hide_password=True)}: {reason}"
@@ -281,6 +293,18 @@ def is_transient_db_error(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def database_lost(error: BaseException) -> Unavailable | None:
+    """``error`` as one line (exit code 75) if it is a database error that outlasted its
+    retries, else None. The innermost cause says what happened."""
+    if not is_transient_db_error(error):
+        return None
+    root = error
+    while root.__cause__ or root.__context__:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    reason = str(root).splitlines()[0] if str(root) else type(root).__name__
+    return Unavailable(f"lost the database: {reason}")
 
 
 def is_schema_race(error: BaseException) -> bool:

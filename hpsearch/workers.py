@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from hpsearch.coordination import signals_interrupt
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, Unavailable
 from hpsearch.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ def default_workers(settings: Settings) -> int:
 def _worker_main(source: str, settings: Settings, index: int) -> None:
     """One local worker process: load the study file again and run trials."""
     from hpsearch.search import run_study
+    from hpsearch.storage import database_lost
     from hpsearch.study_file import load_study_file
 
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(message)s")
@@ -93,6 +94,12 @@ def _worker_main(source: str, settings: Settings, index: int) -> None:
         raise SystemExit(error.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as error:
+        lost = database_lost(error)
+        if lost is None:
+            raise
+        logger.error("%s", lost)
+        raise SystemExit(lost.exit_code) from None
 
 
 def worker_devices(device: str, workers: int) -> list[str]:
@@ -163,5 +170,15 @@ def run_local_workers(
     state = report()
     codes = [p.exitcode for p in processes]
     if any(code != 0 for code in codes):
-        raise HpsearchError(f"worker exit codes {codes}; see the messages above")
+        raise workers_failed(codes)
     return state
+
+
+def workers_failed(codes: list[int | None]) -> HpsearchError:
+    """The error of a run whose workers exited with ``codes``: their own exit code when the
+    failed ones agree on an hpsearch error (2 bad input, 75 try again later), else 1 (a
+    crash)."""
+    failed = {code for code in codes if code != 0}
+    agreed = failed.pop() if len(failed) == 1 else None
+    code = agreed if agreed in (HpsearchError.exit_code, Unavailable.exit_code) else 1
+    return HpsearchError(f"worker exit codes {codes}; see the messages above", exit_code=code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from optuna.artifacts import get_all_artifact_meta
 from typer.testing import CliRunner
 
-from hpsearch.artifacts import FolderArtifactStore, open_artifact_store
+from hpsearch.artifacts import open_artifact_store
 from hpsearch.checkpoints import CheckpointStore
 from hpsearch.cli import app
 from hpsearch.errors import HpsearchError
@@ -48,6 +49,9 @@ def test_folder_store_writes_atomically_and_leaves_no_empty_folders(tmp_path: Pa
     store.save(3, _state(4), tag="a")  # replaces the last
     files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert files == [Path("art/checkpoints/my_study_1/trial-3.pt")]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / files[0]).stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others
     loaded = store.load(3, tag="a")
     assert loaded is not None and loaded.epoch == 4
     assert store.load(3, tag="another trial") is None and store.load(9, tag="a") is None
@@ -128,12 +132,14 @@ def test_finalize_uploads_to_s3_and_load_model_reads_either(
     run = ["run", str(tiny_usps_file), "--trials", "2", "--storage", sqlite_url]
     assert runner.invoke(app, [*run, "--artifacts", url]).exit_code == 0
     assert s3_bucket.keys() == []  # finished trials leave no checkpoint behind
-    finalize = ["finalize", "tiny-usps", "--storage", sqlite_url, "--top-k", "1"]
+    # The study named by its file, as a cluster's settings do.
+    finalize = ["finalize", str(tiny_usps_file), "--storage", sqlite_url, "--top-k", "1"]
     result = runner.invoke(app, [*finalize, "--seeds", "2", "--artifacts", url])
     assert result.exit_code == 0, result.output
     assert f"artifact store {url}" in result.output
 
     study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
+    assert study.user_attrs["finalize"]["artifact_store"] == url
     ids = study.user_attrs["finalize"]["artifacts"]
     assert sorted(ids) == ["ensemble.pt", "finalize.json", "model.pt"]
     assert s3_bucket.keys() == sorted(f"models/{i}" for i in ids.values())
@@ -143,7 +149,8 @@ def test_finalize_uploads_to_s3_and_load_model_reads_either(
     config = load_study_file(tiny_usps_file)
     x = config.problem.load_data(None, **config.data).x_test[:50]
     local, record = load_model("final-tiny-usps")
-    remote, remote_record = load_model(study="tiny-usps", storage=sqlite_url, artifacts=url)
+    # The store finalize used is recorded on the study: no --artifacts needed to read it.
+    remote, remote_record = load_model(study="tiny-usps", storage=sqlite_url)
     assert remote_record == record
     assert torch.equal(local(x), remote(x))
     both, _ = load_model(study="tiny-usps", storage=sqlite_url, artifacts=url, ensemble=True)
@@ -161,10 +168,9 @@ def test_finalize_uploads_to_s3_and_load_model_reads_either(
 def test_load_model_of_a_study_not_finalized_into_a_store(
     tiny_usps_file: Path, sqlite_url: str
 ) -> None:
-    runner = CliRunner()
-    runner.invoke(app, ["create", str(tiny_usps_file), "--storage", sqlite_url])
+    result = CliRunner().invoke(app, ["create", str(tiny_usps_file), "--storage", sqlite_url])
+    assert result.exit_code == 0, result.output
     with pytest.raises(HpsearchError, match="not finalized into an artifact store"):
         load_model(study="tiny-usps", storage=sqlite_url, artifacts="art")
     with pytest.raises(TypeError):
         load_model()
-    assert isinstance(open_artifact_store("art"), FolderArtifactStore)

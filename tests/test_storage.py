@@ -134,3 +134,12 @@ def test_readers_create_no_tables(tmp_path: Path) -> None:
         storage.open_storage(f"sqlite:///{path}", create=False)
     with sqlite3.connect(path) as connection:
         assert "studies" not in str(connection.execute("SELECT name FROM sqlite_master").fetchall())
+
+
+def test_the_urls_own_parameters_win_over_the_keepalives() -> None:
+    url = storage.parse_url("postgresql://u@h/db?options=-c%20work_mem%3D8MB&keepalives_idle=30")
+    args = storage.connect_args(url)
+    assert "options" not in args and "keepalives_idle" not in args  # the URL's are used
+    assert args["keepalives"] == 1 and args["tcp_user_timeout"] == 30_000
+    default = storage.connect_args(storage.parse_url("postgresql://u@h/db"))
+    assert "-c tcp_keepalives_idle=10" in str(default["options"])

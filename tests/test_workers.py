@@ -249,3 +249,38 @@ def test_signal_to_local_workers_group_leaves_nothing_running(tmp_path: Path, si
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states
     assert states.count(TrialState.FAIL) == states.count(TrialState.WAITING) >= 1
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ([0, 75, 75], 75),  # the database went away: try again later
+        ([2, 2], 2),  # bad input, found by every worker
+        ([0, 1], 1),  # a crash (a traceback above)
+        ([75, 2], 1),  # no one reason
+        ([-9, 0], 1),  # killed
+    ],
+)
+def test_local_workers_exit_code_is_their_reason(codes: list[int], expected: int) -> None:
+    from hpsearch.workers import workers_failed
+
+    assert workers_failed(codes).exit_code == expected  # type: ignore[arg-type]
+
+
+def test_worker_that_lost_the_database_exits_75_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hpsearch import search, workers
+    from hpsearch.settings import Settings
+    from hpsearch.study_file import find_study_file
+
+    def lose(*args: object) -> None:
+        cause = ConnectionRefusedError("server closed the connection unexpectedly")
+        raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, cause)
+
+    monkeypatch.setattr(search, "run_study", lose)
+    with pytest.raises(SystemExit) as caught:
+        workers._worker_main(str(find_study_file("usps")), Settings(), 0)
+    assert caught.value.code == 75
+    (line,) = caplog.messages
+    assert line.startswith("lost the database:") and "server closed the connection" in line
