@@ -11,6 +11,7 @@ seconds, not minutes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -62,7 +63,8 @@ class FolderArtifactStore(FileSystemArtifactStore):
         for attempt in range(3):
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                handle, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                prefix = path.name + "."  # remove() finds what a killed write left
+                handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
                 break
             except FileNotFoundError:  # another worker's remove() took the empty folder
                 if attempt == 2:
@@ -79,6 +81,8 @@ class FolderArtifactStore(FileSystemArtifactStore):
 
     def remove(self, artifact_id: str) -> None:
         path = self._path(artifact_id)
+        for leftover in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+            leftover.unlink(missing_ok=True)  # of a write killed halfway
         try:
             path.unlink()
         except FileNotFoundError:

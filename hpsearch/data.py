@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -133,13 +134,36 @@ def _usps_file(data_dir: Path, split: str) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """Where decoded data sets are kept between runs: ``$XDG_CACHE_HOME/hpsearch``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpsearch"
+
+
 @lru_cache(maxsize=4)
-def _read_usps(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_usps(path: str, checksum: str) -> tuple[np.ndarray, np.ndarray]:
+    """One USPS file's images and labels. Decoding its bz2 text takes seconds, which every
+    worker process of every run would repeat, so the arrays are kept in ``cache_dir()``
+    under the file's (verified) md5."""
+    cached = cache_dir() / f"usps-{checksum}.npz"
+    try:
+        with np.load(cached) as saved:
+            return saved["images"], saved["labels"]
+    except (OSError, ValueError, KeyError):  # not there yet, or damaged: decode again
+        pass
     import torchvision
 
     folder, name = os.path.split(path)
     dataset = torchvision.datasets.USPS(folder, train=name == "usps.bz2")
-    return dataset.data, np.asarray(dataset.targets, dtype=np.int64)
+    images, labels = dataset.data, np.asarray(dataset.targets, dtype=np.int64)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+        with os.fdopen(handle, "wb") as tmp:
+            np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp_name, cached)  # whole or not at all: workers may read it at once
+    except OSError as error:  # a read-only home: decode every time
+        logger.debug("not caching %s: %s", cached, error)
+    return images, labels
 
 
 def load_usps(
@@ -158,7 +182,7 @@ def load_usps(
         path = _usps_file(folder, split)
         checksums[relative] = verify_checksum(path, relative)
         try:
-            arrays[split] = _read_usps(str(path))
+            arrays[split] = _read_usps(str(path), checksums[relative])
         except (OSError, ValueError, EOFError) as error:
             raise HpsearchError(f"cannot read USPS file {path}: {error}") from error
     images, labels = arrays["train"]

@@ -55,6 +55,8 @@ def test_folder_store_writes_atomically_and_leaves_no_empty_folders(tmp_path: Pa
     loaded = store.load(3, tag="a")
     assert loaded is not None and loaded.epoch == 4
     assert store.load(3, tag="another trial") is None and store.load(9, tag="a") is None
+    # A worker killed mid-write leaves its temporary file; the trial's end removes it too.
+    (tmp_path / "art/checkpoints/my_study_1/trial-3.pt.abc123.tmp").write_bytes(b"half")
     store.delete(3)
     store.delete(3)  # already gone: no error
     assert list(tmp_path.iterdir()) == []  # not even the store's empty folder

@@ -339,3 +339,35 @@ def test_house_features_match_the_hand_written_pipeline(name: str) -> None:
         assert np.allclose((x64**2).sum(axis=0), expected[f"{at}/sumsq"], **sums)
         y = getattr(splits, f"y_{split}").numpy()
         assert np.allclose(y, expected[f"{at}/y"], **tolerance)
+
+
+def test_decoded_usps_is_cached_by_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data._read_usps.cache_clear()
+    first = data.load_usps()
+    cached = sorted(p.name for p in (tmp_path / "hpsearch").iterdir())
+    assert len(cached) == 2 and all(n.startswith("usps-") and n.endswith(".npz") for n in cached)
+
+    # A new process (no in-memory copy) reads the cache and never decodes the files.
+    import torchvision
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded the bz2 file despite the cache")
+
+    data._read_usps.cache_clear()
+    monkeypatch.setattr(torchvision.datasets, "USPS", no_decoding)
+    again = data.load_usps()
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_test, again.y_test)
+
+    # A damaged cache file is decoded again and replaced.
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for path in (tmp_path / "hpsearch").iterdir():
+        path.write_bytes(b"not an npz")
+    data._read_usps.cache_clear()
+    rebuilt = data.load_usps()
+    assert torch.equal(first.x_val, rebuilt.x_val)
+    assert all(p.stat().st_size > 1000 for p in (tmp_path / "hpsearch").iterdir())
+    data._read_usps.cache_clear()

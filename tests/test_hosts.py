@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -64,12 +65,22 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
+def _free_subnet() -> int:
+    """A number N whose 10.213.N.0/24 no interface of this machine uses (another session's
+    test network, or one a killed session left behind)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    free = [n for n in range(20, 250) if f" 10.213.{n}." not in used]
+    if not free:
+        _unavailable("no free 10.213.N.0/24 subnet for the test network")
+    return random.choice(free)
+
+
 @pytest.fixture(scope="module")
 def network() -> Iterator[Network]:
     """A bridge with three namespaces on it, each with one veth link; removed afterwards."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         _unavailable("network namespaces need root and iproute2's ip")
-    tag = 20 + os.getpid() % 200  # distinct names and subnet per test session
+    tag = _free_subnet()  # names and subnet of this session's own
     net = f"10.213.{tag}"
     bridge = f"hps{tag}br"
     hosts = [
