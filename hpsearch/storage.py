@@ -277,21 +277,27 @@ def _check_reachable(parsed: URL) -> None:
         engine.dispose()
 
 
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what caused it, outermost first (Optuna and SQLAlchemy wrap errors)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def is_transient_db_error(error: BaseException) -> bool:
     """Dropped connections, restarts, timeouts: worth retrying. Optuna wraps them in its
     ``StorageInternalError``, so the whole cause chain is searched."""
-    seen: BaseException | None = error
-    while seen is not None:
+    psycopg = sys.modules.get("psycopg")  # not imported: not a psycopg error
+    for seen in _causes(error):
         if isinstance(seen, OperationalError | InterfaceError | PendingRollbackError):
             return True
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
-        psycopg = sys.modules.get("psycopg")  # not imported: not a psycopg error
         if psycopg is not None and isinstance(
             seen, psycopg.OperationalError | psycopg.InterfaceError
         ):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
 
 
@@ -300,9 +306,7 @@ def database_lost(error: BaseException) -> Unavailable | None:
     retries, else None. The innermost cause says what happened."""
     if not is_transient_db_error(error):
         return None
-    root = error
-    while root.__cause__ or root.__context__:
-        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    *_, root = _causes(error)
     reason = str(root).splitlines()[0] if str(root) else type(root).__name__
     return Unavailable(f"lost the database: {reason}")
 
@@ -310,12 +314,7 @@ def database_lost(error: BaseException) -> Unavailable | None:
 def is_schema_race(error: BaseException) -> bool:
     """Two processes creating the same tables at once (possible only if the lock guarding
     table creation was lost with a dropped connection)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, IntegrityError | ProgrammingError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(seen, IntegrityError | ProgrammingError) for seen in _causes(error))
 
 
 def with_db_retries(

@@ -9,6 +9,7 @@ Needs root and ``ip`` (iproute2): skipped without them, except under CI=true whe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -220,11 +221,31 @@ def sessions_from(server: str, address: str) -> bool | None:
 
 
 def stop_all(workers: dict[str, subprocess.Popen[str]]) -> None:
-    """After a failed check: leave no worker running (they outlive their namespace)."""
     for worker in workers.values():
         if worker.poll() is None:
             worker.kill()
             worker.communicate()
+
+
+@contextlib.contextmanager
+def study_on_every_host(
+    network: Network, servers: Servers, tmp_path: Path
+) -> Iterator[tuple[RDBStorage, dict[str, subprocess.Popen[str]], Bucket]]:
+    """The slow house study, a worker on every host, on a fresh database and bucket: the
+    database to poll, the workers by hostname, the bucket. A failed check kills every worker
+    (they would outlive their namespace)."""
+    study_file = _slow_house_study(tmp_path)
+    bucket = new_bucket(servers.s3)
+    with fresh_database(servers.postgres) as url:
+        db = RDBStorage(url)
+        workers = start_workers(network, study_file, url, bucket, servers.s3, tmp_path)
+        try:
+            yield db, workers, bucket
+        except BaseException:
+            stop_all(workers)
+            raise
+        finally:
+            db.engine.dispose()
 
 
 def check_totals(db: RDBStorage) -> list[FrozenTrial]:
@@ -240,28 +261,19 @@ def check_totals(db: RDBStorage) -> list[FrozenTrial]:
 def test_killed_worker_trial_resumes_on_another_host_from_the_store(
     network: Network, servers: Servers, tmp_path: Path
 ) -> None:
-    study_file = _slow_house_study(tmp_path)
-    bucket = new_bucket(servers.s3)
-    with fresh_database(servers.postgres) as url:
-        db = RDBStorage(url)
-        workers = start_workers(network, study_file, url, bucket, servers.s3, tmp_path)
-        try:
-            victim = wait_for(lambda: running_on(db, "host2", reports=2), "host2 mid-trial")
-            workers["host2"].kill()
-            killed_at = time.monotonic()
-            series = int(victim.user_attrs.get("retry_of", victim.number))
-            # The last checkpoint host2 wrote before it died, read from the store.
-            key = f"store/checkpoints/{STUDY}/trial-{series}.pt"
-            body = bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
-            epoch = torch.load(io.BytesIO(body), weights_only=True)["epoch"]
-            retry = wait_for(lambda: retry_of(db, series), "the retry's first report")
-            seconds_to_retry = time.monotonic() - killed_at
-            done = finish(workers)
-        except BaseException:
-            stop_all(workers)
-            raise
+    with study_on_every_host(network, servers, tmp_path) as (db, workers, bucket):
+        victim = wait_for(lambda: running_on(db, "host2", reports=2), "host2 mid-trial")
+        workers["host2"].kill()
+        killed_at = time.monotonic()
+        series = int(victim.user_attrs.get("retry_of", victim.number))
+        # The last checkpoint host2 wrote before it died, read from the store.
+        key = f"store/checkpoints/{STUDY}/trial-{series}.pt"
+        body = bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        epoch = torch.load(io.BytesIO(body), weights_only=True)["epoch"]
+        retry = wait_for(lambda: retry_of(db, series), "the retry's first report")
+        seconds_to_retry = time.monotonic() - killed_at
+        done = finish(workers)
         study = check_totals(db)
-        db.engine.dispose()
     for name in ("host1", "host3"):
         assert done[name][0] == 0, done[name][1]
     assert [t.state for t in study if t.number == victim.number] == [TrialState.FAIL]
@@ -282,37 +294,28 @@ def test_killed_worker_trial_resumes_on_another_host_from_the_store(
 def test_host_cut_off_mid_trial_is_retried_elsewhere_and_totals_hold(
     network: Network, servers: Servers, tmp_path: Path
 ) -> None:
-    study_file = _slow_house_study(tmp_path)
-    bucket = new_bucket(servers.s3)
     host3 = network.hosts[2]
-    with fresh_database(servers.postgres) as url:
-        db = RDBStorage(url)
-        workers = start_workers(network, study_file, url, bucket, servers.s3, tmp_path)
+    with study_on_every_host(network, servers, tmp_path) as (db, workers, _):
+        victim = wait_for(lambda: running_on(db, "host3", reports=1), "host3 mid-trial")
+        _ip("link", "set", host3.link, "down")
+        cut_at = time.monotonic()
+        series = int(victim.user_attrs.get("retry_of", victim.number))
         try:
-            victim = wait_for(lambda: running_on(db, "host3", reports=1), "host3 mid-trial")
-            _ip("link", "set", host3.link, "down")
-            cut_at = time.monotonic()
-            series = int(victim.user_attrs.get("retry_of", victim.number))
-            try:
-                # Host3 is silent: its trial goes stale and another host runs the retry.
-                retry = wait_for(lambda: retry_of(db, series), "the retry's first report")
-                seconds_to_retry = time.monotonic() - cut_at
-                # The server drops host3's silent connections by itself (storage.POSTGRES_TCP),
-                # so nothing a cut-off worker held (the study lock, a row lock) stays held.
-                wait_for(
-                    lambda: sessions_from(servers.postgres, host3.address),
-                    "the server to drop host3's connections",
-                    timeout=90,
-                )
-                seconds_to_drop = time.monotonic() - cut_at
-            finally:
-                _ip("link", "set", host3.link, "up")
-            done = finish(workers)
-        except BaseException:
-            stop_all(workers)
-            raise
+            # Host3 is silent: its trial goes stale and another host runs the retry.
+            retry = wait_for(lambda: retry_of(db, series), "the retry's first report")
+            seconds_to_retry = time.monotonic() - cut_at
+            # The server drops host3's silent connections by itself (storage.POSTGRES_TCP),
+            # so nothing a cut-off worker held (the study lock, a row lock) stays held.
+            wait_for(
+                lambda: sessions_from(servers.postgres, host3.address),
+                "the server to drop host3's connections",
+                timeout=90,
+            )
+            seconds_to_drop = time.monotonic() - cut_at
+        finally:
+            _ip("link", "set", host3.link, "up")
+        done = finish(workers)
         study = check_totals(db)
-        db.engine.dispose()
     for name in ("host1", "host2"):
         assert done[name][0] == 0, done[name][1]
     # The cut-off worker recovers (its late result dropped), or exits with one clear line.
