@@ -5,6 +5,7 @@
 #    `hpsearch finalize usps` on that study (test accuracy, single model and ensemble)
 # 2. gpu_packing: trials/min with 1, 2, 4, 8, 16 concurrent trials on the GPU
 # 3. epoch_speed on cuda (hpsearch loop vs plain loop vs DataLoader; FLOP/s vs matmul peak)
+# 4. groups: trials/min of one fixed shape in trial groups of 1, 4, 8, 16 (8 workers)
 # Each step's output goes to OUT_DIR (default: ./gpu-results: text files, finalize.json and
 # the study database) and to the terminal; checkpoints and models go to a scratch folder.
 # A step that fails is reported and the next one still runs. Environment:
@@ -40,5 +41,6 @@ step studies hpsearch studies --storage "sqlite:///$scratch/usps200.db"
 cp "$scratch/final-usps/finalize.json" "$scratch/usps200.db" "$out/" 2>/dev/null || true
 step gpu_packing python benchmarks/gpu_packing.py --trials "${PACKING_TRIALS:-32}" --epochs 3
 step epoch_speed python benchmarks/epoch_speed.py --device cuda --epochs 3 --repeats 3
+step groups python benchmarks/groups.py --workers 8 --sizes 1 4 8 16 --trials 64
 rm -rf "$scratch"
 exit "$status"

@@ -5,13 +5,15 @@ budget, over several seeds, in one run.
     python benchmarks/search_budget.py house-prices --budget 60 --seeds 0 1 2
     python benchmarks/search_budget.py usps --budget 240 --seeds 0 1 2
     python benchmarks/search_budget.py usps.toml --against usps-no-aug.toml --budget 240
+    python benchmarks/search_budget.py usps --groups 4 --budget 240 --seeds 0 1 2
 
 Each run is a real `hpsearch run STUDY --timeout BUDGET` (default workers, a fresh SQLite
 file); only trials finished within BUDGET seconds of the first trial's start count. The table
 gives the best validation score at a quarter, half and all of the budget (mean and spread
 over seeds), and the time each strategy needs to reach the target: by default the score
-the second strategy (random search, or the ``--against`` study) reaches on every seed by the
-end of its budget. Only validation scores are read: the test split plays no part.
+the second strategy (random search, the ``--against`` study, or with ``--groups G`` the same
+search one trial at a time against groups of G) reaches on every seed by the end of its
+budget. Only validation scores are read: the test split plays no part.
 """
 
 from __future__ import annotations
@@ -87,10 +89,18 @@ def main() -> None:
     parser.add_argument(
         "--against", default=None, help="compare with this study's default search, not random"
     )
+    parser.add_argument(
+        "--groups", type=int, default=None, help="compare trial groups of G with one at a time"
+    )
     args = parser.parse_args()
     study = args.study
     strategies: dict[str, tuple[str, list[str]]] = {f"{Path(study).stem} (default)": (study, [])}
-    if args.against:
+    if args.groups:
+        strategies = {
+            f"groups of {args.groups}": (study, ["--group-size", str(args.groups)]),
+            "one at a time": (study, ["--group-size", "1"]),
+        }
+    elif args.against:
         strategies[f"{Path(args.against).stem} (default)"] = (args.against, [])
     else:
         strategies["random, no pruning"] = (study, RANDOM_FLAGS)

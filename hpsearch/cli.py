@@ -61,6 +61,14 @@ ArtifactsOption = Annotated[
         show_default=False,
     ),
 ]
+GroupSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Trials (finalize: retrains) of one shape trained as one model; 1: one at a "
+        f"time. Default: {DEFAULTS.group_size}" + _env("group_size"),
+        show_default=False,
+    ),
+]
 DataDirOption = Annotated[
     Path | None,
     typer.Option(help="Folder with the data sets. Default: the packaged copies" + _env("data_dir")),
@@ -152,6 +160,7 @@ def run(
         ),
     ] = None,
     artifacts: ArtifactsOption = None,
+    group_size: GroupSizeOption = None,
     heartbeat_interval: Annotated[
         int | None,
         typer.Option(
@@ -191,6 +200,7 @@ def run(
         workers=workers,
         artifacts=artifacts,
         heartbeat_interval=heartbeat_interval,
+        group_size=group_size,
     )
     header = run_header(config, settings)
     with RunProgress(err_console, config.metric, header=header, verbose=verbose) as progress:
@@ -319,6 +329,7 @@ def finalize(
     artifacts: ArtifactsOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
+    group_size: GroupSizeOption = None,
 ) -> None:
     """Retrain the best configurations, choose one and score it once on the test split.
 
@@ -341,6 +352,7 @@ def finalize(
         artifacts=artifacts,
         device=device,
         data_dir=str(data_dir) if data_dir else None,
+        group_size=group_size,
     )
     if study_name.endswith(".toml"):  # a cluster's settings name the study by its file
         from hpsearch.study_file import find_study_file, load_study_file

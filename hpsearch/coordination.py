@@ -27,6 +27,7 @@ import threading
 import time
 import warnings
 from collections.abc import Container, Iterator, Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
 
@@ -77,12 +78,23 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, *, quiet: bool = False)
     )
 
 
+@dataclass
+class _Pending:
+    """A running trial's rows not yet written, and when they last were."""
+
+    params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
+    values: dict[int, float] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    flushed_at: float | None = None
+
+
 class WorkerStorage(optuna.storages.BaseStorage):
     """One worker's view of a shared storage, built on Optuna's storage interface.
 
-    - The running trial's params, reports and user attributes are kept here and written in
-      one transaction: at its first report, then at most every ``FLUSH_S``, and before its
-      tell (``optuna_internals.write_trial_rows``). A killed worker loses at most the last
+    - The running trials' params, reports and user attributes (one trial, or a group's
+      several) are kept here and written in one transaction per trial: at its first report,
+      then at most every ``FLUSH_S``, and before its tell
+      (``optuna_internals.write_trial_rows``). A killed worker loses at most the last
       ``FLUSH_S`` of reports (its checkpoint has them anyway); one killed before its trial's
       first report leaves a trial without params, whose retry samples afresh.
     - The study's trials are read at most once per claim (``refresh``), and only when
@@ -104,11 +116,8 @@ class WorkerStorage(optuna.storages.BaseStorage):
         self.flush_s = flush_s
         self._trials: dict[int, list[FrozenTrial]] = {}  # study id -> trials at last refresh
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> as this worker told it
-        self._running: FrozenTrial | None = None
-        self._pending_params: dict[str, tuple[float, BaseDistribution]] = {}
-        self._pending_values: dict[int, float] = {}
-        self._pending_attrs: dict[str, Any] = {}
-        self._flushed_at: float | None = None
+        self._running: dict[int, FrozenTrial] = {}  # trial id -> as this worker has it
+        self._pending: dict[int, _Pending] = {}
 
     # Reading the study.
 
@@ -131,7 +140,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
         snapshot = self._trials[study_id]
         # This worker's trials created since the last refresh are not in the snapshot.
         known = {internals.trial_id(t) for t in snapshot}
-        own = [*self._finished.values(), *([self._running] if self._running else [])]
+        own = [*self._finished.values(), *self._running.values()]
         trials = [self._view(t) for t in snapshot]
         trials += [t for t in own if internals.trial_id(t) not in known]
         trials.sort(key=lambda t: t.number)
@@ -143,20 +152,16 @@ class WorkerStorage(optuna.storages.BaseStorage):
         mine = self._own(trial_id) or self._finished.get(trial_id)
         return copy.deepcopy(mine) if mine is not None else self.backend.get_trial(trial_id)
 
-    # The running trial: kept here, written in batches.
+    # The running trials: kept here, written in batches.
 
     def _start(self, trial: FrozenTrial) -> None:
-        self._running = trial
-        self._flushed_at = None
-        self._pending_params.clear()
-        self._pending_values.clear()
-        self._pending_attrs.clear()
+        id_ = internals.trial_id(trial)
+        self._running[id_] = trial
+        self._pending[id_] = _Pending()
 
     def _own(self, id_: int) -> FrozenTrial | None:
-        """This worker's running trial, if it is the trial ``id_``."""
-        if self._running is not None and id_ == internals.trial_id(self._running):
-            return self._running
-        return None
+        """This worker's running trial ``id_``, if it is one."""
+        return self._running.get(id_)
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         created = self.backend.create_new_trial(study_id, template_trial)
@@ -177,7 +182,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
             return
         running.params[param_name] = distribution.to_external_repr(param_value_internal)
         running.distributions[param_name] = distribution
-        self._pending_params[param_name] = (param_value_internal, distribution)
+        self._pending[trial_id].params[param_name] = (param_value_internal, distribution)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -187,9 +192,10 @@ class WorkerStorage(optuna.storages.BaseStorage):
             self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
             return
         running.intermediate_values[step] = intermediate_value
-        self._pending_values[step] = intermediate_value
-        if self._flushed_at is None or time.monotonic() - self._flushed_at >= self.flush_s:
-            self.flush()
+        pending = self._pending[trial_id]
+        pending.values[step] = intermediate_value
+        if pending.flushed_at is None or time.monotonic() - pending.flushed_at >= self.flush_s:
+            self.flush(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         running = self._own(trial_id)
@@ -197,7 +203,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
             self.backend.set_trial_user_attr(trial_id, key, value)
             return
         running.user_attrs[key] = value
-        self._pending_attrs[key] = value
+        self._pending[trial_id].attrs[key] = value
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         # Rare (the successive-halving pruner's rungs), and read by other workers: at once.
@@ -206,27 +212,28 @@ class WorkerStorage(optuna.storages.BaseStorage):
         if running is not None:
             running.system_attrs[key] = value
 
-    def flush(self) -> None:
-        """Write the running trial's pending rows in one transaction.
+    def flush(self, trial_id: int) -> None:
+        """Write the running trial ``trial_id``'s pending rows in one transaction.
 
         Raises:
             UpdateFinishedTrialError: another worker has failed the trial (it went stale).
         """
-        if self._running is None:
+        running, pending = self._running.get(trial_id), self._pending.get(trial_id)
+        if running is None or pending is None:
             return
-        pending = (self._pending_params, self._pending_values, self._pending_attrs)
-        if any(pending):
-            engine, id_ = self.rdb.engine, internals.trial_id(self._running)
+        rows = (pending.params, pending.values, pending.attrs)
+        if any(rows):
+            engine = self.rdb.engine
             written = with_db_retries(
-                lambda: internals.write_trial_rows(engine, id_, *pending), "writing reports"
+                lambda: internals.write_trial_rows(engine, trial_id, *rows), "writing reports"
             )
             if not written:
                 raise optuna.exceptions.UpdateFinishedTrialError(
-                    f"trial {self._running.number} was finished by another worker"
+                    f"trial {running.number} was finished by another worker"
                 )
-            for rows in pending:
-                rows.clear()
-        self._flushed_at = time.monotonic()
+            for written_rows in rows:
+                written_rows.clear()
+        pending.flushed_at = time.monotonic()
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -237,7 +244,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
             if changed and state == TrialState.RUNNING:  # Study.ask took a waiting trial
                 self._start(self.backend.get_trial(trial_id))
             return changed
-        self.flush()
+        self.flush(trial_id)
         changed = self.backend.set_trial_state_values(trial_id, state, values)
         if changed and state.is_finished():
             finished = copy.deepcopy(running)
@@ -245,7 +252,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
             finished.values = list(values) if values is not None else None
             finished.datetime_complete = datetime.datetime.now()
             self._finished[trial_id] = finished
-            self._running = None
+            del self._running[trial_id], self._pending[trial_id]
         return changed
 
     # Everything else: straight through.
@@ -323,12 +330,30 @@ class Coordinator:
         if self.lock is not None:
             self.lock.close()
 
-    def claim(self) -> optuna.Trial | Literal["done", "wait"]:
+    def claim(self, member: bool = False) -> optuna.Trial | Literal["done", "wait"]:
         """Start a trial if the study still needs one: the trial, else ``"done"`` (the
-        target reached) or ``"wait"`` (the rest are running elsewhere and may yet fail)."""
-        return with_db_retries(self._claim, "claiming a trial")
+        target reached) or ``"wait"`` (the rest are running elsewhere and may yet fail).
 
-    def _claim(self) -> optuna.Trial | Literal["done", "wait"]:
+        A ``member`` of a trial group (sampled under ``fixing``) is a new trial: waiting ones
+        (retries, enqueued trials) have params of their own and each leads a group, so
+        ``"wait"`` while there are any.
+        """
+        return with_db_retries(lambda: self._claim(member), "claiming a trial")
+
+    @contextlib.contextmanager
+    def fixing(self, fixed: dict[str, Any]) -> Iterator[None]:
+        """While inside, the trials' params in ``fixed`` take those values and the sampler
+        draws the rest (Optuna's ``PartialFixedSampler``): a trial group's shared shape."""
+        sampler = self.study.sampler
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.sampler = optuna.samplers.PartialFixedSampler(fixed, sampler)
+        try:
+            yield
+        finally:
+            self.study.sampler = sampler
+
+    def _claim(self, member: bool) -> optuna.Trial | Literal["done", "wait"]:
         # Outside the lock, which every worker waits for: failing stale trials (each is
         # failed by one worker only) and reading the study for the sampler.
         self.fail_stale_trials()
@@ -346,6 +371,8 @@ class Coordinator:
             if finished >= self.target:
                 return "done"
             if finished + counts[TrialState.RUNNING] >= self.target:
+                return "wait"
+            if member and counts[TrialState.WAITING]:
                 return "wait"
             with warnings.catch_warnings():
                 # Optuna warns that heartbeats expect Study.optimize; this loop beats itself.

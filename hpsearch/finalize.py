@@ -201,6 +201,7 @@ def finalize_study(
         str(attrs["metric"]),
         top_k=settings.top_k,
         seeds=settings.seeds,
+        group_size=settings.group_size,
         out=out,
         ensemble=settings.ensemble,
         on_candidate=on_candidate,
@@ -226,6 +227,7 @@ def finalize(
     out: Path | None = None,
     with_baseline: bool = True,
     ensemble: bool = True,
+    group_size: int = 1,
     on_candidate: Callable[[Candidate], None] | None = None,
 ) -> FinalResult:
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
@@ -233,7 +235,8 @@ def finalize(
     score it once on test. With ``out``, save the weights and ``finalize.json`` there.
     ``with_baseline`` also fits the problem's classic baseline on the same rows. ``ensemble``
     also retrains every finite candidate with every seed on train + validation and scores
-    the combination of their predictions once on test. The summary is stored on the study
+    the combination of their predictions once on test. Retrains of one shape train
+    ``group_size`` at a time as one model (``Problem.fit_many``). The summary is stored on the study
     (user attribute ``finalize``, and a note the dashboard shows).
 
     Raises:
@@ -254,13 +257,14 @@ def finalize(
     for number, params, value in configs:
         candidate = Candidate(trial=number, params=params, search_value=value)
         tic = time.perf_counter()
-        for seed in range(seeds):
-            try:
-                x, y = splits.x_train, splits.y_train
-                model, metrics = problem.fit(params, x, y, seed=seed, evaluate=validation)
-            except NonFiniteLossError:  # diverged with this seed: the candidate is out
-                metrics = {name: math.nan}
+        x, y = splits.x_train, splits.y_train
+        jobs = [(params, seed) for seed in range(seeds)]
+        fits = problem.fit_many(jobs, x, y, group_size=group_size, evaluate=validation)
+        for fit in fits:
+            if isinstance(fit, NonFiniteLossError):  # diverged with this seed: it is out
+                metrics: Metrics = {name: math.nan}
             else:
+                model, metrics = fit
                 if calibration is not None:
                     statistic = calibration.statistic(model, splits.x_val, splits.y_val)
                     candidate.val_calibration.append(statistic)
@@ -276,18 +280,25 @@ def finalize(
     chosen = pick(finite, key=lambda c: c.robust(maximize))
     x_all = torch.cat([splits.x_train, splits.x_val])
     y_all = torch.cat([splits.y_train, splits.y_val])
-    model, _ = problem.fit(chosen.params, x_all, y_all, seed=0)
-    members: list[tuple[Candidate, int, nn.Module]] = [(chosen, 0, model)]
+    # The chosen configuration with seed 0 first: it is the final model.
+    jobs = [(chosen.params, 0)]
+    owners = [(chosen, 0)]
     if ensemble:
         for candidate in finite:
             for seed in range(seeds):
-                if candidate is chosen and seed == 0:
-                    continue
-                try:
-                    member, _ = problem.fit(candidate.params, x_all, y_all, seed=seed)
-                except NonFiniteLossError:  # rare on train + validation: leave it out
-                    continue
-                members.append((candidate, seed, member))
+                if not (candidate is chosen and seed == 0):
+                    jobs.append((candidate.params, seed))
+                    owners.append((candidate, seed))
+    fits = problem.fit_many(jobs, x_all, y_all, group_size=group_size)
+    if isinstance(fits[0], NonFiniteLossError):
+        raise fits[0]
+    model = fits[0][0]
+    # A member that diverged (rare on train + validation) is left out.
+    members: list[tuple[Candidate, int, nn.Module]] = [
+        (candidate, seed, fit[0])
+        for (candidate, seed), fit in zip(owners, fits, strict=True)
+        if not isinstance(fit, NonFiniteLossError)
+    ]
     result = FinalResult(
         study=study.study_name,
         problem=problem.name,

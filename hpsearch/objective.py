@@ -9,6 +9,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -16,11 +17,26 @@ import torch
 
 from hpsearch.checkpoints import CheckpointStore
 from hpsearch.data import Splits
+from hpsearch.groups import (
+    GroupMember,
+    Outcome,
+    group_capacity,
+    group_key,
+    seeded,
+    train_group,
+)
 from hpsearch.models import count_parameters
 from hpsearch.space import suggest_params
 from hpsearch.storage import is_transient_db_error
 from hpsearch.study_file import StudyConfig
-from hpsearch.training import EpochResult, NonFiniteLossError, TrainConfig, TrainState, train
+from hpsearch.training import (
+    EpochResult,
+    LossFn,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainState,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +76,12 @@ class Objective:
         return {f"val_{name}": value for name, value in metrics.items()}
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Train one trial alone; its validation metric, or ``optuna.TrialPruned``."""
+        run = self.prepare(trial)
+        return self.conclude(run, self._train_alone(run))
+
+    def prepare(self, trial: optuna.Trial) -> TrialRun:
+        """Sample ``trial``'s params, record them, find its checkpoint and build its model."""
         config, problem = self.config, self.problem
         params = suggest_params(trial, config.space, config.base_params, problem.per_layer)
         # A retry keeps the seed and checkpoint of the first trial of its series.
@@ -82,74 +104,181 @@ class Objective:
         trial.set_user_attr("seed", seed)
         # Which machine and process ran it: with workers on many hosts, where to look.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        torch.manual_seed(seed)
-        model = problem.build_model(params, self.splits.x_train.shape[1:]).to(self.device)
+        shape = self.splits.x_train.shape[1:]
+        model, rng = seeded(lambda: problem.build_model(params, shape), seed)
+        model.to(self.device)
         trial.set_user_attr("n_params", count_parameters(model))
-        metric = self.config.metric
-        last: list[EpochResult] = []
-        started = time.perf_counter()
+        return TrialRun(
+            self, trial, params, series, tag, model, rng, resume, problem.losses[params["loss"]]
+        )
 
-        def record(result: EpochResult | None, **extra: Any) -> None:
-            trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 3))
-            if result is not None:
-                trial.set_user_attr("epochs_run", result.epoch)
-                trial.set_user_attr("train_loss", result.train_loss)
-                for name, value in result.metrics.items():
-                    trial.set_user_attr(name, value)
-            for name, value in extra.items():
-                trial.set_user_attr(name, value)
+    def group_params(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The params of ``trial`` that the other members of its group share: what sets the
+        model's tensor shapes, the batch size and the epochs (``Problem.group_params``)."""
+        shared = self.problem.group_params
+        return {
+            name: value
+            for name, value in trial.params.items()
+            if name in shared or name.rsplit("_", 1)[0] in shared
+        }
 
-        def on_epoch(result: EpochResult) -> None:
-            last[:] = [result]
-            value = result.metrics[metric]
-            if not math.isfinite(value):
-                raise NonFiniteLossError(result.epoch, value)
-            with warnings.catch_warnings():
-                # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
-                warnings.filterwarnings("ignore", message="The reported value is ignored")
-                trial.report(value, result.epoch)
-            if trial.should_prune():
-                record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
-                raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
+    def group_capacity(self, run: TrialRun, limit: int) -> int:
+        """How many trials of ``run``'s shape to train as one, at most ``limit``
+        (``groups.group_capacity``: on a CPU, while a step's activations stay in cache)."""
+        if run.config.bf16:  # autocast runs only in train
+            return 1
+        example = self.splits.x_train[:1]
+        return group_capacity(run.model, example, run.config.batch_size, limit)
 
-        def on_checkpoint(state: TrainState) -> None:
-            if self.checkpoints is not None:
-                self.checkpoints.save(series, state, tag)
+    def train_group(
+        self, runs: Sequence[TrialRun], on_done: Callable[[TrialRun, Outcome], None]
+    ) -> None:
+        """Train ``runs`` together, as groups of the same shape (a retry or an enqueued trial
+        may not match the rest; a model ``groups`` cannot fuse trains alone); ``on_done`` is
+        called as each run ends, with its result or the exception that ended it."""
+        subgroups: dict[Any, list[TrialRun]] = {}
+        for run in runs:
+            key = group_key(run.model)
+            shape = (key, run.config.batch_size, run.config.epochs, run.config.bf16)
+            subgroups.setdefault(shape if key is not None else id(run), []).append(run)
+        for members in subgroups.values():
+            if len(members) == 1 or members[0].config.bf16:
+                for run in members:
+                    on_done(run, self._train_alone(run))
+                continue
+            group = [
+                GroupMember(
+                    run.model,
+                    run.loss_fn,
+                    run.config,
+                    run.rng,
+                    self.validation_metrics,
+                    on_epoch=run.on_epoch,
+                    on_checkpoint=run.on_checkpoint if self.checkpoints else None,
+                    resume=run.resume,
+                )
+                for run in members
+            ]
+            ended: set[int] = set()
 
+            def member_done(
+                index: int,
+                outcome: Outcome,
+                runs: list[TrialRun] = members,
+                ended: set[int] = ended,
+            ) -> None:
+                ended.add(index)
+                on_done(runs[index], outcome)
+
+            try:
+                train_group(
+                    group,
+                    self.splits.x_train,
+                    self.splits.y_train,
+                    eval_every=self.config.eval_every,
+                    on_done=member_done,
+                )
+            except Exception as error:  # the whole group failed (out of memory, a bug)
+                for index, run in enumerate(members):
+                    if index not in ended:
+                        on_done(run, error)
+
+    def _train_alone(self, run: TrialRun) -> Outcome:
+        """``training.train`` of one run: its result, or the exception that ended it."""
         try:
-            train(
-                model,
+            return train(
+                run.model,
                 self.splits.x_train,
                 self.splits.y_train,
-                self.problem.losses[params["loss"]],
-                TrainConfig.from_params(params, seed=seed),
+                run.loss_fn,
+                run.config,
                 evaluate=self.validation_metrics,
-                on_epoch=on_epoch,
+                on_epoch=run.on_epoch,
                 eval_every=self.config.eval_every,
-                resume=resume,
-                on_checkpoint=on_checkpoint if self.checkpoints else None,
+                resume=run.resume,
+                on_checkpoint=run.on_checkpoint if self.checkpoints else None,
             )
-        except NonFiniteLossError as error:
+        except Exception as error:
+            return error
+
+    def conclude(self, run: TrialRun, outcome: Outcome) -> float:
+        """The trial's value from its training outcome, or the exception its worker acts on:
+        ``optuna.TrialPruned`` for a pruned or diverged run, else the error as raised."""
+        trial = run.trial
+        if isinstance(outcome, NonFiniteLossError):
             # A diverged run (the lab report's SGD-to-NaN) ends pruned, so the study goes on and
             # the sampler learns that this region is bad.
-            record(last[0] if last else None, pruned_reason=str(error))
-            logger.info("trial %d: %s", trial.number, error)
-            self._forget(series)
-            raise optuna.TrialPruned(str(error)) from None
-        except Exception as error:
+            run.record(run.last, pruned_reason=str(outcome))
+            logger.info("trial %d: %s", trial.number, outcome)
+            self._forget(run.series)
+            raise optuna.TrialPruned(str(outcome)) from None
+        if isinstance(outcome, BaseException):
             # Pruned, or a bug or an out-of-memory error: no retry will come. A lost database
             # connection is retried, and the retry resumes from the checkpoint; so is a trial
-            # that another worker failed while this one stalled.
-            stale = isinstance(error, optuna.exceptions.UpdateFinishedTrialError)
-            if not (stale or is_transient_db_error(error)):
-                self._forget(series)
-            raise
-        # Interrupts and crashes keep the checkpoint: the retry resumes from it.
-        result = last[0]
-        record(result)
-        self._forget(series)
-        return result.metrics[metric]
+            # that another worker failed while this one stalled. Interrupts and crashes keep
+            # the checkpoint: the retry resumes from it.
+            stale = isinstance(outcome, optuna.exceptions.UpdateFinishedTrialError)
+            if not (stale or is_transient_db_error(outcome)):
+                self._forget(run.series)
+            raise outcome
+        result = run.last
+        assert result is not None  # train reports the last epoch
+        run.record(result)
+        self._forget(run.series)
+        return result.metrics[self.config.metric]
 
     def _forget(self, series: int) -> None:
         if self.checkpoints is not None:
             self.checkpoints.delete(series)
+
+
+class TrialRun:
+    """One trial's training: its params, model and the callbacks that report its epochs."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        series: int,
+        tag: str,
+        model: torch.nn.Module,
+        rng: torch.Tensor,
+        resume: TrainState | None,
+        loss_fn: LossFn,
+    ) -> None:
+        self.objective, self.trial, self.params = objective, trial, params
+        self.series, self.tag, self.model, self.rng = series, tag, model, rng
+        self.resume, self.loss_fn = resume, loss_fn
+        self.config = TrainConfig.from_params(params, seed=int(trial.user_attrs["seed"]))
+        self.last: EpochResult | None = None
+        self.started = time.perf_counter()
+
+    def record(self, result: EpochResult | None, **extra: Any) -> None:
+        trial = self.trial
+        trial.set_user_attr("train_seconds", round(time.perf_counter() - self.started, 3))
+        if result is not None:
+            trial.set_user_attr("epochs_run", result.epoch)
+            trial.set_user_attr("train_loss", result.train_loss)
+            for name, value in result.metrics.items():
+                trial.set_user_attr(name, value)
+        for name, value in extra.items():
+            trial.set_user_attr(name, value)
+
+    def on_epoch(self, result: EpochResult) -> None:
+        self.last = result
+        trial = self.trial
+        value = result.metrics[self.objective.config.metric]
+        if not math.isfinite(value):
+            raise NonFiniteLossError(result.epoch, value)
+        with warnings.catch_warnings():
+            # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
+            warnings.filterwarnings("ignore", message="The reported value is ignored")
+            trial.report(value, result.epoch)
+        if trial.should_prune():
+            self.record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
+            raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        if self.objective.checkpoints is not None:
+            self.objective.checkpoints.save(self.series, state, self.tag)

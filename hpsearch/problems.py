@@ -10,6 +10,7 @@ one entry, registered with ``register_problem`` (or from another package through
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hpsearch import baselines, data, metrics, models, training
+from hpsearch import baselines, data, groups, metrics, models, training
 from hpsearch.data import Splits
 from hpsearch.errors import HpsearchError
 from hpsearch.metrics import Metrics
@@ -67,6 +68,9 @@ class Problem:
     calibration: Calibration | None = None
     # Width key -> depth key: ``per_layer = true`` samples ``{width}_{i}`` for each layer
     per_layer: Mapping[str, str] = field(default_factory=dict)
+    # The model hyperparameters that set tensor shapes: a trial group's members share them
+    # (and their per-layer ``{width}_{i}`` forms).
+    shape_params: frozenset[str] = frozenset()
 
     @property
     def default_metric(self) -> str:
@@ -77,6 +81,11 @@ class Problem:
         """Every hyperparameter a study may fix or search -> the pydantic type of its values."""
         losses: Any = Literal[tuple(self.losses)]
         return {**self.model_hyperparameters, **training.HYPERPARAMETERS, "loss": losses}
+
+    @property
+    def group_params(self) -> frozenset[str]:
+        """What the members of a trial group share: the shapes, batch size and epochs."""
+        return self.shape_params | training.GROUP_PARAMS
 
     def fit(
         self,
@@ -101,6 +110,60 @@ class Problem:
             eval_every=max(1, int(params["epochs"])),
         )
         return model, result.metrics
+
+    def fit_many(
+        self,
+        jobs: Sequence[tuple[Mapping[str, Any], int]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        group_size: int,
+        evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
+    ) -> list[tuple[nn.Module, Metrics] | training.NonFiniteLossError]:
+        """``fit`` of each ``(params, seed)``, trained ``group_size`` at a time where they
+        share a shape (``groups.train_group``); a diverged job's ``NonFiniteLossError`` in
+        its place.
+
+        Raises:
+            Exception: what training raised other than divergence.
+        """
+        shape = tuple(x.shape[1:])
+        members: list[groups.GroupMember] = []
+        for params, seed in jobs:
+            model, rng = groups.seeded(functools.partial(self.build_model, params, shape), seed)
+            config = training.TrainConfig.from_params(params, seed=seed)
+            loss = self.losses[params["loss"]]
+            members.append(groups.GroupMember(model.to(x.device), loss, config, rng, evaluate))
+        by_shape: dict[Any, list[int]] = {}
+        for index, member in enumerate(members):
+            config = member.config
+            key: Any = groups.group_key(member.model)
+            if key is None or config.bf16 or group_size == 1:
+                key = index  # trains alone
+            by_shape.setdefault((key, config.batch_size, config.epochs), []).append(index)
+        results: dict[int, tuple[nn.Module, Metrics] | training.NonFiniteLossError] = {}
+        for (_, batch_size, _), indices in by_shape.items():
+            first = members[indices[0]].model
+            size = groups.group_capacity(first, x[:1], batch_size, group_size)
+            for start in range(0, len(indices), size):
+                chunk = indices[start : start + size]
+                if len(chunk) == 1:  # alone: exactly ``fit``
+                    params, seed = jobs[chunk[0]]
+                    try:
+                        results[chunk[0]] = self.fit(params, x, y, seed=seed, evaluate=evaluate)
+                    except training.NonFiniteLossError as error:
+                        results[chunk[0]] = error
+                    continue
+                epochs = members[chunk[0]].config.epochs
+                trained = groups.train_group([members[i] for i in chunk], x, y, eval_every=epochs)
+                for index, outcome in zip(chunk, trained, strict=True):
+                    if isinstance(outcome, training.NonFiniteLossError):
+                        results[index] = outcome
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    else:
+                        results[index] = (members[index].model, outcome.metrics)
+        return [results[index] for index in range(len(jobs))]
 
 
 PROBLEMS: dict[str, Problem] = {}
@@ -155,6 +218,7 @@ register_problem(
         build_model=models.build_conv_classifier,
         model_hyperparameters=models.CONV_HYPERPARAMETERS,
         per_layer=models.CONV_PER_LAYER,
+        shape_params=models.CONV_SHAPE_PARAMS,
         losses=training.CLASSIFICATION_LOSSES,
         evaluate=metrics.classification_metrics,
         test_metrics=metrics.classification_test_metrics,
@@ -185,6 +249,7 @@ register_problem(
         build_model=models.build_mlp_regressor,
         model_hyperparameters=models.MLP_HYPERPARAMETERS,
         per_layer=models.MLP_PER_LAYER,
+        shape_params=models.MLP_SHAPE_PARAMS,
         losses=training.REGRESSION_LOSSES,
         evaluate=metrics.regression_metrics,
         test_metrics=metrics.regression_test_metrics,
@@ -201,6 +266,7 @@ register_problem(
         build_model=models.build_gaussian_regressor,
         model_hyperparameters=models.MLP_HYPERPARAMETERS,
         per_layer=models.MLP_PER_LAYER,
+        shape_params=models.MLP_SHAPE_PARAMS,
         losses=training.GAUSSIAN_LOSSES,
         evaluate=metrics.gaussian_metrics,
         test_metrics=metrics.gaussian_test_metrics,

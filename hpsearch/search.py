@@ -8,6 +8,7 @@ finished (complete or pruned) overall, across every worker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import warnings
@@ -124,6 +125,12 @@ def run_trials(
     started = time.monotonic()
     consecutive_failures = 0
     coordinator = Coordinator(study, settings.trials)
+    # Trial groups need an objective that can train several trials as one (Objective), and a
+    # sampler that draws each trial's params: grid and QMC assign trial n its point n, which
+    # a group's shared shape would override.
+    point_samplers = (optuna.samplers.GridSampler, optuna.samplers.QMCSampler)
+    groupable = hasattr(objective, "train_group") and not isinstance(study.sampler, point_samplers)
+    group_size = settings.group_size if groupable else 1
     read_progress = ProgressReader(study, settings.trials, list_trials=on_progress is not None)
 
     def report() -> StudyProgress | None:
@@ -133,6 +140,99 @@ def run_trials(
         state = with_db_retries(read_progress, "reading progress")
         on_progress(state)
         return state
+
+    def settle(trial: optuna.Trial, compute: Callable[[], float]) -> None:
+        """Tell ``trial`` the outcome of ``compute()``: its value, pruned, or failed (and
+        queued again where the failure was not the trial's own)."""
+        nonlocal consecutive_failures
+        try:
+            value = compute()
+        except optuna.TrialPruned:
+            coordinator.finish(trial, state=TrialState.PRUNED)
+            consecutive_failures = 0
+        except KeyboardInterrupt as interrupt:
+            reason = f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
+            coordinator.fail(trial, reason, retry=True, quiet=True)
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker stalled (stopped, suspended) past the grace period and
+            # another one failed the trial and queued its retry: drop this run.
+            logger.warning("trial %d was failed by another worker; dropped", trial.number)
+        except Exception as error:
+            if is_transient_db_error(error):
+                # The database went away mid-trial (a restart, a dropped connection):
+                # fail it and queue it again; the retry resumes from its checkpoint.
+                logger.warning(
+                    "trial %d lost its database connection: %s",
+                    trial.number,
+                    str(error).splitlines()[0],
+                )
+                coordinator.fail(trial, "database connection lost", retry=True)
+                return
+            logger.warning("trial %d failed: %s", trial.number, error, exc_info=True)
+            coordinator.fail(trial, f"{type(error).__name__}: {error}")
+            consecutive_failures += 1
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                raise HpsearchError(
+                    f"{consecutive_failures} trials failed in a row, last: "
+                    f"{type(error).__name__}: {error}"
+                ) from None
+        else:
+            coordinator.finish(trial, value)
+            consecutive_failures = 0
+
+    def run_group(leader: optuna.Trial) -> None:
+        """Train ``leader`` with up to ``group_size - 1`` more trials of its shape as one
+        model; each is told as it ends, and an interrupt fails (and queues) the rest."""
+        group: Any = objective  # an Objective: prepare, group_capacity, train_group, ...
+        running: dict[int, tuple[optuna.Trial, contextlib.ExitStack]] = {}
+
+        def start(trial: optuna.Trial) -> Any:
+            beat = contextlib.ExitStack()
+            beat.enter_context(coordinator.heartbeat(trial))
+            running[trial.number] = (trial, beat)
+            try:
+                return group.prepare(trial)
+            except Exception as error:
+                done(trial, functools.partial(_raise, error))
+                return None
+
+        def done(trial: optuna.Trial, compute: Callable[[], float]) -> None:
+            try:
+                settle(trial, compute)
+            finally:
+                running.pop(trial.number)[1].close()
+            report()
+
+        try:
+            runs = [start(leader)]
+            if runs[0] is None:
+                return
+            size = group.group_capacity(runs[0], group_size)
+            with coordinator.fixing(group.group_params(leader)):  # while members sample
+                while len(runs) < size:
+                    member = coordinator.claim(member=True)
+                    if isinstance(member, str):
+                        break
+                    if (run := start(member)) is not None:
+                        runs.append(run)
+            for run in runs:  # which trials trained together, for the dashboard and report
+                run.trial.set_user_attr("group", leader.number)
+            group.train_group(
+                runs,
+                lambda run, outcome: done(
+                    run.trial, functools.partial(group.conclude, run, outcome)
+                ),
+            )
+        except BaseException as error:
+            # Interrupted: the rest are queued again, and resume from their checkpoints.
+            # Stopped (too many failures in a row): the rest end failed with the reason.
+            interrupted = isinstance(error, KeyboardInterrupt)
+            reason = f"interrupted ({error})" if interrupted else f"worker stopped: {error}"
+            for trial, beat in list(running.values()):
+                coordinator.fail(trial, reason, retry=interrupted, quiet=interrupted)
+                beat.close()
+            raise
 
     if report() is None:
         with_db_retries(read_progress, "reading progress")  # the counts before this run
@@ -151,43 +251,12 @@ def run_trials(
                 time.sleep(min(coordinator.heartbeat_s or 1.0, 2.0))
                 report()
                 continue
-            with coordinator.heartbeat(trial):
-                try:
-                    value = objective(trial)
-                except optuna.TrialPruned:
-                    coordinator.finish(trial, state=TrialState.PRUNED)
-                    consecutive_failures = 0
-                except KeyboardInterrupt as interrupt:
-                    reason = f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
-                    coordinator.fail(trial, reason, retry=True, quiet=True)
-                    raise
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    # This worker stalled (stopped, suspended) past the grace period and
-                    # another one failed the trial and queued its retry: drop this run.
-                    logger.warning("trial %d was failed by another worker; dropped", trial.number)
-                except Exception as error:
-                    if is_transient_db_error(error):
-                        # The database went away mid-trial (a restart, a dropped connection):
-                        # fail it and queue it again; the retry resumes from its checkpoint.
-                        logger.warning(
-                            "trial %d lost its database connection: %s",
-                            trial.number,
-                            str(error).splitlines()[0],
-                        )
-                        coordinator.fail(trial, "database connection lost", retry=True)
-                        continue
-                    logger.warning("trial %d failed: %s", trial.number, error, exc_info=True)
-                    coordinator.fail(trial, f"{type(error).__name__}: {error}")
-                    consecutive_failures += 1
-                    if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                        raise HpsearchError(
-                            f"{consecutive_failures} trials failed in a row, last: "
-                            f"{type(error).__name__}: {error}"
-                        ) from None
-                else:
-                    coordinator.finish(trial, value)
-                    consecutive_failures = 0
-            report()
+            if group_size > 1:
+                run_group(trial)  # reports as each member ends
+            else:
+                with coordinator.heartbeat(trial):
+                    settle(trial, functools.partial(objective, trial))
+                report()
     return with_db_retries(read_progress, "reading progress")
 
 
@@ -309,6 +378,10 @@ def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
         raise HpsearchError(
             f"study {study.study_name!r} has direction {study.direction.name.lower()}"
         )
+
+
+def _raise(error: BaseException) -> float:
+    raise error
 
 
 class GridSearchSampler(optuna.samplers.GridSampler):

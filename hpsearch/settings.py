@@ -30,6 +30,7 @@ ENVIRONMENT = {
     "data_dir": "HPSEARCH_DATA_DIR",
     "workers": "HPSEARCH_WORKERS",
     "artifacts": "HPSEARCH_ARTIFACTS",
+    "group_size": "HPSEARCH_GROUP_SIZE",
 }
 
 
@@ -53,6 +54,8 @@ class Settings:
     # "" turns checkpoints off (and finalize then writes --out only).
     artifacts: str = "hpsearch-artifacts"
     heartbeat_interval: int = 10
+    # Trials trained as one model (hpsearch.groups); 1: one at a time.
+    group_size: int = 4
     # finalize
     top_k: int = 3
     seeds: int = 3
@@ -62,7 +65,7 @@ class Settings:
 
 DEFAULTS = Settings()
 _NAMES = {f.name for f in fields(Settings)}
-_INTEGERS = {"workers"}  # of the environment's settings; the rest are text
+_INTEGERS = {"workers", "group_size"}  # of the environment's settings; the rest are text
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -132,7 +135,8 @@ def _check(settings: Settings) -> None:
             flag = "--" + name.replace("_", "-")
             raise HpsearchError(f"{flag} must be >= {minimum}, got {value}")
 
-    for name in ("trials", "threads", "workers", "heartbeat_interval", "top_k", "seeds"):
+    names = ("trials", "threads", "workers", "heartbeat_interval", "top_k", "seeds", "group_size")
+    for name in names:
         at_least(name, 1)
     timeout = settings.timeout
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):

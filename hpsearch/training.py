@@ -66,6 +66,9 @@ GAUSSIAN_LOSSES: dict[str, LossFn] = {"gaussian_nll": gaussian_nll, "mse": _mean
 
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 LrSchedule = Literal["none", "step", "cosine", "onecycle"]
+# What a trial group's members share besides the model's shapes: steps per epoch, epochs,
+# and how a step runs (hpsearch.groups).
+GROUP_PARAMS = frozenset({"batch_size", "epochs", "bf16", "channels_last"})
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 PER_BATCH_SCHEDULES = frozenset({"onecycle"})
@@ -179,6 +182,22 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, with each per-parameter tensor (Adam's moments)
+    laid out like its parameter: fused kernels walk both in memory order, so moments saved
+    in another layout (NCHW from a trial group, NHWC from ``channels_last``) would be
+    applied to the wrong weights."""
+    optimizer.load_state_dict(state)
+    for param, values in optimizer.state.items():
+        for key, value in values.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.shape == param.shape
+                and value.stride() != param.stride()
+            ):
+                values[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def make_scheduler(
@@ -297,7 +316,7 @@ def train(
     first_epoch = 1
     if resume is not None:
         model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
+        load_optimizer_state(optimizer, resume.optimizer)
         if scheduler is not None and resume.scheduler is not None:
             scheduler.load_state_dict(resume.scheduler)
         generator.set_state(resume.generator)

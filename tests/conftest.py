@@ -112,6 +112,7 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "HPSEARCH_DEVICE",
         "HPSEARCH_ARTIFACTS",
         "HPSEARCH_DB_PASSWORD",
+        "HPSEARCH_GROUP_SIZE",
     ):
         monkeypatch.delenv(name, raising=False)
     # One in-process worker unless a test asks for more (the default is one per core).

@@ -129,19 +129,28 @@ def test_enqueued_report_config_runs_first(tmp_path: Path, sqlite_url: str) -> N
     assert study.trials[0].params == {"hidden_units": 128}
 
 
+@pytest.mark.parametrize("group_size", [1, 3])
 def test_failing_trials_stop_the_run(
-    tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, group_size: int
 ) -> None:
     def broken_train(*args: object, **kwargs: object) -> None:
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr("hpsearch.objective.train", broken_train)
+    monkeypatch.setattr("hpsearch.objective.train_group", broken_train)
     config = load_study_file(tiny_usps_file)
+    settings = resolve_settings(
+        config, workers=1, storage=sqlite_url, trials=10, group_size=group_size
+    )
     with pytest.raises(HpsearchError, match="5 trials failed in a row, last: RuntimeError: CUDA"):
-        run_study(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=10))
+        run_study(config, settings)
     study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
-    assert [t.state for t in study.trials] == [TrialState.FAIL] * 5
+    # Alone: five trials, each failed. In groups of three: the fifth failure is in the
+    # second group, whose last member ends failed too, as the worker stops.
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * (5 if group_size == 1 else 6)
     assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory"
+    if group_size == 3:
+        assert study.trials[5].user_attrs["fail_reason"].startswith("worker stopped: 5 trials")
 
 
 def test_interrupt_after_another_worker_failed_the_trial(sqlite_url: str) -> None:
@@ -165,3 +174,26 @@ def test_interrupt_after_another_worker_failed_the_trial(sqlite_url: str) -> Non
         run_trials(study, objective, Settings(storage=sqlite_url, trials=3))
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_trial_groups_share_shapes_and_keep_the_total(
+    tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hpsearch.groups.CPU_GROUP_FLOATS", 10**9)  # no cache cap here
+    config = load_study_file(tiny_usps_file)
+    settings = resolve_settings(config, workers=1, storage=sqlite_url, trials=7, group_size=3)
+    study, progress = run_study(config, settings)
+    assert progress.finished == 7
+    trials = study.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
+    assert sorted(t.number for t in trials) == list(range(7))
+    groups: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    for trial in trials:
+        groups.setdefault(trial.user_attrs["group"], []).append(trial)
+    # Claimed three at a time, the last group cut to the one trial the total leaves.
+    assert sorted(len(g) for g in groups.values()) == [1, 3, 3]
+    for leader, members in groups.items():
+        assert min(t.number for t in members) == leader
+        # The shape (depth) is the leader's; the rest is each trial's own draw.
+        assert len({t.params["n_conv_layers"] for t in members}) == 1
+        assert all(t.user_attrs["seed"] == t.number for t in members)  # study seed 0
+    assert len({t.params["lr"] for t in trials}) == 7
