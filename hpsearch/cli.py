@@ -65,7 +65,7 @@ GroupSizeOption = Annotated[
     int | None,
     typer.Option(
         help="Trials (finalize: retrains) of one shape trained as one model; 1: one at a "
-        f"time. Default: {DEFAULTS.group_size}" + _env("group_size"),
+        "time. Default: 1 on the CPU, 8 on CUDA" + _env("group_size"),
         show_default=False,
     ),
 ]

@@ -244,7 +244,11 @@ class WorkerStorage(optuna.storages.BaseStorage):
             if changed and state == TrialState.RUNNING:  # Study.ask took a waiting trial
                 self._start(self.backend.get_trial(trial_id))
             return changed
-        self.flush(trial_id)
+        try:
+            self.flush(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            del self._running[trial_id], self._pending[trial_id]  # another worker failed it
+            raise
         changed = self.backend.set_trial_state_values(trial_id, state, values)
         if changed and state.is_finished():
             finished = copy.deepcopy(running)

@@ -26,6 +26,7 @@ from torch import nn
 
 from hpsearch.data import Splits
 from hpsearch.errors import HpsearchError
+from hpsearch.groups import default_group_size
 from hpsearch.metrics import Metrics
 from hpsearch.models import Ensemble
 from hpsearch.problems import Problem, get_problem
@@ -201,7 +202,7 @@ def finalize_study(
         str(attrs["metric"]),
         top_k=settings.top_k,
         seeds=settings.seeds,
-        group_size=settings.group_size,
+        group_size=settings.group_size or default_group_size(settings.device),
         out=out,
         ensemble=settings.ensemble,
         on_candidate=on_candidate,

@@ -100,19 +100,38 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.
 # Layers whose grouped form is the layer itself: elementwise, or per channel on (B, K*C, H, W).
 _AS_IS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.LeakyReLU, nn.SiLU, nn.Identity,
           nn.MaxPool2d)  # fmt: skip
-_LAYERS = (*_AS_IS, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.Flatten, nn.Dropout)
+_LAYERS = {*_AS_IS, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.Flatten, nn.Dropout}
+
+
+def _fusable(module: nn.Module) -> bool:
+    """Whether ``_GroupedForward`` has this exact layer's grouped form (a subclass may
+    override ``forward``, so types match exactly)."""
+    kind = type(module)
+    if kind in _GROUPED_MODELS:
+        return True
+    if kind not in _LAYERS:
+        return False
+    if isinstance(module, nn.BatchNorm2d):
+        return module.momentum is not None and module.track_running_stats
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros"
+    if isinstance(module, nn.Flatten):
+        return (module.start_dim, module.end_dim) == (1, -1)
+    return True
 
 
 def group_key(model: nn.Module) -> tuple[Any, ...] | None:
-    """What must match for models to train as one group: their class and parameter and
-    buffer shapes, in order (dropout layers have none, so members may differ in dropout);
-    None for a model ``train_group`` cannot fuse (it trains alone)."""
-    for module in model.modules():
-        supported = isinstance(module, _LAYERS) or type(module) in _GROUPED_MODELS
-        if not supported or (isinstance(module, nn.BatchNorm2d) and module.momentum is None):
-            return None
+    """What must match for models to train as one group: every layer's type and settings
+    (activation, pooling, kernel, ...) and the parameter and buffer shapes, in order; dropout
+    layers are left out, so members may differ in dropout. None for a model ``train_group``
+    cannot fuse (it trains alone)."""
+    if not all(_fusable(module) for module in model.modules()):
+        return None
+    layers = tuple(
+        (type(m).__name__, m.extra_repr()) for m in model.modules() if not isinstance(m, nn.Dropout)
+    )
     shapes = tuple(tuple(t.shape) for t in (*model.parameters(), *model.buffers()))
-    return (type(model).__name__, shapes)
+    return (type(model).__name__, layers, shapes)
 
 
 class _Stacks:
@@ -211,7 +230,9 @@ class _GroupedForward:
                 module.eps,
             )
         if isinstance(module, nn.Flatten):  # (B, K*C, H, W) -> (K, B, C*H*W)
-            return x.reshape(x.shape[0], self.k, -1).transpose(0, 1)
+            if x.dim() == 4:
+                return x.reshape(x.shape[0], self.k, -1).transpose(0, 1)
+            return x.flatten(2)  # (K, B, ...) -> (K, B, F)
         if isinstance(module, nn.Linear):  # (K, B, I) -> (K, B, O)
             weight = p[prefix + "weight"].transpose(1, 2)
             bias = p.get(prefix + "bias")
@@ -235,6 +256,20 @@ _GROUPED_MODELS: dict[type, Callable[[_GroupedForward, Any, str, torch.Tensor], 
     MLPRegressor: _mlp_regressor,
     GaussianRegressor: _gaussian_regressor,
 }
+
+
+# Trials per group when --group-size is not given. On the 2-core CPU, groups trained slower
+# than one trial at a time for the USPS nets and within 10% for the house-price MLP
+# (docs/performance.md#trial-groups); on CUDA a small trial uses under 1% of the GPU, which
+# groups are built to fill (the group size there is not measured yet).
+DEFAULT_GROUP_SIZE = {"cpu": 1, "cuda": 8}
+
+
+def default_group_size(device: str) -> int:
+    """``DEFAULT_GROUP_SIZE`` of the device ``--device`` resolves to."""
+    from hpsearch.training import resolve_device
+
+    return DEFAULT_GROUP_SIZE.get(resolve_device(device).type, 1)
 
 
 # On a CPU a group pays while one step's activations stay in cache: beyond, the element-wise
@@ -322,12 +357,15 @@ def train_group(
         Each member's outcome, in order.
 
     Raises:
-        ValueError: members of different shapes, batch sizes or epoch counts.
+        ValueError: members of different shapes, batch sizes or epoch counts, or with
+            ``bf16`` (autocast is ``train``'s alone).
     """
     if not members:
         return []
     first = members[0].config
     for member in members:
+        if member.config.bf16:
+            raise ValueError("bf16 members train alone (training.train)")
         if (member.config.batch_size, member.config.epochs) != (first.batch_size, first.epochs):
             raise ValueError("a group's members share batch_size and epochs")
         if group_key(member.model) != group_key(members[0].model):
@@ -369,12 +407,14 @@ def train_group(
         schedulers.append(scheduler)
         generators.append(generator)
         if device.type == "cuda" and member.cuda_rng is None:
-            torch.cuda.manual_seed(config.seed)
+            with torch.cuda.device(device):  # manual_seed seeds the current device
+                torch.cuda.manual_seed(config.seed)
             member.cuda_rng = torch.cuda.get_rng_state(device)
 
     active = list(range(len(members)))
 
     def leave(index: int, outcome: Outcome) -> None:
+        _own_storage(members[index].model)
         outcomes[index] = outcome
         if on_done is not None:
             on_done(index, outcome)
@@ -466,6 +506,16 @@ def train_group(
         if leaving:
             stacks = None
     return [outcomes[i] for i in range(len(members))]
+
+
+def _own_storage(model: nn.Module) -> None:
+    """Give a member that leaves its own tensors back, so the group's stacks can go and a
+    saved state dict holds this model's weights only."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+        for module, key in _buffer_slots(model):
+            module._buffers[key] = module._buffers[key].clone()  # type: ignore[union-attr]
 
 
 def _dropout_p(member: GroupMember) -> float:

@@ -178,11 +178,11 @@ MLP_HYPERPARAMETERS: dict[str, Any] = {
     "activation": Activation,
     "dropout": Dropout,
 }
-# What sets the tensor shapes (a trial group's members share these; dropout is a mask).
+# What sets the layers (a trial group's members share these; dropout is a per-member mask).
 CONV_SHAPE_PARAMS = frozenset(
-    {"n_conv_layers", "channels", "batch_norm", "kernel_size", "pool", "head_units"}
+    {"n_conv_layers", "channels", "batch_norm", "kernel_size", "pool", "head_units", "activation"}
 )
-MLP_SHAPE_PARAMS = frozenset({"n_hidden_layers", "hidden_units"})
+MLP_SHAPE_PARAMS = frozenset({"n_hidden_layers", "hidden_units", "activation"})
 # Width key -> the depth key that says how many per-layer widths (``channels_0``, ...) exist.
 CONV_PER_LAYER = {"channels": "n_conv_layers"}
 MLP_PER_LAYER = {"hidden_units": "n_hidden_layers"}

@@ -139,12 +139,12 @@ class Objective:
         subgroups: dict[Any, list[TrialRun]] = {}
         for run in runs:
             key = group_key(run.model)
-            shape = (key, run.config.batch_size, run.config.epochs, run.config.bf16)
-            subgroups.setdefault(shape if key is not None else id(run), []).append(run)
+            shape = (key, run.config.batch_size, run.config.epochs, run.config.channels_last)
+            alone = key is None or run.config.bf16
+            subgroups.setdefault(id(run) if alone else shape, []).append(run)
         for members in subgroups.values():
-            if len(members) == 1 or members[0].config.bf16:
-                for run in members:
-                    on_done(run, self._train_alone(run))
+            if len(members) == 1:
+                on_done(members[0], self._train_alone(members[0]))
                 continue
             group = [
                 GroupMember(
@@ -160,15 +160,19 @@ class Objective:
                 for run in members
             ]
             ended: set[int] = set()
+            reporting = [False]  # an error while on_done records a trial is the worker's
 
             def member_done(
                 index: int,
                 outcome: Outcome,
                 runs: list[TrialRun] = members,
                 ended: set[int] = ended,
+                reporting: list[bool] = reporting,
             ) -> None:
                 ended.add(index)
+                reporting[0] = True
                 on_done(runs[index], outcome)
+                reporting[0] = False
 
             try:
                 train_group(
@@ -178,13 +182,22 @@ class Objective:
                     eval_every=self.config.eval_every,
                     on_done=member_done,
                 )
-            except Exception as error:  # the whole group failed (out of memory, a bug)
+            except Exception as error:
+                if reporting[0]:  # telling a trial failed (database lost, worker stopping)
+                    raise
+                # Training failed for the whole group (out of memory, a bug): each member
+                # not yet ended ends with that error, as it would have alone.
                 for index, run in enumerate(members):
                     if index not in ended:
                         on_done(run, error)
 
     def _train_alone(self, run: TrialRun) -> Outcome:
         """``training.train`` of one run: its result, or the exception that ended it."""
+        # The random stream its model was built with: other trials were built since.
+        torch.random.set_rng_state(run.rng)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(run.config.seed)
         try:
             return train(
                 run.model,

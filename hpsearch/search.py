@@ -41,6 +41,8 @@ from hpsearch.study_file import StudyConfig
 logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Samplers whose trials run one at a time whatever --group-size says (run_trials).
+GROUPLESS_SAMPLERS = frozenset({"grid", "qmc", "cmaes"})
 # A study whose every trial fails is broken (bad config, out of memory): stop, don't spin.
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -128,9 +130,9 @@ def run_trials(
     # Trial groups need an objective that can train several trials as one (Objective), and a
     # sampler that draws each trial's params: grid and QMC assign trial n its point n, which
     # a group's shared shape would override.
-    point_samplers = (optuna.samplers.GridSampler, optuna.samplers.QMCSampler)
-    groupable = hasattr(objective, "train_group") and not isinstance(study.sampler, point_samplers)
-    group_size = settings.group_size if groupable else 1
+    # CMA-ES keeps one search distribution over every param, which fixed params break.
+    groupable = hasattr(objective, "train_group") and settings.sampler not in GROUPLESS_SAMPLERS
+    group_size = (settings.group_size or 1) if groupable else 1
     read_progress = ProgressReader(study, settings.trials, list_trials=on_progress is not None)
 
     def report() -> StudyProgress | None:
@@ -208,7 +210,10 @@ def run_trials(
             runs = [start(leader)]
             if runs[0] is None:
                 return
-            size = group.group_capacity(runs[0], group_size)
+            try:
+                size = group.group_capacity(runs[0], group_size)
+            except Exception:  # a model whose forward pass fails: training will say so
+                size = 1
             with coordinator.fixing(group.group_params(leader)):  # while members sample
                 while len(runs) < size:
                     member = coordinator.claim(member=True)
@@ -216,7 +221,7 @@ def run_trials(
                         break
                     if (run := start(member)) is not None:
                         runs.append(run)
-            for run in runs:  # which trials trained together, for the dashboard and report
+            for run in runs if len(runs) > 1 else []:  # for the dashboard and report
                 run.trial.set_user_attr("group", leader.number)
             group.train_group(
                 runs,
@@ -229,10 +234,15 @@ def run_trials(
             # Stopped (too many failures in a row): the rest end failed with the reason.
             interrupted = isinstance(error, KeyboardInterrupt)
             reason = f"interrupted ({error})" if interrupted else f"worker stopped: {error}"
-            for trial, beat in list(running.values()):
-                coordinator.fail(trial, reason, retry=interrupted, quiet=interrupted)
-                beat.close()
+            for trial, _ in list(running.values()):
+                try:
+                    coordinator.fail(trial, reason, retry=interrupted, quiet=interrupted)
+                except Exception as failure:  # the database is gone: the trial goes stale
+                    logger.warning("trial %d left running: %s", trial.number, failure)
             raise
+        finally:
+            for _, beat in running.values():
+                beat.close()
 
     if report() is None:
         with_db_retries(read_progress, "reading progress")  # the counts before this run

@@ -54,8 +54,9 @@ class Settings:
     # "" turns checkpoints off (and finalize then writes --out only).
     artifacts: str = "hpsearch-artifacts"
     heartbeat_interval: int = 10
-    # Trials trained as one model (hpsearch.groups); 1: one at a time.
-    group_size: int = 4
+    # Trials trained as one model (hpsearch.groups); 1: one at a time; None: by device
+    # (groups.DEFAULT_GROUP_SIZE).
+    group_size: int | None = None
     # finalize
     top_k: int = 3
     seeds: int = 3
@@ -125,6 +126,10 @@ def resolve_settings(
             from hpsearch.workers import default_workers
 
             settings = replace(settings, workers=default_workers(settings))
+        if settings.group_size is None:
+            from hpsearch.groups import default_group_size
+
+            settings = replace(settings, group_size=default_group_size(settings.device))
     return settings
 
 

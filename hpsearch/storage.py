@@ -173,11 +173,11 @@ def open_storage(
             # Test each pooled connection before use: a database restart or an idle
             # connection dropped by a firewall costs a reconnect, not a crashed worker.
             "pool_pre_ping": True,
-            # One connection kept open, a second for the heartbeat thread while it beats,
-            # plus the study lock's: about 3 per worker against the server's
-            # max_connections (100 by default).
+            # One connection kept open, more for heartbeat threads while they beat (one per
+            # running trial: a trial group has several), plus the study lock's: about 3 per
+            # worker in use against the server's max_connections (100 by default).
             "pool_size": 1,
-            "max_overflow": 1,
+            "max_overflow": 4,
             "pool_recycle": 300,
             "connect_args": connect_args(parsed),
         }

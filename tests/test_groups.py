@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -225,6 +226,11 @@ def test_only_models_of_one_shape_group() -> None:
     wider = spec.build_model({**CONV, "channels": 16}, x.shape[1:])
     no_dropout = spec.build_model({**CONV, "channels": 8, "dropout": 0.0}, x.shape[1:])
     assert group_key(small) == group_key(no_dropout) != group_key(wider)
+    # Same shapes, other layers: an activation or pooling of its own trains apart.
+    tanh = spec.build_model({**CONV, "channels": 8, "activation": "tanh"}, x.shape[1:])
+    pool_end = spec.build_model({**CONV, "channels": 8, "pool": "end"}, x.shape[1:])
+    assert len({group_key(small), group_key(tanh), group_key(pool_end)}) == 3
+    assert {"activation", "pool"} <= spec.group_params
     assert group_key(nn.Sequential(nn.Conv1d(1, 1, 3))) is None  # no grouped form: alone
     with pytest.raises(ValueError, match="one architecture"):
         train_group(
@@ -251,3 +257,37 @@ def test_on_a_cpu_groups_stay_within_the_activation_budget() -> None:
     per_model = activation_floats(small, example) * 256
     assert group_capacity(small, example, 256, limit=8) == CPU_GROUP_FLOATS // per_model
     assert group_capacity(nn.Sequential(nn.Conv1d(1, 1, 3)), example, 2, limit=8) == 1
+
+
+def test_members_leave_with_their_own_weights() -> None:
+    x, y = data("house-prices")
+    params = {**MLP, "loss": "mse", "optimizer": "sgd", "lr": 1e-2}
+    members = [member("house-prices", params, seed, x) for seed in range(3)]
+    train_group(members, x, y)
+    for m in members:  # a saved state dict holds this model only, not the group's stacks
+        for tensor in m.model.state_dict().values():
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+def test_a_flatten_on_flat_inputs_groups_too() -> None:
+    # A plugin's Sequential(Flatten, Linear, ...) over (B, F) rows: activations stay (K, B, F).
+    x, y = data("house-prices")
+    config = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=1e-2, seed=0)
+
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output[:, 0], target)
+
+    torch.manual_seed(0)
+    solo = build()
+    train(solo, x, y, loss, config, evaluate=lambda m: {})
+    members = []
+    for seed in (0, 1):
+        model, rng = seeded(build, seed)
+        members.append(GroupMember(model, loss, replace(config, seed=seed), rng, lambda m: {}))
+    train_group(members, x, y)
+    assert relative_difference(solo, members[0].model) < 1e-4
+    # A flatten of other dimensions has no grouped form: such a model trains alone.
+    assert group_key(nn.Sequential(nn.Linear(5, 1), nn.Flatten(0))) is None

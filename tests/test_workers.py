@@ -113,6 +113,8 @@ def test_ctrl_c_ends_running_trial_and_rerun_resumes_from_checkpoint(tmp_path: P
         url,
         "--pruner",
         "none",
+        "--group-size",
+        "2",
     ]
     process = subprocess.Popen(
         args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -124,7 +126,7 @@ def test_ctrl_c_ends_running_trial_and_rerun_resumes_from_checkpoint(tmp_path: P
     assert "interrupted" in err and "Traceback" not in err
     study = optuna.load_study(study_name="slow-house", storage=url)
     assert TrialState.RUNNING not in [t.state for t in study.trials]
-    # Both trials ran as one group (the default group size is above 2): both were failed.
+    # Both trials ran as one group: both were failed, and each is retried on its own.
     failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
     assert failed == [0, 1]
     assert all(study.trials[n].user_attrs["fail_reason"].startswith("interrupted") for n in failed)
