@@ -10,13 +10,15 @@ report's house-price MLP for --house-epochs epochs, or a small model of the defa
 space: 2 conv x 16, batch 64) and searches only the learning rate, so
 every trial has the same shape and the same work. Trials per minute count from the first
 trial's start to the last trial's end (process start-up is measured by first_epoch.py).
-The ratios are against groups of 1 with the same workers: today's default on this machine.
+The ratios are against groups of 1 with the same workers (the CPU default); with --rounds R
+the sizes run interleaved R times and the medians are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,25 +92,36 @@ def main() -> None:
     parser.add_argument("--problem", choices=list(PROBLEMS), nargs="+", default=list(PROBLEMS))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--trials", type=int, default=16, help="per case (default 16)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats; medians")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--usps-epochs", type=int, default=3)
     parser.add_argument("--house-epochs", type=int, default=200)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(f"{args.workers} workers x {args.threads} threads, {args.trials} trials per case")
-    print(f"{'problem':<14}{'group size':>11}{'trials/min':>12}{'vs size 1':>11}")
+    print(
+        f"{args.workers} workers x {args.threads} threads, {args.trials} trials per case, "
+        f"{args.rounds} round(s), sizes interleaved in each"
+    )
+    print(f"{'problem':<14}{'group size':>11}{'trials/min':>12}{'vs size 1':>11}{'rounds':>24}")
     with tempfile.TemporaryDirectory() as tmp:
         for problem in args.problem:
             epochs = args.house_epochs if problem == "house-prices" else args.usps_epochs
-            base = None
-            for size in args.sizes:
-                rate = trials_per_minute(
-                    problem, args.trials, size, args.workers, args.threads, Path(tmp), epochs
-                )
-                base = base or (rate if size == 1 else None)
+            rates: dict[int, list[float]] = {size: [] for size in args.sizes}
+            for round_ in range(args.rounds):  # drift of the machine hits every size alike
+                for size in args.sizes:
+                    folder = Path(tmp) / f"{round_}"
+                    folder.mkdir(exist_ok=True)
+                    rate = trials_per_minute(
+                        problem, args.trials, size, args.workers, args.threads, folder, epochs
+                    )
+                    rates[size].append(rate)
+            base = statistics.median(rates[1]) if 1 in rates else None
+            for size, values in rates.items():
+                rate = statistics.median(values)
                 ratio = f"{rate / base:.2f}x" if base else "-"
-                print(f"{problem:<14}{size:>11}{rate:>12.1f}{ratio:>11}", flush=True)
+                each = " ".join(f"{v:.1f}" for v in values)
+                print(f"{problem:<14}{size:>11}{rate:>12.1f}{ratio:>11}{each:>24}", flush=True)
 
 
 if __name__ == "__main__":

@@ -258,8 +258,8 @@ _GROUPED_MODELS: dict[type, Callable[[_GroupedForward, Any, str, torch.Tensor], 
 }
 
 
-# Trials per group when --group-size is not given. On the 2-core CPU, groups trained slower
-# than one trial at a time for the USPS nets and within 10% for the house-price MLP
+# Trials per group when --group-size is not given. On the 2-core CPU, small models gained
+# 10-16% in groups of 4 and the grouped search did worse on the same budget
 # (docs/performance.md#trial-groups); on CUDA a small trial uses under 1% of the GPU, which
 # groups are built to fill (the group size there is not measured yet).
 DEFAULT_GROUP_SIZE = {"cpu": 1, "cuda": 8}
@@ -272,11 +272,11 @@ def default_group_size(device: str) -> int:
     return DEFAULT_GROUP_SIZE.get(resolve_device(device).type, 1)
 
 
-# On a CPU a group pays while one step's activations stay in cache: beyond, the element-wise
-# passes (batch norm, activations, pooling) run from memory and the group trains slower than
-# its members one by one. Measured on the 2-core AMD EPYC (1 MiB L2 per core, 32 MiB L3):
-# groups of 4 of a 1.1M-float model ran 1.7x, 2 of the lab report's 3.8M-float net 0.83x
-# (docs/performance.md#trial-groups). GPUs have no such cap here (not measured).
+# On a CPU a group pays only while one step's activations stay in cache: beyond, the
+# element-wise passes (batch norm, activations, pooling) run from memory and the group trains
+# slower than its members one by one. On the 2-core AMD EPYC (1 MiB L2 per core, 32 MiB L3),
+# groups of small nets (1-1.4M floats a step) gained, groups of 2 of the lab report's
+# (3.8M) lost 17% (docs/performance.md#trial-groups). No such cap on GPUs (not measured).
 CPU_GROUP_FLOATS = 5_000_000
 
 
