@@ -27,9 +27,10 @@ distribution, other masks.
 
 Why by hand rather than ``torch.func.vmap`` over ``functional_call`` (PyTorch's
 model-ensembling recipe): vmap's batching rules move the member axis into channels and back
-at every layer, and on the CPU the strided copies and batch-norm rule made a group of four
-report models 2x slower than training them one by one (docs/performance.md); the layer
-types hpsearch's builders use are few, and each has a one-line grouped form.
+at every layer, and the strided copies that leaves made its first version here slower than
+this one on the CPU; dropout under vmap also cannot draw each member's masks from that
+member's own stream. The layer types hpsearch's builders use are few, and each has a
+one-line grouped form.
 """
 
 from __future__ import annotations
@@ -280,16 +281,9 @@ def default_group_size(device: str) -> int:
 CPU_GROUP_FLOATS = 5_000_000
 
 
-def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
-    """Floats the model's layers output for one example ``example`` (1, ...)."""
-    total = 0
-
-    def count(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
+def _probe(model: nn.Module, example: torch.Tensor, hooks: list[Any]) -> None:
+    """One eval-mode forward pass of ``example`` (no dropout draws, no running-statistics
+    updates) with ``hooks`` (handles) registered; they are removed after."""
     was_training = model.training
     model.eval()
     try:
@@ -299,7 +293,15 @@ def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return total
+
+
+def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
+    """Floats the model's layers output for one example ``example`` (1, ...)."""
+    outputs: list[int] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda _, a, out: outputs.append(out.numel())) for m in leaves]
+    _probe(model, example, hooks)
+    return sum(outputs)
 
 
 def group_capacity(model: nn.Module, example: torch.Tensor, batch_size: int, limit: int) -> int:
@@ -325,15 +327,7 @@ def _feature_shapes(model: nn.Module, x: torch.Tensor) -> list[torch.Size]:
         layer.register_forward_pre_hook(lambda _, args: shapes.append(args[0].shape[1:]))
         for layer in _dropout_layers(model)
     ]
-    was_training = model.training
-    model.eval()  # no dropout draws, no running-statistics updates
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    _probe(model, x, hooks)
     return shapes
 
 
