@@ -121,18 +121,22 @@ def _fusable(module: nn.Module) -> bool:
     return True
 
 
-def group_key(model: nn.Module) -> tuple[Any, ...] | None:
+def group_key(model: nn.Module, config: TrainConfig | None = None) -> tuple[Any, ...] | None:
     """What must match for models to train as one group: every layer's type and settings
-    (activation, pooling, kernel, ...) and the parameter and buffer shapes, in order; dropout
-    layers are left out, so members may differ in dropout. None for a model ``train_group``
-    cannot fuse (it trains alone)."""
+    (activation, pooling, kernel, ...) and the parameter and buffer shapes, in order, and
+    with ``config`` the steps (batch size, epochs) and layout; dropout layers are left out, so
+    members may differ in dropout. None for a model ``train_group`` cannot fuse, or a
+    ``bf16`` config (autocast is ``train``'s alone): it trains alone."""
     if not all(_fusable(module) for module in model.modules()):
+        return None
+    if config is not None and config.bf16:
         return None
     layers = tuple(
         (type(m).__name__, m.extra_repr()) for m in model.modules() if not isinstance(m, nn.Dropout)
     )
     shapes = tuple(tuple(t.shape) for t in (*model.parameters(), *model.buffers()))
-    return (type(model).__name__, layers, shapes)
+    steps = None if config is None else (config.batch_size, config.epochs, config.channels_last)
+    return (type(model).__name__, layers, shapes, steps)
 
 
 class _Stacks:
@@ -304,15 +308,15 @@ def activation_floats(model: nn.Module, example: torch.Tensor) -> int:
     return sum(outputs)
 
 
-def group_capacity(model: nn.Module, example: torch.Tensor, batch_size: int, limit: int) -> int:
-    """How many models like ``model`` to train as one, at most ``limit``: on a CPU, as many
-    as keep a step's activations within ``CPU_GROUP_FLOATS``; 1 for a model that cannot be
-    fused (``group_key``)."""
-    if limit <= 1 or group_key(model) is None:
+def group_capacity(model: nn.Module, config: TrainConfig, example: torch.Tensor, limit: int) -> int:
+    """How many models like ``model``, trained with ``config``, to train as one, at most
+    ``limit``: on a CPU, as many as keep a step's activations within ``CPU_GROUP_FLOATS``;
+    1 for one that cannot be fused (``group_key``)."""
+    if limit <= 1 or group_key(model, config) is None:
         return 1
     if example.device.type != "cpu":
         return limit
-    per_model = activation_floats(model, example) * batch_size
+    per_model = activation_floats(model, example) * config.batch_size
     return max(1, min(limit, CPU_GROUP_FLOATS // max(per_model, 1)))
 
 
@@ -351,19 +355,18 @@ def train_group(
         Each member's outcome, in order.
 
     Raises:
-        ValueError: members of different shapes, batch sizes or epoch counts, or with
-            ``bf16`` (autocast is ``train``'s alone).
+        ValueError: members whose ``group_key`` differs or is None (other shapes, batch
+            sizes or epoch counts, or ``bf16``).
     """
     if not members:
         return []
     first = members[0].config
-    for member in members:
-        if member.config.bf16:
-            raise ValueError("bf16 members train alone (training.train)")
-        if (member.config.batch_size, member.config.epochs) != (first.batch_size, first.epochs):
-            raise ValueError("a group's members share batch_size and epochs")
-        if group_key(member.model) != group_key(members[0].model):
-            raise ValueError("a group's members share one architecture")
+    keys = {group_key(member.model, member.config) for member in members}
+    if None in keys or len(keys) > 1:
+        raise ValueError(
+            "a group's members share one architecture, batch size and epoch count, "
+            "without bf16 (see groups.group_key)"
+        )
     device = x_train.device
     n, batch_size = len(x_train), first.batch_size
     steps = n_batches(n, batch_size)

@@ -125,10 +125,7 @@ class Objective:
     def group_capacity(self, run: TrialRun, limit: int) -> int:
         """How many trials of ``run``'s shape to train as one, at most ``limit``
         (``groups.group_capacity``: on a CPU, while a step's activations stay in cache)."""
-        if run.config.bf16:  # autocast runs only in train
-            return 1
-        example = self.splits.x_train[:1]
-        return group_capacity(run.model, example, run.config.batch_size, limit)
+        return group_capacity(run.model, run.config, self.splits.x_train[:1], limit)
 
     def train_group(
         self, runs: Sequence[TrialRun], on_done: Callable[[TrialRun, Outcome], None]
@@ -138,10 +135,8 @@ class Objective:
         called as each run ends, with its result or the exception that ended it."""
         subgroups: dict[Any, list[TrialRun]] = {}
         for run in runs:
-            key = group_key(run.model)
-            shape = (key, run.config.batch_size, run.config.epochs, run.config.channels_last)
-            alone = key is None or run.config.bf16
-            subgroups.setdefault(id(run) if alone else shape, []).append(run)
+            key = group_key(run.model, run.config)
+            subgroups.setdefault(id(run) if key is None else key, []).append(run)
         for members in subgroups.values():
             if len(members) == 1:
                 on_done(members[0], self._train_alone(members[0]))

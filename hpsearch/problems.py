@@ -136,15 +136,12 @@ class Problem:
             members.append(groups.GroupMember(model.to(x.device), loss, config, rng, evaluate))
         by_shape: dict[Any, list[int]] = {}
         for index, member in enumerate(members):
-            config = member.config
-            key: Any = groups.group_key(member.model)
-            if key is None or config.bf16 or group_size == 1:
-                key = index  # trains alone
-            by_shape.setdefault((key, config.batch_size, config.epochs), []).append(index)
+            key = groups.group_key(member.model, member.config)
+            by_shape.setdefault(index if key is None else key, []).append(index)  # None: alone
         results: dict[int, tuple[nn.Module, Metrics] | training.NonFiniteLossError] = {}
-        for (_, batch_size, _), indices in by_shape.items():
-            first = members[indices[0]].model
-            size = groups.group_capacity(first, x[:1], batch_size, group_size)
+        for indices in by_shape.values():
+            first = members[indices[0]]
+            size = groups.group_capacity(first.model, first.config, x[:1], group_size)
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
                 if len(chunk) == 1:  # alone: exactly ``fit``

@@ -129,8 +129,8 @@ def run_trials(
     coordinator = Coordinator(study, settings.trials)
     # Trial groups need an objective that can train several trials as one (Objective), and a
     # sampler that draws each trial's params: grid and QMC assign trial n its point n, which
-    # a group's shared shape would override.
-    # CMA-ES keeps one search distribution over every param, which fixed params break.
+    # a group's shared shape would override, and CMA-ES keeps one search distribution over
+    # every param, which fixed params break.
     groupable = hasattr(objective, "train_group") and settings.sampler not in GROUPLESS_SAMPLERS
     group_size = (settings.group_size or 1) if groupable else 1
     read_progress = ProgressReader(study, settings.trials, list_trials=on_progress is not None)
@@ -153,8 +153,7 @@ def run_trials(
             coordinator.finish(trial, state=TrialState.PRUNED)
             consecutive_failures = 0
         except KeyboardInterrupt as interrupt:
-            reason = f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
-            coordinator.fail(trial, reason, retry=True, quiet=True)
+            coordinator.fail(trial, _interrupted(interrupt), retry=True, quiet=True)
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             # This worker stalled (stopped, suspended) past the grace period and
@@ -233,7 +232,7 @@ def run_trials(
             # Interrupted: the rest are queued again, and resume from their checkpoints.
             # Stopped (too many failures in a row): the rest end failed with the reason.
             interrupted = isinstance(error, KeyboardInterrupt)
-            reason = f"interrupted ({error})" if interrupted else f"worker stopped: {error}"
+            reason = _interrupted(error) if interrupted else f"worker stopped: {error}"
             for trial, _ in list(running.values()):
                 try:
                     coordinator.fail(trial, reason, retry=interrupted, quiet=interrupted)
@@ -392,6 +391,11 @@ def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
 
 def _raise(error: BaseException) -> float:
     raise error
+
+
+def _interrupted(interrupt: BaseException) -> str:
+    """A trial's fail reason for Ctrl-C or a signal (``Interrupted`` names the signal)."""
+    return f"interrupted ({interrupt})" if str(interrupt) else "interrupted"
 
 
 class GridSearchSampler(optuna.samplers.GridSampler):

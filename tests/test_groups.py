@@ -251,12 +251,18 @@ def test_on_a_cpu_groups_stay_within_the_activation_budget() -> None:
     example = torch.zeros(1, 1, 16, 16)
     report = spec.build_model(spec.defaults, (1, 16, 16))  # 3.8M floats a step at batch 50
     small = spec.build_model({**CONV, "channels": 16, "n_conv_layers": 1}, (1, 16, 16))
-    assert group_capacity(report, example, 50, limit=8) == 1
-    assert group_capacity(small, example, 32, limit=8) == 8
-    assert group_capacity(small, example, 32, limit=1) == 1
+
+    def batch(size: int) -> TrainConfig:
+        return TrainConfig(epochs=1, batch_size=size)
+
+    assert group_capacity(report, batch(50), example, limit=8) == 1
+    assert group_capacity(small, batch(32), example, limit=8) == 8
+    assert group_capacity(small, batch(32), example, limit=1) == 1
     per_model = activation_floats(small, example) * 256
-    assert group_capacity(small, example, 256, limit=8) == CPU_GROUP_FLOATS // per_model
-    assert group_capacity(nn.Sequential(nn.Conv1d(1, 1, 3)), example, 2, limit=8) == 1
+    assert group_capacity(small, batch(256), example, limit=8) == CPU_GROUP_FLOATS // per_model
+    assert group_capacity(nn.Sequential(nn.Conv1d(1, 1, 3)), batch(2), example, limit=8) == 1
+    bf16 = TrainConfig(epochs=1, batch_size=32, bf16=True)  # autocast is train's alone
+    assert group_capacity(small, bf16, example, limit=8) == 1
 
 
 def test_members_leave_with_their_own_weights() -> None:
