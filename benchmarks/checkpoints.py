@@ -26,11 +26,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hpsearch.artifacts import open_artifact_store  # noqa: E402
-from hpsearch.checkpoints import CheckpointStore  # noqa: E402
-from hpsearch.problems import get_problem  # noqa: E402
-from hpsearch.study_file import load_study_file  # noqa: E402
-from hpsearch.training import TrainConfig, TrainState, train  # noqa: E402
+from hpsearch.problems.registry import get_problem  # noqa: E402
+from hpsearch.search.checkpoints import CheckpointStore  # noqa: E402
+from hpsearch.search.study_file import load_study_file  # noqa: E402
+from hpsearch.storage.artifacts import open_artifact_store  # noqa: E402
+from hpsearch.training.config import TrainConfig, TrainState  # noqa: E402
+from hpsearch.training.loop import train  # noqa: E402
 from tests.servers import S3_CREDENTIALS, moto_server, new_bucket  # noqa: E402
 
 

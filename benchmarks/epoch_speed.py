@@ -2,7 +2,7 @@
 
     python benchmarks/epoch_speed.py [--device cpu|cuda] [--epochs 3] [--threads N]
 
-1. hpsearch's training loop (hpsearch.training.train: whole tensors on the device, index
+1. hpsearch's training loop (hpsearch.training.loop.train: whole tensors on the device, index
    slices of one permutation per epoch);
 2. a plain hand-written PyTorch loop over the same tensors;
 3. the usual torchvision pipeline: datasets.USPS with ToTensor + Normalize transforms and a
@@ -27,10 +27,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hpsearch.data import PACKAGED_DATA_DIR, load_usps  # noqa: E402
-from hpsearch.models import build_conv_classifier  # noqa: E402
-from hpsearch.problems import get_problem  # noqa: E402
-from hpsearch.training import CLASSIFICATION_LOSSES, TrainConfig, train  # noqa: E402
+from hpsearch.problems.registry import get_problem  # noqa: E402
+from hpsearch.problems.splits import PACKAGED_DATA_DIR  # noqa: E402
+from hpsearch.problems.usps import load_usps  # noqa: E402
+from hpsearch.training.config import TrainConfig  # noqa: E402
+from hpsearch.training.loop import train  # noqa: E402
+from hpsearch.training.losses import CLASSIFICATION_LOSSES  # noqa: E402
+from hpsearch.training.models import build_conv_classifier  # noqa: E402
 
 PARAMS = dict(get_problem("usps").defaults)  # the lab report's best configuration
 LOSS = CLASSIFICATION_LOSSES[PARAMS["loss"]]

@@ -3,7 +3,7 @@
     python benchmarks/gpu_packing.py [--trials 32] [--epochs 3] [--counts 1 2 4 8 16]
 
 Small models leave a big GPU mostly idle, so hpsearch runs several worker processes per
-GPU (hpsearch.workers.auto_workers). Here K processes share cuda:0, each training whole
+GPU (hpsearch.training.devices.auto_workers). Here K processes share cuda:0, each training whole
 trials of the lab report's USPS configuration (shortened to --epochs) with the data on the
 device; the table gives trials per minute against one trial at a time, and the free memory
 hpsearch's probe sees. Needs a CUDA device (``--device cpu`` runs the same code on the CPU,
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.workers import trials_per_minute  # noqa: E402
-from hpsearch.workers import auto_workers, usable_cores  # noqa: E402
+from hpsearch.training.devices import auto_workers, usable_cores  # noqa: E402
 
 
 def main() -> None:

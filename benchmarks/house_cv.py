@@ -28,8 +28,11 @@ import optuna
 import torch
 from sklearn.model_selection import KFold
 
-from hpsearch import data, finalize, training
-from hpsearch.problems import get_problem
+from hpsearch import training
+from hpsearch.problems import house_prices as data
+from hpsearch.problems.registry import get_problem
+from hpsearch.problems.splits import Splits, resolve_data_dir
+from hpsearch.results import finalize
 
 # Each variant's options are laid over the study's own [data] options (a value of False or 0
 # turns one of the study's options off).
@@ -48,7 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 # Trains on a fold's training rows and returns normalized predictions for its held-out rows.
-FitPredict = Callable[[data.Splits, int], torch.Tensor]
+FitPredict = Callable[[Splits, int], torch.Tensor]
 
 
 def out_of_fold(
@@ -74,7 +77,7 @@ def network(params: Mapping[str, Any]) -> FitPredict:
     """A study configuration, trained as ``hpsearch finalize`` trains it."""
     problem = get_problem("house-prices")
 
-    def fit_predict(splits: data.Splits, seed: int) -> torch.Tensor:
+    def fit_predict(splits: Splits, seed: int) -> torch.Tensor:
         x, y = splits.x_train, splits.y_train
         model, _ = problem.fit(params, x, y, seed=seed)
         return training.predict(model, splits.x_val)
@@ -82,7 +85,7 @@ def network(params: Mapping[str, Any]) -> FitPredict:
     return fit_predict
 
 
-def boosting(splits: data.Splits, seed: int) -> torch.Tensor:
+def boosting(splits: Splits, seed: int) -> torch.Tensor:
     """The baseline ``hpsearch finalize`` prints (its own fixed random_state)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -106,7 +109,7 @@ def main() -> None:
         raise SystemExit(f"{args.study} is not a house-prices study")
     options = dict(study.user_attrs.get("data", {}))
     split = {k: options.pop(k) for k in ("val_fraction", "test_fraction", "seed") if k in options}
-    frame, _ = data._read_house_prices(data.resolve_data_dir())
+    frame, _ = data._read_house_prices(resolve_data_dir())
     train_idx, val_idx, _ = data.house_split_rows(len(frame), **split)
     rows = np.sort(np.concatenate([train_idx, val_idx]))
     prices = frame[data.HOUSE_PRICES_TARGET].to_numpy(dtype=np.float64)[rows]

@@ -33,8 +33,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hpsearch.data import DEV_FOLDS
-from hpsearch.study_file import find_study_file
+from hpsearch.problems.house_prices import DEV_FOLDS
+from hpsearch.search.study_file import find_study_file
 
 
 def with_data(study_file: Path, options: dict[str, int], folder: Path, tag: str) -> Path:

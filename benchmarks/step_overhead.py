@@ -22,10 +22,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hpsearch.data import load_house_prices  # noqa: E402
-from hpsearch.models import build_mlp_regressor  # noqa: E402
-from hpsearch.problems import get_problem  # noqa: E402
-from hpsearch.training import TrainConfig, make_optimizer, train  # noqa: E402
+from hpsearch.problems.house_prices import load_house_prices  # noqa: E402
+from hpsearch.problems.registry import get_problem  # noqa: E402
+from hpsearch.training.config import TrainConfig  # noqa: E402
+from hpsearch.training.loop import train  # noqa: E402
+from hpsearch.training.models import build_mlp_regressor  # noqa: E402
+from hpsearch.training.optim import make_optimizer  # noqa: E402
 
 PARAMS = dict(get_problem("house-prices").defaults)
 

@@ -25,8 +25,8 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hpsearch.coordination import Coordinator  # noqa: E402
-from hpsearch.storage import open_storage  # noqa: E402
+from hpsearch.search.coordinator import Coordinator  # noqa: E402
+from hpsearch.storage.database import open_storage  # noqa: E402
 from tests.cheap_worker import spawn  # noqa: E402
 from tests.servers import fresh_database  # noqa: E402
 

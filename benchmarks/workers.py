@@ -5,7 +5,7 @@
 Each worker process trains whole trials of the same fixed configuration (the lab report's
 best, shortened) on its own, as `hpsearch run --workers W --threads T` does; the wall time
 from start until all trials are done gives trials per minute. This is what
-hpsearch.workers.auto_workers' CPU default (one single-threaded worker per core) rests on.
+hpsearch.training.devices.auto_workers' CPU default (one single-threaded worker per core) rests on.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hpsearch.workers import usable_cores  # noqa: E402
+from hpsearch.training.devices import usable_cores  # noqa: E402
 
 
 def run_trials(problem: str, epochs: int, trials: int, threads: int, device: str = "cpu") -> None:
     import torch
 
-    from hpsearch.problems import get_problem
+    from hpsearch.problems.registry import get_problem
 
     torch.set_num_threads(threads)
     spec = get_problem(problem)

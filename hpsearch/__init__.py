@@ -11,26 +11,28 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.errors import HpsearchError
 
 if TYPE_CHECKING:
-    from hpsearch.finalize import finalize_study, load_model
-    from hpsearch.problems import PROBLEMS, Problem, get_problem, register_problem
-    from hpsearch.search import run_study
+    from hpsearch.problems import PROBLEMS, Problem, Splits, get_problem, register_problem
+    from hpsearch.results.finalize import finalize_study
+    from hpsearch.results.model_files import load_model
+    from hpsearch.search.run import run_study
+    from hpsearch.search.study_file import StudyConfig, load_study_file
     from hpsearch.settings import Settings, resolve_settings
-    from hpsearch.storage import open_storage
-    from hpsearch.study_file import StudyConfig, load_study_file
+    from hpsearch.storage.database import open_storage
 
 _LAZY = {
-    "finalize_study": "hpsearch.finalize",
-    "load_model": "hpsearch.finalize",
+    "finalize_study": "hpsearch.results.finalize",
+    "load_model": "hpsearch.results.model_files",
     "PROBLEMS": "hpsearch.problems",
     "Problem": "hpsearch.problems",
+    "Splits": "hpsearch.problems",
     "get_problem": "hpsearch.problems",
     "register_problem": "hpsearch.problems",
-    "run_study": "hpsearch.search",
+    "run_study": "hpsearch.search.run",
     "Settings": "hpsearch.settings",
     "resolve_settings": "hpsearch.settings",
-    "open_storage": "hpsearch.storage",
-    "StudyConfig": "hpsearch.study_file",
-    "load_study_file": "hpsearch.study_file",
+    "open_storage": "hpsearch.storage.database",
+    "StudyConfig": "hpsearch.search.study_file",
+    "load_study_file": "hpsearch.search.study_file",
 }
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "HpsearchError",
     "Problem",
     "Settings",
+    "Splits",
     "StudyConfig",
     "finalize_study",
     "get_problem",

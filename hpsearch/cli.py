@@ -18,7 +18,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hpsearch.errors import HpsearchError
 from hpsearch.settings import DEFAULTS, ENVIRONMENT
 
 app = typer.Typer(
@@ -85,21 +84,18 @@ def one_line_errors(interrupted: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return command(*args, **kwargs)
-            except HpsearchError as error:
-                err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
-                raise typer.Exit(error.exit_code) from None
             except KeyboardInterrupt:
                 err_console.print(interrupted)
                 raise typer.Exit(130) from None
             except Exception as error:
-                # The database lost for longer than the retries cover: one line, exit 75.
-                from hpsearch.storage import database_lost
+                # Bad input, or a database refused or lost for longer than the retries cover.
+                from hpsearch.storage.errors import user_error
 
-                lost = database_lost(error)
-                if lost is None:
+                failure = user_error(error)
+                if failure is None:
                     raise
-                err_console.print(f"[red]error:[/red] {escape(str(lost))}")
-                raise typer.Exit(lost.exit_code) from None
+                err_console.print(f"[red]error:[/red] {escape(str(failure))}", soft_wrap=True)
+                raise typer.Exit(failure.exit_code) from None
 
         return wrapper  # type: ignore[return-value]
 
@@ -176,12 +172,12 @@ def run(
 
     More workers, on this machine or others, join with the same command and --storage.
     """
+    from hpsearch.search.study_file import find_study_file, load_study_file
     from hpsearch.settings import resolve_settings
-    from hpsearch.study_file import find_study_file, load_study_file
 
     path = find_study_file(target)  # before any heavy import: a misspelling fails at once
     from hpsearch.display import RunProgress, run_header, summary_table
-    from hpsearch.search import run_study
+    from hpsearch.search.run import run_study
 
     _configure_logging(verbose, live=True)
     config = load_study_file(path)
@@ -227,10 +223,10 @@ def create(
     `hpsearch run` creates the study too; this is the set-up step of a cluster job. An
     existing study of the same problem is left as it is.
     """
-    from hpsearch.search import create_study
+    from hpsearch.search.study import create_study
+    from hpsearch.search.study_file import find_study_file, load_study_file
     from hpsearch.settings import resolve_settings
-    from hpsearch.storage import redact
-    from hpsearch.study_file import find_study_file, load_study_file
+    from hpsearch.storage.urls import redact
 
     _configure_logging()
     config = load_study_file(find_study_file(target))
@@ -247,8 +243,8 @@ def create(
 def studies(storage: StorageOption = None) -> None:
     """List the studies in the storage: trials by state and the best value."""
     from hpsearch.display import studies_table
+    from hpsearch.results.summaries import list_studies
     from hpsearch.settings import resolve_settings
-    from hpsearch.studies import list_studies
 
     _configure_logging()
     console.print(studies_table(list_studies(resolve_settings(storage=storage).storage)))
@@ -263,8 +259,8 @@ def best(
 ) -> None:
     """Show the best trial: its params, full configuration and metrics."""
     from hpsearch.display import best_table
+    from hpsearch.results.summaries import best_trial
     from hpsearch.settings import resolve_settings
-    from hpsearch.studies import best_trial
 
     _configure_logging()
     record = best_trial(study_name, resolve_settings(storage=storage).storage)
@@ -283,8 +279,8 @@ def trials(
 ) -> None:
     """List a study's trials, or write them all to a CSV file."""
     from hpsearch.display import trials_table
+    from hpsearch.results.summaries import trials_frame, write_csv
     from hpsearch.settings import resolve_settings
-    from hpsearch.studies import trials_frame, write_csv
 
     _configure_logging()
     frame = trials_frame(study_name, resolve_settings(storage=storage).storage)
@@ -339,7 +335,7 @@ def finalize(
     ensemble of all of them and the problem's classic baseline.
     """
     from hpsearch.display import candidate_line, finalize_table
-    from hpsearch.finalize import finalize_study
+    from hpsearch.results.finalize import finalize_study
     from hpsearch.settings import resolve_settings
 
     _configure_logging()
@@ -355,7 +351,7 @@ def finalize(
         group_size=group_size,
     )
     if study_name.endswith(".toml"):  # a cluster's settings name the study by its file
-        from hpsearch.study_file import find_study_file, load_study_file
+        from hpsearch.search.study_file import find_study_file, load_study_file
 
         study_name = load_study_file(find_study_file(study_name)).name
     err_console.print(f"finalizing {study_name}: top {settings.top_k} x {settings.seeds} seeds")
@@ -377,9 +373,9 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Output folder. Default: ./report-STUDY")] = None,
 ) -> None:
     """Write a study's report: index.html (self-contained), tables.md and PNG figures."""
-    from hpsearch.report import build_report
+    from hpsearch.results.report import build_report
     from hpsearch.settings import resolve_settings
-    from hpsearch.storage import load_study
+    from hpsearch.storage.counts import load_study
 
     _configure_logging()
     study = load_study(study_name, resolve_settings(storage=storage).storage)
@@ -399,9 +395,10 @@ def dashboard(
     """Serve optuna-dashboard on the storage: live plots of every study, finalized models."""
     import optuna_dashboard
 
-    from hpsearch.artifacts import open_artifact_store
     from hpsearch.settings import resolve_settings
-    from hpsearch.storage import open_storage, redact
+    from hpsearch.storage.artifacts import open_artifact_store
+    from hpsearch.storage.database import open_storage
+    from hpsearch.storage.urls import redact
 
     _configure_logging()
     settings = resolve_settings(storage=storage, artifacts=artifacts)

@@ -17,36 +17,18 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from hpsearch.results.tables import finalize_test_table, format_params, format_seconds, format_value
+
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
     from rich.progress import Progress
 
-    from hpsearch.finalize import Candidate, FinalResult
-    from hpsearch.search import StudyProgress
+    from hpsearch.results.final_result import Candidate, FinalResult
+    from hpsearch.results.summaries import StudySummary
+    from hpsearch.search.progress import StudyProgress
+    from hpsearch.search.study_file import StudyConfig
     from hpsearch.settings import Settings
-    from hpsearch.studies import StudySummary
-    from hpsearch.study_file import StudyConfig
-
-
-def format_value(value: Any) -> str:
-    """A number for the terminal: 6 significant digits, thousands separators from 1e5; other
-    values as they print."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "-" if value is None else str(value)
-    if not math.isfinite(value):
-        return "-"
-    return f"{value:.6g}" if abs(value) < 1e5 else f"{value:,.0f}"
-
-
-def format_seconds(seconds: float | None) -> str:
-    return "-" if seconds is None or not math.isfinite(seconds) else f"{seconds:.1f}"
-
-
-def format_params(params: Mapping[str, Any]) -> str:
-    """``name=value`` pairs, sorted, numbers formatted (``dropout=0.15``, not
-    ``0.15000000000000002``)."""
-    return "  ".join(f"{name}={format_value(value)}" for name, value in sorted(params.items()))
 
 
 def _clock(seconds: float) -> str:
@@ -105,7 +87,7 @@ def run_header(config: StudyConfig, settings: Settings) -> str:
     """What ``hpsearch run`` is about to do, in one line (rich markup; no password)."""
     from rich.markup import escape
 
-    from hpsearch.storage import redact
+    from hpsearch.storage.urls import redact
 
     workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
     return (
@@ -274,8 +256,6 @@ def finalize_table(result: FinalResult) -> Group:
     """Test metrics (rows) of the tuned network, the ensemble, the calibrated intervals and
     the baseline (columns); a metric that is not one number (per-class accuracy) follows
     the table as a line of its own."""
-    from hpsearch.report import finalize_test_table
-
     header, rows = finalize_test_table(result.summary())
     table = Table()
     table.add_column("test metric", overflow="fold")

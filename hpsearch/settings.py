@@ -2,7 +2,7 @@
 study file < environment < command-line flags.
 
 This module is the only reader of the ``HPSEARCH_*`` settings variables (the database password,
-a secret rather than a setting, is read where the storage URL is built: ``storage.parse_url``).
+a secret rather than a setting, is read where the storage URL is built: ``storage.urls``).
 It imports nothing heavy, so commands that do not train start fast.
 """
 
@@ -12,12 +12,9 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hpsearch.errors import HpsearchError
-
-if TYPE_CHECKING:
-    from hpsearch.study_file import StudyConfig
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
 PRUNERS = ("hyperband", "median", "successive-halving", "none")
@@ -32,6 +29,21 @@ ENVIRONMENT = {
     "artifacts": "HPSEARCH_ARTIFACTS",
     "group_size": "HPSEARCH_GROUP_SIZE",
 }
+
+
+class StudyDefaults(Protocol):
+    """What a study file sets (``search.study_file.StudyConfig`` has these)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def pruner(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def trials(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -49,13 +61,13 @@ class Settings:
     trials: int = 30
     timeout: float | None = None
     threads: int | None = None  # None: cores / workers
-    workers: int | None = None  # None: one per CPU core, or per GPU memory (workers.auto_workers)
+    workers: int | None = None  # None: one per CPU core, or per GPU memory (devices.auto_workers)
     # The artifact store of checkpoints and finalized models: a folder or s3://bucket/prefix;
     # "" turns checkpoints off (and finalize then writes --out only).
     artifacts: str = "hpsearch-artifacts"
     heartbeat_interval: int = 10
-    # Trials trained as one model (hpsearch.groups); 1: one at a time; None: by device
-    # (groups.DEFAULT_GROUP_SIZE).
+    # Trials trained as one stack of models (training.stack); 1: one at a time; None: by
+    # device (training.devices.DEFAULT_GROUP_SIZE).
     group_size: int | None = None
     # finalize
     top_k: int = 3
@@ -86,12 +98,13 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def resolve_settings(
-    study: StudyConfig | None = None, *, environ: Mapping[str, str] | None = None, **flags: Any
+    study: StudyDefaults | None = None, *, environ: Mapping[str, str] | None = None, **flags: Any
 ) -> Settings:
     """Merge the settings: built-in defaults < ``study`` file < environment < ``flags``.
 
     ``flags`` hold the command line's values, ``None`` meaning "not given". With a study (the
-    ``run`` path), an unset worker count becomes the machine's default.
+    ``run`` path), an unset worker count and group size become the machine's defaults
+    (``training.devices``).
 
     Raises:
         HpsearchError: a value out of range or an unknown name, naming the flag.
@@ -115,20 +128,15 @@ def resolve_settings(
     if study is not None:
         if not settings.study_name:
             raise HpsearchError("--study-name must not be empty")
-        if settings.sampler == "grid" and study.sampler != "grid":
-            from hpsearch.space import grid_search_space
+        # Imported here: it imports torch, which the commands that only read do not need.
+        from hpsearch.training.devices import default_group_size, default_workers
 
-            try:
-                grid_search_space(study.space)
-            except ValueError as error:
-                raise HpsearchError(f"--sampler grid: {error}") from None
         if settings.workers is None:
-            from hpsearch.workers import default_workers
-
-            settings = replace(settings, workers=default_workers(settings))
+            workers = default_workers(
+                settings.device, threads=settings.threads, trials=settings.trials
+            )
+            settings = replace(settings, workers=workers)
         if settings.group_size is None:
-            from hpsearch.groups import default_group_size
-
             settings = replace(settings, group_size=default_group_size(settings.device))
     return settings
 

@@ -20,10 +20,13 @@ from pathlib import Path
 
 import optuna
 
-from hpsearch.coordination import retry_trial
-from hpsearch.search import TrialSeededSampler, run_trials
+from hpsearch.search.coordinator import retry_trial
+from hpsearch.search.samplers import TrialSeededSampler
+from hpsearch.search.worker import FunctionObjective, run_trials
 from hpsearch.settings import Settings
-from hpsearch.storage import StudyLock, open_storage, parse_url
+from hpsearch.storage.database import open_storage
+from hpsearch.storage.lock import StudyLock
+from hpsearch.storage.urls import parse_url
 
 SEED = 7
 
@@ -104,7 +107,7 @@ def main() -> None:
         return value
 
     try:
-        run_trials(study, counted, settings)
+        run_trials(study, FunctionObjective(counted), settings)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         raise SystemExit(130) from None

@@ -105,11 +105,11 @@ def test_malformed_study_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_corrupt_data_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from hpsearch import data
+    from hpsearch.problems import house_prices, splits
 
     folder = tmp_path / "data"
-    shutil.copytree(data.PACKAGED_DATA_DIR, folder)
-    csv = folder / data.HOUSE_PRICES_FILE
+    shutil.copytree(splits.PACKAGED_DATA_DIR, folder)
+    csv = folder / house_prices.HOUSE_PRICES_FILE
     csv.chmod(0o644)
     csv.write_text(csv.read_text()[:-100])
     monkeypatch.chdir(tmp_path)

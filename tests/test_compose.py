@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from hpsearch.study_file import packaged_studies
+from hpsearch.search.study_file import packaged_studies
 
 REPO = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -20,9 +20,9 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from hpsearch.cli import app
+from hpsearch.search.study_file import packaged_studies
 from hpsearch.settings import ENVIRONMENT
-from hpsearch.storage import PASSWORD_ENV
-from hpsearch.study_file import packaged_studies
+from hpsearch.storage.urls import PASSWORD_ENV
 
 REPO = Path(__file__).parent.parent
 KUBE = REPO / "deploy" / "kubernetes"

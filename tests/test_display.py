@@ -11,16 +11,10 @@ import pandas as pd
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpsearch.display import (
-    RunProgress,
-    best_table,
-    format_params,
-    format_value,
-    studies_table,
-    trials_table,
-)
-from hpsearch.search import StudyProgress
-from hpsearch.studies import StudySummary
+from hpsearch.display import RunProgress, best_table, studies_table, trials_table
+from hpsearch.results.summaries import StudySummary
+from hpsearch.results.tables import format_params, format_value
+from hpsearch.search.progress import StudyProgress
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:

@@ -29,9 +29,9 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tests.search.test_local_workers import _slow_house_study, hpsearch_cmd
 from tests.servers import S3_CREDENTIALS, Bucket, fresh_database, moto_server, new_bucket
 from tests.servers import own_postgres as postgres_server
-from tests.test_workers import _slow_house_study, hpsearch_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

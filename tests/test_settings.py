@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from hpsearch.errors import HpsearchError
+from hpsearch.search.study_file import load_study_file
 from hpsearch.settings import DEFAULTS, ENVIRONMENT, resolve_settings
-from hpsearch.study_file import load_study_file
 
 USPS = Path(__file__).parent.parent / "studies" / "usps.toml"
 
@@ -58,7 +58,6 @@ def test_commands_without_a_study_resolve_the_same_way() -> None:
         ({"sampler": "bayes"}, "unknown sampler"),
         ({"pruner": "asha"}, "unknown pruner"),
         ({"device": "tpu"}, "unknown device"),
-        ({"sampler": "grid"}, "--sampler grid"),
         ({"top_k": 0}, "--top-k must be >= 1"),
         ({"study_name": ""}, "--study-name must not be empty"),
     ],
@@ -76,7 +75,7 @@ def test_bad_environment_value_names_the_variable() -> None:
 def test_default_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from hpsearch import workers
+    from hpsearch.training import devices as workers
 
     study = load_study_file(USPS)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -94,7 +93,7 @@ def test_default_workers_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     at most one per core, spread over the devices."""
     import torch
 
-    from hpsearch import workers
+    from hpsearch.training import devices as workers
 
     gib = 1024**3
     free = {0: 70 * gib, 1: 5 * gib}

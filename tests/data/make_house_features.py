@@ -1,4 +1,5 @@
-"""Write ``house_features.npz``: reference house-price features for ``test_data.py``.
+"""Write ``house_features.npz``: reference house-price features for
+``tests/problems/test_house_prices.py``.
 
 It was run once on the hand-written feature code, before ``hpsearch/data.py`` moved to
 scikit-learn transformers, so the test proves the rewrite gives the same numbers. Do not
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hpsearch import data
+from hpsearch.problems import house_prices as data
 
 # The shipped study files' [data] tables, plus the plain feature sets.
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -43,7 +44,7 @@ def sample_positions(n: int) -> np.ndarray:
 def main() -> None:
     arrays: dict[str, np.ndarray] = {}
     for name, options in OPTIONS.items():
-        splits = data.load_house_prices(data.PACKAGED_DATA_DIR, **options)
+        splits = data.load_house_prices(None, **options)
         arrays[f"{name}/target"] = np.array([splits.target_mean, splits.target_std])
         for split in SPLITS:
             x = getattr(splits, f"x_{split}").numpy().astype(np.float64)

@@ -19,9 +19,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from hpsearch import metrics, models
-from hpsearch.data import Splits
-from hpsearch.problems import Problem
+from hpsearch.problems import metrics
+from hpsearch.problems.registry import Problem
+from hpsearch.problems.splits import Splits
+from hpsearch.training import models
 
 
 def load_digits(

@@ -1,0 +1,33 @@
+"""What hpsearch searches: the problem registry (``registry``, the one extension point), each
+shipped problem in a module of its own (``usps``, ``house_prices``: data, model, metrics and
+baseline as one ``Problem`` entry), what every data loader returns (``splits``), and the
+metrics and classic baselines the problems share.
+
+Importing this package registers the shipped problems.
+"""
+
+# isort: off
+# Registered in this order, which the registry lists (usps first, as the lab report has it).
+from hpsearch.problems import usps
+from hpsearch.problems import house_prices
+
+# isort: on
+from hpsearch.problems.registry import (
+    PROBLEMS,
+    Calibration,
+    Problem,
+    get_problem,
+    register_problem,
+)
+from hpsearch.problems.splits import Splits
+
+__all__ = [
+    "PROBLEMS",
+    "Calibration",
+    "Problem",
+    "Splits",
+    "get_problem",
+    "house_prices",
+    "register_problem",
+    "usps",
+]

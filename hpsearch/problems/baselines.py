@@ -1,0 +1,56 @@
+"""Classic baselines, trained on the same train + validation rows as the finalized network and
+scored on the same test rows, so a user sees what the search bought. A problem names its
+baseline in its registry entry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpsearch.problems.metrics import dollar_errors, r2_score
+from hpsearch.problems.splits import Splits
+
+
+def _rows(splits: Splits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train + validation rows (flattened inputs, targets) and the flattened test inputs."""
+    x = np.concatenate([splits.x_train.cpu().numpy(), splits.x_val.cpu().numpy()])
+    y = np.concatenate([splits.y_train.cpu().numpy(), splits.y_val.cpu().numpy()])
+    x_test = splits.x_test.cpu().numpy()
+    return x.reshape(len(x), -1), y, x_test.reshape(len(x_test), -1)
+
+
+def rbf_svm(splits: Splits) -> dict[str, Any]:
+    """An RBF support-vector machine on the normalized pixels (scikit-learn's SVC, C = 10,
+    gamma "scale"), the classic strong non-neural result on small digit images."""
+    from sklearn.svm import SVC
+
+    x, y, x_test = _rows(splits)
+    started = time.perf_counter()
+    predicted = SVC(C=10.0, kernel="rbf", gamma="scale").fit(x, y).predict(x_test)
+    accuracy = float((predicted == splits.y_test.cpu().numpy()).mean())
+    return {
+        "name": "RBF SVM (C=10)",
+        "test": {"accuracy": accuracy},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def gradient_boosting(splits: Splits) -> dict[str, Any]:
+    """Gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor, default
+    settings) on the same features, predicting the same normalized target."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    x, y, x_test = _rows(splits)
+    started = time.perf_counter()
+    model = HistGradientBoostingRegressor(random_state=0).fit(x, y)
+    mean = torch.as_tensor(model.predict(x_test))
+    y_test = splits.y_test.cpu()
+    return {
+        "name": "gradient boosting",
+        "test": {**dollar_errors(mean, y_test, splits), "r2": r2_score(mean, y_test, splits)},
+        "seconds": round(time.perf_counter() - started, 1),
+    }

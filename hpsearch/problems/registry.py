@@ -1,0 +1,184 @@
+"""The problem registry, hpsearch's one extension point.
+
+A ``Problem`` entry carries everything that differs between problems: the data loader, the
+model builder and the hyperparameters it reads, the losses, the validation and test metrics,
+the lab report's defaults, how an ensemble averages, the classic baseline and an optional
+calibration. Every other module reads problems only through these fields. A new problem is
+one entry, registered with ``register_problem`` (or from another package through the
+``hpsearch.problems`` entry-point group), plus a study file with ``problem = "<name>"``;
+``problems/usps.py`` is one to copy.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from hpsearch.errors import HpsearchError
+from hpsearch.problems.metrics import Metrics
+from hpsearch.problems.splits import Splits
+from hpsearch.training import (
+    HYPERPARAMETERS,
+    LossFn,
+    Member,
+    NonFiniteLossError,
+    TrainConfig,
+    models,
+    seeded,
+    train_members,
+)
+
+Evaluate = Callable[[nn.Module, torch.Tensor, torch.Tensor, Splits], Metrics]
+ENTRY_POINT_GROUP = "hpsearch.problems"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A scale fitted on validation after training (the Gaussian regressor's sigma):
+    ``statistic`` of each validation fit, ``scale`` from those, ``apply`` to the model."""
+
+    statistic: Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
+    scale: Callable[[Sequence[float]], float]
+    apply: Callable[[nn.Module, float], nn.Module]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A named search problem: ``problem = "usps"`` in a study file looks one of these up."""
+
+    name: str
+    description: str
+    # (data_dir or None for the packaged copy, **the study file's [data]) -> Splits
+    load_data: Callable[..., Splits]
+    # (params, shape of one input example) -> an untrained model
+    build_model: Callable[[Mapping[str, Any], Sequence[int]], nn.Module]
+    # The builder's hyperparameters -> pydantic types of their valid values
+    model_hyperparameters: Mapping[str, Any]
+    losses: Mapping[str, LossFn]
+    # Metrics of a model on validation rows, every evaluated epoch (names without "val_")
+    evaluate: Evaluate
+    # Validation metric -> study direction; the first is the default objective.
+    metrics: Mapping[str, Literal["maximize", "minimize"]]
+    # The lab report's best configuration: any hyperparameter a study neither fixes nor
+    # searches takes this value.
+    defaults: Mapping[str, Any]
+    # Stacked member outputs (M, B, ...) -> the ensemble's output, in the members' format
+    combine: Callable[[torch.Tensor], torch.Tensor] = models.mean_prediction
+    # Metrics of the one look at the test split; default: ``evaluate``'s
+    test_metrics: Evaluate | None = None
+    # Fits a classic model on train + validation and scores it on test: {"name", "test"}
+    baseline: Callable[[Splits], dict[str, Any]] | None = None
+    calibration: Calibration | None = None
+    # Width key -> depth key: ``per_layer = true`` samples ``{width}_{i}`` for each layer
+    per_layer: Mapping[str, str] = field(default_factory=dict)
+    # The hyperparameters a trial group's members share (and their per-layer ``{width}_{i}``
+    # forms): the builder's that set the layers and tensor shapes, and training's that set
+    # the steps (``training.GROUP_PARAMS``). Models that differ in these train apart anyway
+    # (``training.stack.stack_key``); sharing them is what lets a group's trials stack.
+    group_params: frozenset[str] = frozenset()
+
+    @property
+    def default_metric(self) -> str:
+        return next(iter(self.metrics))
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every hyperparameter a study may fix or search -> the pydantic type of its values."""
+        losses: Any = Literal[tuple(self.losses)]
+        return {**self.model_hyperparameters, **HYPERPARAMETERS, "loss": losses}
+
+    def fit(
+        self,
+        params: Mapping[str, Any],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        seed: int,
+        evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
+    ) -> tuple[nn.Module, Metrics]:
+        """Train a fresh model of ``params`` on ``(x, y)`` with ``seed`` for all its epochs;
+        the model and ``evaluate``'s metrics after the last one.
+
+        Raises:
+            NonFiniteLossError: the training loss diverged.
+        """
+        [fit] = self.fit_many([(params, seed)], x, y, group_size=1, evaluate=evaluate)
+        if isinstance(fit, NonFiniteLossError):
+            raise fit
+        return fit
+
+    def fit_many(
+        self,
+        jobs: Sequence[tuple[Mapping[str, Any], int]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        group_size: int,
+        evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
+    ) -> list[tuple[nn.Module, Metrics] | NonFiniteLossError]:
+        """``fit`` of each ``(params, seed)``, up to ``group_size`` at a time as one stack
+        where they share a shape (``training.train_members``); a diverged job's
+        ``NonFiniteLossError`` in its place.
+
+        Raises:
+            Exception: what training raised other than divergence.
+        """
+        shape = tuple(x.shape[1:])
+        members = []
+        for params, seed in jobs:
+            model, rng = seeded(functools.partial(self.build_model, params, shape), seed)
+            config = TrainConfig.from_params(params, seed=seed)
+            loss = self.losses[params["loss"]]
+            members.append(
+                Member(
+                    model.to(x.device), loss, config, evaluate, rng=rng, eval_every=config.epochs
+                )
+            )
+        results: dict[int, tuple[nn.Module, Metrics] | NonFiniteLossError] = {}
+        for index, outcome in train_members(members, x, y, group_size=group_size):
+            if isinstance(outcome, NonFiniteLossError):
+                results[index] = outcome
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                results[index] = (members[index].model, outcome.metrics)
+        return [results[index] for index in range(len(jobs))]
+
+
+# The training defaults the lab report did not vary (TrainConfig's own), listed so that a
+# trial's stored configuration is complete.
+TRAINING_DEFAULTS = {"momentum": 0.9, "weight_decay": 0.0, "lr_step_epochs": 10, "lr_gamma": 0.1}
+
+
+PROBLEMS: dict[str, Problem] = {}
+
+
+def register_problem(problem: Problem) -> Problem:
+    """Add ``problem`` to the registry under its name (replacing one of the same name)."""
+    PROBLEMS[problem.name] = problem
+    return problem
+
+
+def get_problem(name: str) -> Problem:
+    """Look a problem up by name: registered here, else from an installed package's
+    ``hpsearch.problems`` entry point of that name.
+
+    Raises:
+        HpsearchError: unknown name; the message lists the known ones.
+    """
+    if name not in PROBLEMS:
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            register_problem(entry.load())
+    try:
+        return PROBLEMS[name]
+    except KeyError:
+        raise HpsearchError(
+            f"unknown problem {name!r}; choose from {', '.join(PROBLEMS)}"
+        ) from None

@@ -1,0 +1,92 @@
+"""What every problem's data loader returns: ``Splits``, train / validation / test tensors
+already normalized; and the packaged data files, their checksums and the decoded-data cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpsearch.errors import HpsearchError
+
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent.parent / "datasets"
+
+# Checksums of the copies shipped with hpsearch, plus those of torchvision's own USPS
+# download (the shipped files were rebuilt from a float copy, so their bytes differ).
+KNOWN_MD5 = {
+    "usps/usps.bz2": {"41b2f6074f119ec27691da95e416ada0", "ec16c51db3855ca6c91edd34d0e9b197"},
+    "usps/usps.t.bz2": {"13305b45f3ecdd497292913b6671a378", "8ea070ee2aca1ac39742fdd1ef5ed118"},
+    "house_prices/train.csv": {"80ccab65fb115cbad143dbbd2bcd5577"},
+}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / test tensors of one problem, already normalized.
+
+    ``x_test``/``y_test`` are the held-out split: the search never reads them.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    # Scale of the regression target, to turn normalized errors back into dollars; with
+    # ``log_target`` the normalized target is log(price).
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    log_target: bool = False
+    checksums: dict[str, str] = field(default_factory=dict)
+    # Source rows of each split ("train", "val", "test"), for audits and tests.
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> Splits:
+        """Return a copy with every tensor moved to ``device``."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        }
+        return replace(self, **moved)
+
+    def to_dollars(self, normalized: torch.Tensor) -> torch.Tensor:
+        """Normalized regression targets or predictions -> prices (float64)."""
+        value = normalized.double() * self.target_std + self.target_mean
+        return torch.exp(value) if self.log_target else value
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The data folder: the argument, else the packaged copy."""
+    return Path(data_dir or PACKAGED_DATA_DIR).expanduser()
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path, relative: str) -> str:
+    """Check ``path`` against the known checksums of ``relative``; return its md5.
+
+    Raises:
+        HpsearchError: the file's checksum matches no known copy.
+    """
+    checksum = md5sum(path)
+    if checksum not in KNOWN_MD5[relative]:
+        raise HpsearchError(
+            f"corrupt data file {path}: md5 {checksum} matches no known copy of {relative}"
+        )
+    return checksum
+
+
+def cache_dir() -> Path:
+    """Where decoded data sets are kept between runs: ``$XDG_CACHE_HOME/hpsearch``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpsearch"

@@ -1,0 +1,236 @@
+"""From a study to one trusted model: retrain the best configurations with several seeds,
+choose robustly on validation, train the choice on train + validation and score it once on
+the held-out test split. Beside it, an ensemble of every retrained configuration x seed
+(each trained on train + validation, predictions averaged) is scored once on test too, and a
+Gaussian regressor's intervals get a scale factor fitted on validation.
+
+This module, and the baselines it fits, are the only code that reads ``Splits.x_test`` /
+``y_test``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from hpsearch.errors import HpsearchError
+from hpsearch.problems import Problem, get_problem
+from hpsearch.problems.metrics import Metrics
+from hpsearch.problems.splits import Splits
+from hpsearch.results.final_result import Candidate, FinalResult
+from hpsearch.results.model_files import ENSEMBLE_FILE, MODEL_FILE, RESULT_FILE, save
+from hpsearch.settings import Settings
+from hpsearch.storage.counts import load_study
+from hpsearch.training import NonFiniteLossError
+from hpsearch.training.devices import default_group_size, resolve_device
+from hpsearch.training.models import Ensemble
+
+
+def top_configurations(study: optuna.Study, k: int) -> list[tuple[int, dict[str, Any], float]]:
+    """The best ``k`` complete trials with distinct configurations: (number, params, value)."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if t.value is not None and math.isfinite(t.value) and "config" in t.user_attrs
+    ]
+    trials.sort(key=lambda t: t.value, reverse=maximize)  # type: ignore[arg-type, return-value]
+    chosen: list[tuple[int, dict[str, Any], float]] = []
+    seen: set[str] = set()
+    for trial in trials:
+        key = json.dumps(trial.user_attrs["config"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            chosen.append((trial.number, dict(trial.user_attrs["config"]), float(trial.value)))  # type: ignore[arg-type]
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> Metrics:
+    """The problem's test metrics of ``model``: one look at the held-out split."""
+    evaluate = problem.test_metrics or problem.evaluate
+    return evaluate(model, splits.x_test, splits.y_test, splits)
+
+
+def finalize_study(
+    study_name: str,
+    settings: Settings,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> FinalResult:
+    """The library form of ``hpsearch finalize``: load the study from ``settings.storage``,
+    its problem and data (with the options the study was run with), and ``finalize`` it into
+    ``settings.out`` (default ``./final-STUDY``).
+
+    Raises:
+        HpsearchError: no such study, a study not made by ``hpsearch run``, or no complete
+            trial.
+    """
+    from hpsearch.storage.artifacts import open_artifact_store, upload_files
+
+    study = load_study(study_name, settings.storage)
+    attrs = study.user_attrs
+    if "problem" not in attrs or "data" not in attrs:
+        raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
+    artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
+    problem = get_problem(attrs["problem"])
+    splits = problem.load_data(settings.data_dir, **attrs["data"])
+    out = Path(settings.out or f"final-{study_name}")
+    result = finalize(
+        study,
+        problem,
+        splits.to(resolve_device(settings.device)),
+        str(attrs["metric"]),
+        top_k=settings.top_k,
+        seeds=settings.seeds,
+        group_size=settings.group_size or default_group_size(settings.device),
+        out=out,
+        ensemble=settings.ensemble,
+        on_candidate=on_candidate,
+    )
+    if artifacts is not None:
+        names = (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE)
+        result.artifacts = upload_files(
+            study, artifacts, [out / n for n in names if (out / n).exists()]
+        )
+        result.artifact_store = settings.artifacts
+        study.set_user_attr("finalize", result.summary())  # now with the files' ids
+    return result
+
+
+def finalize(
+    study: optuna.Study,
+    problem: Problem,
+    splits: Splits,
+    metric: str,
+    *,
+    top_k: int = 3,
+    seeds: int = 3,
+    out: Path | None = None,
+    with_baseline: bool = True,
+    ensemble: bool = True,
+    group_size: int = 1,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> FinalResult:
+    """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
+    split, choose by validation mean -/+ std, retrain the choice on train + validation and
+    score it once on test. With ``out``, save the weights and ``finalize.json`` there.
+    ``with_baseline`` also fits the problem's classic baseline on the same rows. ``ensemble``
+    also retrains every finite candidate with every seed on train + validation and scores
+    the combination of their predictions once on test. Retrains of one shape train
+    ``group_size`` at a time as one model (``Problem.fit_many``). The summary is stored on the study
+    (user attribute ``finalize``, and a note the dashboard shows).
+
+    Raises:
+        HpsearchError: the study has no complete trial, or every candidate diverged.
+    """
+    started = time.perf_counter()
+    configs = top_configurations(study, top_k)
+    if not configs:
+        raise HpsearchError(f"study {study.study_name!r} has no complete trial to finalize")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    name = metric.removeprefix("val_")
+    calibration = problem.calibration
+
+    def validation(model: nn.Module) -> Metrics:
+        return problem.evaluate(model, splits.x_val, splits.y_val, splits)
+
+    candidates = []
+    for number, params, value in configs:
+        candidate = Candidate(trial=number, params=params, search_value=value)
+        tic = time.perf_counter()
+        x, y = splits.x_train, splits.y_train
+        jobs = [(params, seed) for seed in range(seeds)]
+        fits = problem.fit_many(jobs, x, y, group_size=group_size, evaluate=validation)
+        for fit in fits:
+            if isinstance(fit, NonFiniteLossError):  # diverged with this seed: it is out
+                metrics: Metrics = {name: math.nan}
+            else:
+                model, metrics = fit
+                if calibration is not None:
+                    statistic = calibration.statistic(model, splits.x_val, splits.y_val)
+                    candidate.val_calibration.append(statistic)
+            candidate.val_scores.append(float(metrics[name]))
+        candidate.seconds = round(time.perf_counter() - tic, 1)
+        candidates.append(candidate)
+        if on_candidate is not None:
+            on_candidate(candidate)
+    finite = [c for c in candidates if all(math.isfinite(v) for v in c.val_scores)]
+    if not finite:
+        raise HpsearchError("every retrained configuration diverged; nothing to finalize")
+    pick = max if maximize else min
+    chosen = pick(finite, key=lambda c: c.robust(maximize))
+    x_all = torch.cat([splits.x_train, splits.x_val])
+    y_all = torch.cat([splits.y_train, splits.y_val])
+    # The chosen configuration with seed 0 first: it is the final model.
+    jobs = [(chosen.params, 0)]
+    owners = [(chosen, 0)]
+    if ensemble:
+        for candidate in finite:
+            for seed in range(seeds):
+                if not (candidate is chosen and seed == 0):
+                    jobs.append((candidate.params, seed))
+                    owners.append((candidate, seed))
+    fits = problem.fit_many(jobs, x_all, y_all, group_size=group_size)
+    if isinstance(fits[0], NonFiniteLossError):
+        raise fits[0]
+    model = fits[0][0]
+    # A member that diverged (rare on train + validation) is left out.
+    members: list[tuple[Candidate, int, nn.Module]] = [
+        (candidate, seed, fit[0])
+        for (candidate, seed), fit in zip(owners, fits, strict=True)
+        if not isinstance(fit, NonFiniteLossError)
+    ]
+    result = FinalResult(
+        study=study.study_name,
+        problem=problem.name,
+        metric=metric,
+        chosen=chosen,
+        candidates=candidates,
+        test_metrics=test_metrics(problem, model, splits),  # the one look at test
+        train_rows=len(x_all),
+        test_rows=len(splits.x_test),
+        seconds=time.perf_counter() - started,
+        checksums=dict(splits.checksums),
+        input_shape=tuple(splits.x_train.shape[1:]),
+        target={"mean": splits.target_mean, "std": splits.target_std, "log": splits.log_target},
+    )
+    if ensemble:  # the ensemble's one look at test
+        combined = Ensemble([member for _, _, member in members], problem.combine)
+        result.ensemble_members = [(c.trial, seed) for c, seed, _ in members]
+        result.ensemble_test = test_metrics(problem, combined, splits)
+    if calibration is not None and chosen.val_calibration:
+        scale = calibration.scale(chosen.val_calibration)
+        result.calibration = {
+            "scale": scale,
+            "fitted_on": "validation, the chosen configuration's per-seed models",
+            "test": test_metrics(problem, calibration.apply(model, scale), splits),
+        }
+    if with_baseline and problem.baseline is not None:
+        result.baseline = problem.baseline(splits)
+    if out is not None:
+        saved = [(c.params, member) for c, _, member in members] if ensemble else []
+        save(result, model, out, saved)
+        result.out = str(out)
+    record_on_study(study, result)
+    return result
+
+
+def record_on_study(study: optuna.Study, result: FinalResult) -> None:
+    """Store the answer with the study: the ``finalize`` user attribute (read by ``hpsearch
+    report``) and a markdown note, which optuna-dashboard shows on the study's page."""
+    from optuna_dashboard import save_note
+
+    from hpsearch.results.tables import finalize_note
+
+    summary = result.summary()
+    study.set_user_attr("finalize", summary)
+    save_note(study, finalize_note(summary, result.metric))

@@ -1,0 +1,146 @@
+"""The study a run works on: created or loaded under the study lock (``open_study``), refused
+if it holds another problem's trials, and ``open_run``, which checks every input first so bad
+input writes nothing."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+
+from hpsearch.errors import HpsearchError
+from hpsearch.search.coordinator import retry_trial
+from hpsearch.search.samplers import create_pruner, create_sampler
+from hpsearch.search.study_file import StudyConfig
+from hpsearch.settings import Settings
+from hpsearch.storage.counts import count_finished, load_study
+from hpsearch.storage.database import open_storage
+from hpsearch.storage.errors import with_db_retries
+from hpsearch.storage.lock import StudyLock
+from hpsearch.storage.urls import parse_url
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpsearch.problems.splits import Splits
+    from hpsearch.storage.artifacts import ArtifactStore
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A study opened for ``hpsearch run`` and what its workers train with."""
+
+    study: optuna.Study
+    device: torch.device
+    artifacts: ArtifactStore | None
+    # The data, loaded once; None when the study already holds its trials (nothing to run).
+    splits: Splits | None
+
+
+def open_run(config: StudyConfig, settings: Settings) -> OpenRun:
+    """Check everything that can be checked before the storage is touched (sampler and pruner
+    options, device, artifact store, data files), then open (or create) the study, whose
+    trials may then be run; a study that already holds ``settings.trials`` finished trials
+    is only loaded, and no data are.
+
+    Raises:
+        HpsearchError: bad input of any kind, or a study of another problem.
+    """
+    # Imported here: they import torch and boto3, which hpsearch create does not need.
+    from hpsearch.storage.artifacts import open_artifact_store
+    from hpsearch.training.devices import resolve_device
+
+    sampler = create_sampler(config, settings)
+    pruner = create_pruner(config, settings)
+    device = resolve_device(settings.device)
+    artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
+    if count_finished(settings.storage, settings.study_name) >= settings.trials:
+        study = load_study(settings.study_name, settings.storage)
+        check_same_study(study, config)
+        return OpenRun(study, device, artifacts, splits=None)
+    splits = config.problem.load_data(settings.data_dir, **config.data)
+    storage = open_storage(
+        settings.storage,
+        heartbeat_interval=settings.heartbeat_interval,
+        on_stale_trial=retry_trial,
+    )
+    study = with_db_retries(
+        lambda: open_study(storage, config, settings.study_name, sampler, pruner),
+        "opening the study",
+    )
+    return OpenRun(study, device, artifacts, splits)
+
+
+def create_study(config: StudyConfig, settings: Settings) -> optuna.Study:
+    """Create ``config``'s study in ``settings.storage`` without running a trial (a cluster's
+    set-up step, before its workers start); an existing study of the same problem is kept."""
+    sampler = create_sampler(config, settings)
+    pruner = create_pruner(config, settings)
+    storage = open_storage(settings.storage)
+    return with_db_retries(
+        lambda: open_study(storage, config, settings.study_name, sampler, pruner),
+        "creating the study",
+    )
+
+
+def open_study(
+    storage: optuna.storages.RDBStorage,
+    config: StudyConfig,
+    study_name: str,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """Create the study, or load it if it exists; refuse a study of another problem.
+
+    Runs under the study lock, so workers starting together create one study and enqueue
+    the study file's first trials once.
+
+    Raises:
+        HpsearchError: the study exists with another problem, metric or direction.
+    """
+    lock = StudyLock(parse_url(storage.url), study_name)
+    with lock.hold():
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                sampler=sampler,
+                pruner=pruner,
+                direction=config.direction,  # type: ignore[arg-type]
+                load_if_exists=True,
+            )
+            check_same_study(study, config)
+            if "problem" not in study.user_attrs:
+                with warnings.catch_warnings():  # experimental since Optuna 3.2
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([config.metric])  # the dashboard's axis label
+                study.set_user_attr("problem", config.problem.name)
+                study.set_user_attr("metric", config.metric)
+                study.set_user_attr("study_file", config.source)
+                study.set_user_attr("data", dict(config.data))  # to rebuild the splits
+                for params in config.enqueue:
+                    study.enqueue_trial(params, skip_if_exists=True)
+        finally:
+            lock.close()
+    return study
+
+
+def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
+    """Refuse to add ``config``'s trials to a study of another problem, metric or direction.
+
+    Raises:
+        HpsearchError: naming what the stored study holds.
+    """
+    attrs = study.user_attrs
+    stored = (attrs.get("problem", config.problem.name), attrs.get("metric", config.metric))
+    if stored != (config.problem.name, config.metric):
+        raise HpsearchError(
+            f"study {study.study_name!r} holds {stored[0]} / {stored[1]} trials, not "
+            f"{config.problem.name} / {config.metric}; pick another --study-name"
+        )
+    if study.direction.name.lower() != config.direction:
+        raise HpsearchError(
+            f"study {study.study_name!r} has direction {study.direction.name.lower()}"
+        )

@@ -1,0 +1,232 @@
+"""Study files (``studies/*.toml``): the problem, metric, sampler, pruner, data options, fixed
+hyperparameters and search space of a study.
+
+The file's shape is a declarative schema (pydantic); its values are checked against the
+problem's registry entry (its metrics, data options and hyperparameter types). Every error
+names the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from hpsearch.errors import HpsearchError
+from hpsearch.search.space import ParamSpec, grid_search_space
+from hpsearch.settings import DEFAULTS, PRUNERS, SAMPLERS
+
+if TYPE_CHECKING:
+    from hpsearch.problems.registry import Problem
+
+PACKAGED_STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Study(_Table):
+    problem: str
+    name: str | None = None  # default: the file's name
+    metric: str | None = None  # default: the problem's first metric
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = DEFAULTS.seed
+    trials: Annotated[int, Field(ge=1)] = DEFAULTS.trials
+    eval_every: Annotated[int, Field(ge=1)] = 1  # epochs between validation reports
+
+
+class _StudyFile(_Table):
+    study: _Study
+    sampler: dict[str, Any] = {}  # name, then the Optuna sampler's own arguments
+    pruner: dict[str, Any] = {}
+    data: dict[str, Any] = {}  # the problem's data loader's options
+    fixed: dict[str, Any] = {}
+    space: dict[str, ParamSpec] = {}
+    enqueue: list[dict[str, Any]] = []  # configurations to try first
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study file (its defaults are the schema's, above)."""
+
+    name: str
+    source: str
+    problem: Problem
+    metric: str
+    sampler: str
+    sampler_options: dict[str, Any]
+    pruner: str
+    pruner_options: dict[str, Any]
+    seed: int
+    trials: int
+    eval_every: int
+    data: dict[str, Any]
+    fixed: dict[str, Any]
+    space: dict[str, ParamSpec]
+    enqueue: tuple[dict[str, Any], ...]
+
+    @property
+    def direction(self) -> str:
+        return str(self.problem.metrics[self.metric])
+
+    @property
+    def base_params(self) -> dict[str, Any]:
+        """Every hyperparameter's value before sampling: lab-report defaults < ``[fixed]``."""
+        return {**self.problem.defaults, **self.fixed}
+
+    @property
+    def max_epochs(self) -> int:
+        spec = self.space.get("epochs")
+        if spec is None:
+            return int(self.base_params["epochs"])
+        return int(max(spec.choices) if spec.type == "categorical" else spec.high)  # type: ignore[arg-type]
+
+
+def packaged_studies() -> dict[str, Path]:
+    """Study files shipped with hpsearch, by name (``usps`` -> ``.../usps.toml``)."""
+    return {path.stem: path for path in sorted(PACKAGED_STUDIES_DIR.glob("*.toml"))}
+
+
+def find_study_file(target: str) -> Path:
+    """A shipped study's name, or a path to a ``.toml`` file -> the study file's path."""
+    path = Path(target)
+    if target.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise HpsearchError(f"study file {target} does not exist")
+        return path
+    shipped = packaged_studies()
+    if target in shipped:
+        return shipped[target]
+    raise HpsearchError(
+        f"unknown study {target!r}; choose from {', '.join(shipped)} or give a study .toml file"
+    )
+
+
+def load_study_file(path: str | Path) -> StudyConfig:
+    """Read and validate one study file.
+
+    Raises:
+        HpsearchError: naming the file and the table or key at fault.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise HpsearchError(f"cannot read study file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise HpsearchError(f"{path}: not valid TOML: {error}") from None
+    return parse_study(raw, source=str(path), default_name=path.stem)
+
+
+def _schema_error(source: str, error: ValidationError) -> HpsearchError:
+    # A misspelled key also makes a required one missing: name the misspelling.
+    errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    *table, key = [str(part) for part in first["loc"]] or ["top level"]
+    where = ".".join(table) or "top level"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return HpsearchError(f"{source}: [{where}] unknown key {key}")
+    if where == "space" or first["type"] == "value_error":
+        return HpsearchError(f"{source}: [{'.'.join([*table, key])}] {message}")
+    return HpsearchError(f"{source}: [{where}] {key}: {message}")
+
+
+@cache
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def parse_study(raw: dict[str, Any], *, source: str, default_name: str) -> StudyConfig:
+    """Validate a study file's parsed TOML against the schema and its problem's entry.
+
+    Raises:
+        HpsearchError: naming the file and the table or key at fault.
+    """
+    from hpsearch.problems import get_problem  # imports torch: not on find_study_file's path
+
+    try:
+        parsed = _StudyFile.model_validate(raw)
+    except ValidationError as error:
+        raise _schema_error(source, error) from None
+
+    def fail(where: str, message: str) -> HpsearchError:
+        return HpsearchError(f"{source}: [{where}] {message}")
+
+    try:
+        problem = get_problem(parsed.study.problem)
+    except HpsearchError as error:
+        raise fail("study", str(error)) from None
+    metric = parsed.study.metric or problem.default_metric
+    if metric not in problem.metrics:
+        raise fail("study", f"metric {metric!r} is not one of {', '.join(problem.metrics)}")
+    sampler_options, pruner_options = dict(parsed.sampler), dict(parsed.pruner)
+    sampler = sampler_options.pop("name", DEFAULTS.sampler)
+    pruner = pruner_options.pop("name", DEFAULTS.pruner)
+    for table, name, choices in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS)):
+        if name not in choices:
+            raise fail(table, f"name {name!r} is not one of {', '.join(choices)}")
+    loader = inspect.signature(problem.load_data).parameters.values()
+    options = {p.name for p in loader if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(parsed.data) - options)
+    if unknown:
+        raise fail("data", f"unknown key {', '.join(unknown)}; allowed: {', '.join(options)}")
+
+    kinds = problem.hyperparameters
+
+    def check(where: str, name: str, values: list[Any]) -> None:
+        """Each value must be valid for the hyperparameter ``name`` (or its per-layer base)."""
+        base = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
+        kind = kinds.get(name, kinds.get(base) if base in problem.per_layer else None)
+        if kind is None:
+            raise fail(where, f"unknown hyperparameter {name!r}; known: {', '.join(kinds)}")
+        for value in values:
+            try:
+                _adapter(kind).validate_python(value, strict=True)
+            except ValidationError as error:
+                message = error.errors()[0]["msg"].removeprefix("Value error, ")
+                raise fail(where, f"{name} = {value!r}: {message}") from None
+
+    for name, value in parsed.fixed.items():
+        check("fixed", name, [value])
+    for name, spec in parsed.space.items():
+        if spec.per_layer and name not in problem.per_layer:
+            raise fail(f"space.{name}", f"per_layer applies only to {', '.join(problem.per_layer)}")
+        # A float range of an integer hyperparameter would sample fractions: check floats.
+        values = spec.values if spec.type != "float" else [float(v) for v in spec.values]
+        check(f"space.{name}", name, values)
+    both = sorted(set(parsed.space) & set(parsed.fixed))
+    if both:
+        raise fail("fixed", f"{', '.join(both)} both fixed and searched")
+    for entry in parsed.enqueue:
+        unknown = sorted(set(entry) - set(parsed.space))
+        if unknown:
+            raise fail("enqueue", f"{', '.join(unknown)} not in [space]")
+    if sampler == "grid":
+        try:
+            grid_search_space(parsed.space)
+        except ValueError as error:
+            raise fail("sampler", str(error)) from None
+    return StudyConfig(
+        name=parsed.study.name or default_name,
+        source=source,
+        problem=problem,
+        metric=metric,
+        sampler=sampler,
+        sampler_options=sampler_options,
+        pruner=pruner,
+        pruner_options=pruner_options,
+        seed=parsed.study.seed,
+        trials=parsed.study.trials,
+        eval_every=parsed.study.eval_every,
+        data=dict(parsed.data),
+        fixed=dict(parsed.fixed),
+        space=dict(parsed.space),
+        enqueue=tuple(dict(entry) for entry in parsed.enqueue),
+    )

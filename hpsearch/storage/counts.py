@@ -1,0 +1,73 @@
+"""Reading a study without its trials: finished trials counted by the database (exact across
+workers, whose trial caches lag), the study loaded by name, its best value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from hpsearch.errors import HpsearchError
+from hpsearch.storage.database import check_reachable, open_storage
+from hpsearch.storage.optuna_internals import rdb_of, state_counts, storage_of, study_id
+from hpsearch.storage.urls import parse_url
+
+
+def count_finished(url: str, study_name: str) -> int:
+    """Finished (complete or pruned) trials of the study ``study_name``, read without
+    creating anything: 0 where the storage, its tables or the study do not exist yet.
+
+    Raises:
+        HpsearchError: a bad URL, or a database server that cannot be reached.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not Path(str(parsed.database)).expanduser().exists():
+            return 0
+    else:
+        check_reachable(parsed)
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.NullPool)
+    try:
+        counts = state_counts(engine, study_name=study_name)
+    except SQLAlchemyError:  # no Optuna tables yet
+        return 0
+    finally:
+        engine.dispose()
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """The study ``name`` in the existing storage at ``url``.
+
+    Raises:
+        HpsearchError: no such storage, or no such study in it (the message lists them).
+    """
+    storage = open_storage(url, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
+
+
+def study_counts(study: optuna.Study) -> dict[TrialState, int]:
+    """Trials per state, counted by the database itself (a process's trial cache lags
+    behind the other workers)."""
+    rdb = rdb_of(storage_of(study))
+    if rdb is not None:
+        return state_counts(rdb.engine, study_id=study_id(study))
+    counts = dict.fromkeys(TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The study's best value, None before its first complete trial."""
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None

@@ -1,0 +1,82 @@
+"""Storage URLs: parsing and checking one, the password kept out of it, its redacted form for
+logs and errors, and the driver's connection options (timeouts, TCP keepalives)."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from hpsearch.errors import HpsearchError
+
+# A password kept out of the URL (and so out of shell history and process lists); any
+# characters work, no URL escaping needed.
+PASSWORD_ENV = "HPSEARCH_DB_PASSWORD"
+CONNECT_TIMEOUT_S = 10
+# Across machines a link can die without a reset. TCP keepalives on both ends (the server's
+# set per session through libpq's "options") make each side drop a silent peer in about 25 s,
+# and an idle transaction ends after 60 s: a cut-off worker's connection then fails and is
+# retried, and the server releases the study lock and row locks it held. Without them a
+# partitioned lock holder blocks every other worker for the OS default of two hours.
+# The URL's own parameters win (its `options` replaces these). A pooler that refuses the
+# `options` startup parameter (PgBouncer) lists it in its ignore_startup_parameters.
+POSTGRES_TCP = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: unacknowledged writes give up after 30 s
+    "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+    "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000 "
+    "-c idle_in_transaction_session_timeout=60s",
+}
+
+
+def connect_args(url: URL) -> dict[str, object]:
+    """The driver's connection options: a connect timeout, and on PostgreSQL the keepalives
+    above."""
+    args: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if url.get_backend_name() == "postgresql":
+        args.update(POSTGRES_TCP)
+    # SQLAlchemy lets these override the URL's query: keep what the user wrote.
+    return {name: value for name, value in args.items() if name not in url.query}
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable storage URL>"
+
+
+def scrub(message: str, url: URL) -> str:
+    if url.password:
+        message = message.replace(str(url.password), "***")
+    return message.splitlines()[0] if message else message
+
+
+def parse_url(url: str) -> URL:
+    """Parse and sanity-check a storage URL.
+
+    Raises:
+        HpsearchError: not a database URL hpsearch can use.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise HpsearchError(
+            f"bad storage URL {redact(url)!r}; expected e.g. sqlite:///hpsearch.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise HpsearchError(f"unsupported storage {redact(url)!r}: use sqlite, postgresql or mysql")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise HpsearchError("SQLite storage needs a file: sqlite:///path/to/file.db")
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
+    if backend != "sqlite" and parsed.password is None and os.environ.get(PASSWORD_ENV):
+        parsed = parsed.set(password=os.environ[PASSWORD_ENV])
+    return parsed

@@ -1,0 +1,78 @@
+"""Opening a storage (hpsearch.storage.database): SQLite WAL, PostgreSQL, clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+
+from hpsearch.errors import HpsearchError
+from hpsearch.storage.database import open_storage
+
+
+def test_sqlite_uses_wal(sqlite_url: str, tmp_path: Path) -> None:
+    store = open_storage(sqlite_url)
+    optuna.create_study(storage=store, study_name="s")
+    with sqlite3.connect(tmp_path / "studies.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(HpsearchError, match="cannot open SQLite storage"):
+        open_storage(f"sqlite:///{path}")
+
+
+@pytest.mark.postgres
+def test_postgres_roundtrip(postgres_url: str) -> None:
+    url = postgres_url
+    store = open_storage(url)
+    name = "hpsearch-test-roundtrip"
+    try:
+        optuna.delete_study(study_name=name, storage=store)
+    except KeyError:
+        pass
+    study = optuna.create_study(storage=store, study_name=name)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    assert len(optuna.load_study(study_name=name, storage=store).trials) == 3
+    optuna.delete_study(study_name=name, storage=store)
+    # Both ends drop a silent peer (a worker cut off from another machine): see POSTGRES_TCP.
+    with store.engine.connect() as connection:
+        expected = {
+            "tcp_keepalives_idle": "10",
+            "tcp_keepalives_count": "3",
+            "idle_in_transaction_session_timeout": "1min",
+        }
+        show = {n: connection.execute(sqlalchemy.text(f"SHOW {n}")).scalar() for n in expected}
+        assert show == expected
+
+
+def test_unreachable_database_fails_fast_without_password() -> None:
+    url = "postgresql+psycopg://alice:pa%24%24word@127.0.0.1:1/studies"
+    with pytest.raises(HpsearchError, match="cannot reach database") as caught:
+        open_storage(url)
+    assert "pa$$word" not in str(caught.value) and "pa%24%24word" not in str(caught.value)
+    assert caught.value.exit_code == 75  # nothing answered: may pass
+
+
+@pytest.mark.postgres
+def test_wrong_password_message_hides_it(postgres_url: str) -> None:
+    # trust auth accepts any password, so use a user that does not exist instead.
+    url = "postgresql+psycopg://nosuchuser:hunter2@127.0.0.1:5432/test"
+    with pytest.raises(HpsearchError, match="cannot reach database") as caught:
+        open_storage(url)
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.exit_code == 2  # the server refused: bad input
+
+
+def test_readers_create_no_tables(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    with pytest.raises(HpsearchError, match="no study storage at sqlite:///.*empty.db"):
+        open_storage(f"sqlite:///{path}", create=False)
+    with sqlite3.connect(path) as connection:
+        assert "studies" not in str(connection.execute("SELECT name FROM sqlite_master").fetchall())

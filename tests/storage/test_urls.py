@@ -1,0 +1,45 @@
+"""Storage URLs (hpsearch.storage.urls): parsing, the password kept out, keepalives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpsearch.errors import HpsearchError
+from hpsearch.storage.database import open_storage
+from hpsearch.storage.urls import connect_args, parse_url, redact
+
+
+def test_redact_hides_password() -> None:
+    url = "postgresql+psycopg://alice:s3cr%40t@db.example:5432/studies"
+    assert "s3cr" not in redact(url)
+    assert "***" in redact(url)
+
+
+def test_bad_urls(tmp_path: Path) -> None:
+    with pytest.raises(HpsearchError, match="bad storage URL"):
+        open_storage("not a url")
+    with pytest.raises(HpsearchError, match="unsupported storage"):
+        open_storage("redis://localhost")
+    with pytest.raises(HpsearchError, match="needs a file"):
+        open_storage("sqlite://")
+    with pytest.raises(HpsearchError, match="folder does not exist"):
+        open_storage(f"sqlite:///{tmp_path}/nowhere/x.db")
+    with pytest.raises(HpsearchError, match="no study storage"):
+        open_storage(f"sqlite:///{tmp_path}/x.db", create=False)
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.postgres
+def test_postgres_plain_scheme_uses_psycopg3() -> None:
+    assert parse_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+
+
+def test_the_urls_own_parameters_win_over_the_keepalives() -> None:
+    url = parse_url("postgresql://u@h/db?options=-c%20work_mem%3D8MB&keepalives_idle=30")
+    args = connect_args(url)
+    assert "options" not in args and "keepalives_idle" not in args  # the URL's are used
+    assert args["keepalives"] == 1 and args["tcp_user_timeout"] == 30_000
+    default = connect_args(parse_url("postgresql://u@h/db"))
+    assert "-c tcp_keepalives_idle=10" in str(default["options"])
