@@ -49,7 +49,7 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, optimizer: str, fu
     torch.manual_seed(0)
     model = build_mlp_regressor(PARAMS, x.shape[1:])
     config = TrainConfig.from_params({**PARAMS, "optimizer": optimizer, "fused": fused})
-    opt = make_optimizer(model, config)
+    opt = make_optimizer(model.parameters(), config)
     batch = config.batch_size
     start = time.perf_counter()
     steps = 0

@@ -20,7 +20,7 @@ where ``F.dropout`` uses a fused kernel with its own stream: same distribution, 
 
 The fused forward pass is written by hand, not PyTorch's model-ensembling recipe
 (``torch.func.stack_module_state``, ``functional_call``, ``vmap``): on the 2-core CPU vmap ran
-1.2x (MLPs) to 1.3-1.9x (conv nets) the time of these grouped layers (benchmarks/
+1.2x (MLPs) and 1.6-2.6x (conv nets) the time of these grouped layers (benchmarks/
 stack_forward.py, docs/performance.md#trial-groups), and it cannot draw each member's dropout
 from that member's own stream. Stacks are built by position, not by name (which
 ``stack_module_state`` matches): a member without dropout layers numbers its layers
