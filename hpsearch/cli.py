@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hpsearch.errors import HpsearchError
 from hpsearch.settings import DEFAULTS, ENVIRONMENT
 
 app = typer.Typer(
@@ -120,9 +121,26 @@ def _configure_logging(verbose: bool = False, *, live: bool = False) -> None:
 @app.command()
 @one_line_errors("interrupted; run the same command again to resume")
 def run(
-    target: Annotated[
-        str, typer.Argument(help="A shipped study (usps, house-prices, ...) or a .toml file.")
-    ],
+    study: Annotated[
+        str | None,
+        typer.Argument(
+            help="A shipped study (usps, house-prices, ...) or a .toml file. Default with "
+            "--data: the task's shipped study (tabular-regression, ...).",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Your own table (.csv, .parquet or .npz): [data] path of the study."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="With --data: the column to predict.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data and no study: regression, gaussian or classification. "
+            "Default: from the target (many distinct numbers: regression)."
+        ),
+    ] = None,
     trials: Annotated[
         int | None,
         typer.Option(help="Finished trials the study should hold in all; a rerun resumes."),
@@ -172,15 +190,28 @@ def run(
 
     More workers, on this machine or others, join with the same command and --storage.
     """
-    from hpsearch.search.study_file import find_study_file, load_study_file
+    from hpsearch.search.study_file import find_study_file, load_study_file, study_for_table
     from hpsearch.settings import resolve_settings
 
-    path = find_study_file(target)  # before any heavy import: a misspelling fails at once
+    if study is None and data is None:
+        raise HpsearchError("give a study (usps, house-prices, ...) or your own table: --data FILE")
+    if data is None and (target or task):
+        raise HpsearchError("--target and --task go with --data FILE")
+    # Before any heavy import: a misspelling fails at once.
+    path = find_study_file(study) if study is not None else None
     from hpsearch.display import RunProgress, run_header, summary_table
     from hpsearch.search.run import run_study
 
     _configure_logging(verbose, live=True)
-    config = load_study_file(path)
+    if path is None:
+        config = study_for_table(str(data), target, task)
+    elif data is not None:
+        if task is not None:
+            raise HpsearchError("--task goes with --data and no study: the study names its task")
+        table = {"path": str(data.expanduser().resolve()), "target": target}
+        config = load_study_file(path, data=table)
+    else:
+        config = load_study_file(path)
     settings = resolve_settings(
         config,
         trials=trials,
@@ -200,13 +231,13 @@ def run(
     )
     header = run_header(config, settings)
     with RunProgress(err_console, config.metric, header=header, verbose=verbose) as progress:
-        study, state = run_study(config, settings, on_progress=progress.update)
+        opened, state = run_study(config, settings, on_progress=progress.update)
     if state.finished >= settings.trials and state.trials_this_run == 0:
         err_console.print(
             f"study already holds {state.finished} finished trials; nothing to run "
             "(raise --trials to add more)"
         )
-    console.print(summary_table(study, config.metric))
+    console.print(summary_table(opened, config.metric))
 
 
 @app.command()

@@ -97,8 +97,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Decoded data sets (hpsearch.data.cache_dir) go to a folder of this session's, shared by
-    its tests and the processes they start, not to the user's ~/.cache."""
+    """Decoded data sets (hpsearch.problems.splits.cache_dir) go to a folder of this
+    session's, shared by its tests and the processes they start, not to the user's ~/.cache."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 

@@ -1,7 +1,8 @@
 """What hpsearch searches: the problem registry (``registry``, the one extension point), each
 shipped problem in a module of its own (``usps``, ``house_prices``: data, model, metrics and
-baseline as one ``Problem`` entry), what every data loader returns (``splits``), and the
-metrics and classic baselines the problems share.
+baseline as one ``Problem`` entry), the tasks that search a user's own table (``tabular``),
+what every data loader returns (``splits``), and the metrics and classic baselines the
+problems share.
 
 Importing this package registers the shipped problems.
 """
@@ -10,6 +11,7 @@ Importing this package registers the shipped problems.
 # Registered in this order, which the registry lists (usps first, as the lab report has it).
 from hpsearch.problems import usps
 from hpsearch.problems import house_prices
+from hpsearch.problems import tabular
 
 # isort: on
 from hpsearch.problems.registry import (
@@ -29,5 +31,6 @@ __all__ = [
     "get_problem",
     "house_prices",
     "register_problem",
+    "tabular",
     "usps",
 ]

@@ -5,8 +5,6 @@ and log variance, Gaussian NLL)."""
 from __future__ import annotations
 
 import logging
-import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import baselines, metrics
-from hpsearch.problems.registry import TRAINING_DEFAULTS, Calibration, Problem, register_problem
+from hpsearch.problems.registry import (
+    GAUSSIAN_CALIBRATION,
+    TRAINING_DEFAULTS,
+    Problem,
+    register_problem,
+)
 from hpsearch.problems.splits import Splits, resolve_data_dir, verify_checksum
 from hpsearch.problems.transformers import ClipToTrainingRange, SkewedLog1p, Winsorizer
 from hpsearch.training import GAUSSIAN_LOSSES, GROUP_PARAMS, REGRESSION_LOSSES, models
@@ -323,12 +326,6 @@ register_problem(
         defaults={**_LAB_REPORT_MLP, "loss": "gaussian_nll"},
         combine=models.gaussian_mixture,
         baseline=baselines.gradient_boosting,
-        # sigma x scale makes the validation z-scores of the chosen configuration's seeds
-        # unit variance.
-        calibration=Calibration(
-            statistic=metrics.mean_z2,
-            scale=lambda stats: math.sqrt(statistics.fmean(stats)),
-            apply=models.ScaledVariance,
-        ),
+        calibration=GAUSSIAN_CALIBRATION,
     )
 )

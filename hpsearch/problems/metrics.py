@@ -31,11 +31,13 @@ def classification_metrics(
 def classification_test_metrics(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Splits
 ) -> Metrics:
-    """``classification_metrics`` plus the accuracy of each class."""
+    """``classification_metrics`` plus the accuracy of each class (by name, where the data
+    name their classes)."""
     metrics = classification_metrics(model, x, y, splits)
     hits = training.predict(model, x).argmax(dim=-1) == y
+    names = splits.classes or tuple(str(c) for c in range(int(y.max()) + 1))
     metrics["per_class_accuracy"] = {
-        str(c): float(hits[y == c].float().mean()) for c in torch.unique(y).tolist()
+        names[c]: float(hits[y == c].float().mean()) for c in torch.unique(y).tolist()
     }
     return metrics
 

@@ -12,6 +12,8 @@ one entry, registered with ``register_problem`` (or from another package through
 from __future__ import annotations
 
 import functools
+import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import HpsearchError
-from hpsearch.problems.metrics import Metrics
+from hpsearch.problems.metrics import Metrics, mean_z2
 from hpsearch.problems.splits import Splits
 from hpsearch.training import (
     HYPERPARAMETERS,
@@ -45,6 +47,15 @@ class Calibration:
     statistic: Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
     scale: Callable[[Sequence[float]], float]
     apply: Callable[[nn.Module, float], nn.Module]
+
+
+# The Gaussian regressors' calibration: sigma x scale makes the validation z-scores of the
+# chosen configuration's seeds unit variance.
+GAUSSIAN_CALIBRATION = Calibration(
+    statistic=mean_z2,
+    scale=lambda stats: math.sqrt(statistics.fmean(stats)),
+    apply=models.ScaledVariance,
+)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,14 @@ class Splits:
     checksums: dict[str, str] = field(default_factory=dict)
     # Source rows of each split ("train", "val", "test"), for audits and tests.
     rows: dict[str, np.ndarray] = field(default_factory=dict)
+    # A classification target's class names, in the order of its indices (users' tables).
+    classes: tuple[str, ...] = ()
+
+    @property
+    def model_params(self) -> dict[str, int]:
+        """What the data tell a model builder beside a trial's params: the class count of
+        a table whose classes the data define."""
+        return {"n_classes": len(self.classes)} if self.classes else {}
 
     def to(self, device: torch.device | str) -> Splits:
         """Return a copy with every tensor moved to ``device``."""

@@ -83,6 +83,7 @@ class Objective:
         """Sample ``trial``'s params, record them, find its checkpoint and build its model."""
         config, problem = self.config, self.problem
         params = suggest_params(trial, config.space, config.base_params, problem.per_layer)
+        params |= self.splits.model_params  # the class count of a user's table
         # A retry keeps the seed and checkpoint of the first trial of its series.
         series = int(trial.user_attrs.get("retry_of", trial.number))
         seed = trial_seed(self.seed, series)

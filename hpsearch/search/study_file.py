@@ -108,8 +108,11 @@ def find_study_file(target: str) -> Path:
     )
 
 
-def load_study_file(path: str | Path) -> StudyConfig:
-    """Read and validate one study file.
+def load_study_file(
+    path: str | Path, *, data: dict[str, Any] | None = None, name: str | None = None
+) -> StudyConfig:
+    """Read and validate one study file; ``data`` overrides keys of its ``[data]`` (a
+    table given on the command line), ``name`` its study name.
 
     Raises:
         HpsearchError: naming the file and the table or key at fault.
@@ -121,7 +124,53 @@ def load_study_file(path: str | Path) -> StudyConfig:
         raise HpsearchError(f"cannot read study file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise HpsearchError(f"{path}: not valid TOML: {error}") from None
+    # A table named in the file is found beside it; one given here, from where it was given.
+    files = raw.get("data", {})
+    for key in FILE_KEYS:
+        value = files.get(key) if isinstance(files, dict) else None
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            files[key] = str(path.parent.resolve() / value)
+    for key, value in (data or {}).items():
+        if value is not None:
+            raw.setdefault("data", {})[key] = value
+    if name is not None and isinstance(raw.get("study"), dict):
+        raw["study"]["name"] = name
     return parse_study(raw, source=str(path), default_name=path.stem)
+
+
+# [data] keys that name files: relative paths in a study file are relative to its folder.
+FILE_KEYS = ("path", "test")
+TABLE_TASKS = ("regression", "gaussian", "classification")
+
+
+def study_for_table(path: str, target: str | None, task: str | None = None) -> StudyConfig:
+    """The study ``hpsearch run --data PATH --target COLUMN`` runs: the shipped
+    ``tabular-<task>`` study on that table, named after the file and the task. Without
+    ``task``, the target chooses: many distinct numbers make a regression, anything else a
+    classification (``problems.tabular.guess_kind``).
+
+    Raises:
+        HpsearchError: no ``target``, an unknown ``task``, or a table that cannot be read.
+    """
+    from hpsearch.problems.tabular import guess_kind, read_table
+
+    if not target and Path(path).suffix.lower() == ".npz":
+        target = "y"  # an .npz holds x and y
+    if not target:
+        raise HpsearchError(f"--data {path} needs --target: the column to predict")
+    if task is not None and task not in TABLE_TASKS:
+        raise HpsearchError(f"unknown task {task!r}; choose from {', '.join(TABLE_TASKS)}")
+    table = Path(path).expanduser().resolve()
+    if task is None:
+        frame = read_table(table)
+        if target not in frame.columns:
+            raise HpsearchError(f"{table}: no column {target!r}")
+        task = guess_kind(frame[target])
+    return load_study_file(
+        packaged_studies()[f"tabular-{task}"],
+        data={"path": str(table), "target": target},
+        name=f"{table.stem}-{task}",
+    )
 
 
 def _schema_error(source: str, error: ValidationError) -> HpsearchError:
@@ -177,6 +226,18 @@ def parse_study(raw: dict[str, Any], *, source: str, default_name: str) -> Study
     unknown = sorted(set(parsed.data) - options)
     if unknown:
         raise fail("data", f"unknown key {', '.join(unknown)}; allowed: {', '.join(options)}")
+    required = [
+        p.name
+        for p in loader
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    missing = [name for name in required if name not in parsed.data]
+    if missing:
+        raise fail(
+            "data",
+            f"missing key {', '.join(missing)}: name the table in [data], or run "
+            "hpsearch run --data FILE --target COLUMN",
+        )
 
     kinds = problem.hyperparameters
 

@@ -150,6 +150,13 @@ def build_mlp_regressor(params: Mapping[str, Any], input_shape: Sequence[int]) -
     return MLPRegressor(params, int(input_shape[0]))
 
 
+def build_mlp_classifier(params: Mapping[str, Any], input_shape: Sequence[int]) -> nn.Module:
+    """``(B, F) -> (B, n_classes)`` logits. Params: those of :func:`build_mlp_regressor` and
+    ``n_classes`` (from the data, not searched)."""
+    layers, width = _mlp_trunk(params, int(input_shape[0]))
+    return nn.Sequential(*layers, nn.Linear(width, int(params["n_classes"])))
+
+
 def build_gaussian_regressor(
     params: Mapping[str, Any], input_shape: Sequence[int]
 ) -> GaussianRegressor:

@@ -1,0 +1,446 @@
+"""Users' own tables: a CSV, Parquet or ``.npz`` file read, checked, split and encoded with
+training-row statistics, and the three tabular tasks that search them (``tabular-regression``,
+``tabular-gaussian``, ``tabular-classification``), each a registry entry.
+
+A study names its table in ``[data]`` (``path``, ``target``, optional ``features`` or ``drop``,
+``test`` as a fraction or a file of its own). Column kinds come from pandas: numbers stay
+numbers (missing values take the training median, plus a was-missing indicator), booleans
+become 0/1, categories and strings are one-hot encoded with the training rows' levels (an
+unseen level is all zeros); a column of dates or free text is refused with a line that says
+what to do. Inputs, and a regression target, are standardized with training statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from hpsearch.errors import HpsearchError
+from hpsearch.problems import baselines, metrics
+from hpsearch.problems.registry import (
+    GAUSSIAN_CALIBRATION,
+    TRAINING_DEFAULTS,
+    Problem,
+    register_problem,
+)
+from hpsearch.problems.splits import Splits, md5sum
+from hpsearch.training import (
+    CLASSIFICATION_LOSSES,
+    GAUSSIAN_LOSSES,
+    GROUP_PARAMS,
+    REGRESSION_LOSSES,
+    models,
+)
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["regression", "classification"]
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+# A string column with more distinct values than this share of its rows (and more than
+# ``_MIN_TEXT_LEVELS``) reads as free text or an identifier, not a category.
+_TEXT_SHARE, _MIN_TEXT_LEVELS = 0.5, 20
+# A numeric target with at most this many distinct whole values reads as class labels.
+MAX_CLASS_LEVELS = 20
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV, Parquet or ``.npz`` file (arrays ``x`` (N, F) and ``y`` (N,): columns
+    ``x0``.. and ``y``) as a DataFrame.
+
+    Raises:
+        HpsearchError: a missing or unreadable file, an unknown suffix, Parquet without its
+            reader, or an ``.npz`` without finite ``x`` and ``y`` of matching rows.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HpsearchError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix == ".npz":
+            return _npz_frame(path)
+    except ImportError as error:
+        raise HpsearchError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'hpsearch[parquet]' ({error})"
+        ) from None
+    except HpsearchError:
+        raise
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise HpsearchError(f"cannot read data file {path}: {error}") from None
+    raise HpsearchError(
+        f"{path}: unknown kind of data file; give one of {', '.join(TABLE_SUFFIXES)}"
+    )
+
+
+def _npz_frame(path: Path) -> pd.DataFrame:
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = [name for name in ("x", "y") if name not in arrays]
+        if missing:
+            raise HpsearchError(f"{path}: no array {' or '.join(missing)} (it holds x and y)")
+        x, y = arrays["x"], arrays["y"]
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise HpsearchError(
+            f"{path}: x must be (rows, features) and y (rows,), got {x.shape} and {y.shape}"
+        )
+    for name, array in (("x", x), ("y", y)):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).sum())
+            raise HpsearchError(f"{path}: {name} holds {bad} NaN or infinite values")
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+    frame["y"] = y
+    return frame
+
+
+def guess_kind(target: pd.Series) -> Kind:
+    """Regression for a target of many distinct numbers, else classification."""
+    values = target.dropna()
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return "classification"
+    whole = bool(np.all(np.mod(values.to_numpy(dtype=float), 1) == 0))
+    return "classification" if whole and values.nunique() <= MAX_CLASS_LEVELS else "regression"
+
+
+def _columns(
+    frame: pd.DataFrame,
+    source: Path,
+    target: str,
+    features: Sequence[str] | None,
+    drop: Sequence[str],
+) -> list[str]:
+    """The feature columns: ``features``, else every column but the target and ``drop``."""
+    named = [*(features or ()), *drop]
+    unknown = [name for name in [target, *named] if name not in frame.columns]
+    if unknown:
+        raise HpsearchError(
+            f"{source}: no column {', '.join(map(repr, unknown))}; it has "
+            f"{', '.join(map(str, frame.columns[:20]))}{' ...' if len(frame.columns) > 20 else ''}"
+        )
+    if features is not None:
+        columns = [name for name in features if name != target]
+    else:
+        columns = [name for name in frame.columns if name != target and name not in drop]
+    if not columns:
+        raise HpsearchError(f"{source}: no feature column left beside the target {target!r}")
+    return columns
+
+
+def _check_column(frame: pd.DataFrame, name: str, source: Path) -> str:
+    """The column's kind ("numeric" or "category"), or the refusal of a date or text one."""
+    column = frame[name]
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        if column.isna().all():
+            raise HpsearchError(f"{source}: column {name!r} has no values; drop it")
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(column):
+        raise HpsearchError(
+            f"{source}: column {name!r} holds dates; drop it (drop = [{name!r}]) or turn it "
+            "into numbers (a year, a day count) first"
+        )
+    values = column.dropna().astype(str)
+    sample = values.head(200)
+    if len(sample) and sample.str.contains(r"\d").all():
+        parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+        if parsed.notna().mean() > 0.9:
+            raise HpsearchError(
+                f"{source}: column {name!r} holds dates; drop it (drop = [{name!r}]) or turn "
+                "it into numbers (a year, a day count) first"
+            )
+    levels = values.nunique()
+    if levels > _MIN_TEXT_LEVELS and levels > _TEXT_SHARE * len(values):
+        raise HpsearchError(
+            f"{source}: column {name!r} looks like free text or an identifier ({levels:,} "
+            f"distinct values in {len(values):,} rows); drop it (drop = [{name!r}]) or encode "
+            "it yourself"
+        )
+    return "category"
+
+
+def table_pipeline(train: pd.DataFrame, kinds: dict[str, str]) -> Pipeline:
+    """The feature encoding, fitted on the training rows ``train``: numeric and boolean
+    columns standardized, gaps taking the training median plus was-missing indicators;
+    category and string columns one-hot with the training levels (a gap is level "NA")."""
+    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
+    categories = [name for name, kind in kinds.items() if kind == "category"]
+    numbers = make_pipeline(
+        # Scaled before imputing, so the statistics skip the gaps; the median commutes.
+        StandardScaler(),
+        SimpleImputer(strategy="median", keep_empty_features=True),
+    )
+    levels = make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="NA", keep_empty_features=True),
+        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+    )
+    parts: list[tuple[str, Any, list[str]]] = [
+        ("numeric", numbers, numeric),
+        ("missing", MissingIndicator(features="missing-only", error_on_new=False), numeric),
+        ("levels", levels, categories),
+    ]
+    transformer = ColumnTransformer(
+        [part for part in parts if part[2]], verbose_feature_names_out=False
+    )
+    frame = train.astype({name: float for name in numeric})
+    frame = frame.astype({name: str for name in categories}).where(train.notna(), None)
+    return make_pipeline(transformer).fit(frame)
+
+
+def _encode(pipeline: Pipeline, frame: pd.DataFrame, kinds: dict[str, str]) -> torch.Tensor:
+    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
+    categories = [name for name, kind in kinds.items() if kind == "category"]
+    frame = frame[list(kinds)].astype({name: float for name in numeric})
+    frame = frame.astype({name: str for name in categories}).where(frame.notna(), None)
+    return torch.tensor(np.asarray(pipeline.transform(frame), dtype=np.float32))
+
+
+def load_table(
+    kind: Kind,
+    *,
+    path: str,
+    target: str,
+    features: Sequence[str] | None = None,
+    drop: Sequence[str] = (),
+    test: float | str = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """The table at ``path`` as ``(N, F)`` encoded features and its ``target``: a normalized
+    float for regression, class indices (``Splits.classes``, sorted) for classification.
+
+    Rows without a target are left out (a warning says how many). ``test`` is a fraction of
+    the rows held out at random (``seed``), or a file of the same columns; ``val_fraction``
+    (of all rows) is cut from the rest. Classification splits are stratified.
+
+    Raises:
+        HpsearchError: a bad file, column, target, class or split, naming the file.
+    """
+    source = Path(path).expanduser()
+    frame = read_table(source)
+    columns = _columns(frame, source, target, features, drop)
+    labelled = frame[target].notna()
+    if not labelled.any():
+        raise HpsearchError(f"{source}: target column {target!r} has no values")
+    if not labelled.all():
+        logger.warning("%s: %d rows without a target left out", source, int((~labelled).sum()))
+        frame = frame[labelled].reset_index(drop=True)
+    if kind == "regression" and not pd.api.types.is_numeric_dtype(frame[target]):
+        raise HpsearchError(
+            f"{source}: target {target!r} is not numeric; a regression needs numbers "
+            "(a classification task takes labels)"
+        )
+    checksums = {str(source): md5sum(source)}
+    test_frame = None
+    if isinstance(test, str):
+        test_path = Path(test).expanduser()
+        test_frame = read_table(test_path)
+        _columns(test_frame, test_path, target, columns, ())
+        test_frame = test_frame[test_frame[target].notna()].reset_index(drop=True)
+        checksums[str(test_path)] = md5sum(test_path)
+    elif not 0.0 < test < 1.0:
+        raise HpsearchError(f"{source}: test must be a fraction in (0, 1) or a file, got {test}")
+    if not 0.0 < val_fraction < 1.0 - (0.0 if isinstance(test, str) else test):
+        raise HpsearchError(f"{source}: val_fraction {val_fraction} leaves no training rows")
+    kinds = {name: _check_column(frame, name, source) for name in columns}
+
+    classes: tuple[str, ...] = ()
+    if kind == "classification":
+        labels = frame[target].astype(str)
+        classes = tuple(sorted(labels.unique()))
+        if len(classes) < 2:
+            raise HpsearchError(f"{source}: target {target!r} has one class, {classes[0]!r}")
+        counts = labels.value_counts()
+        needed = 2 if test_frame is not None else 3
+        few = counts[counts < needed]
+        if len(few):
+            raise HpsearchError(
+                f"{source}: class {few.index[0]!r} of {target!r} has {int(few.iloc[0])} rows; "
+                f"each class needs at least {needed} to appear in every split"
+            )
+        logger.info("%s: %s", source, ", ".join(f"{name} {int(n):,}" for name, n in counts.items()))
+    stratify = frame[target].astype(str).to_numpy() if classes else None
+    rows = np.arange(len(frame))
+    try:
+        if test_frame is None:
+            assert not isinstance(test, str)
+            rest, test_rows = train_test_split(
+                rows, test_size=test, random_state=seed, stratify=stratify
+            )
+            val_share = val_fraction / (1.0 - test)
+        else:
+            rest, test_rows, val_share = rows, np.array([], dtype=int), val_fraction
+        train_rows, val_rows = train_test_split(
+            rest,
+            test_size=val_share,
+            random_state=seed,
+            stratify=None if stratify is None else stratify[rest],
+        )
+    except ValueError as error:  # too few rows for the fractions, or for stratification
+        raise HpsearchError(f"{source}: cannot split {len(frame):,} rows: {error}") from None
+    test_part = frame.iloc[test_rows] if test_frame is None else test_frame
+    pipeline = table_pipeline(frame.iloc[train_rows][columns], kinds)
+    x_train, x_val, x_test = (
+        _encode(pipeline, part, kinds)
+        for part in (frame.iloc[train_rows], frame.iloc[val_rows], test_part)
+    )
+
+    def targets(part: pd.DataFrame) -> torch.Tensor:
+        if classes:
+            index = {name: i for i, name in enumerate(classes)}
+            labels = part[target].astype(str)
+            unknown = sorted(set(labels) - set(index))
+            if unknown:
+                raise HpsearchError(f"{source}: test rows hold unknown classes {unknown[:5]}")
+            return torch.tensor(labels.map(index).to_numpy(), dtype=torch.int64)
+        return torch.tensor(part[target].to_numpy(dtype=np.float64))
+
+    y_train, y_val, y_test = map(targets, (frame.iloc[train_rows], frame.iloc[val_rows], test_part))
+    mean, std = 0.0, 1.0
+    if not classes:
+        mean, std = float(y_train.mean()), float(y_train.std())
+        std = std if std > 0 else 1.0
+        y_train, y_val, y_test = ((y - mean) / std for y in (y_train, y_val, y_test))
+        y_train, y_val, y_test = (y.float() for y in (y_train, y_val, y_test))
+    return Splits(
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_test,
+        y_test,
+        target_mean=mean,
+        target_std=std,
+        checksums=checksums,
+        rows={"train": train_rows, "val": val_rows, "test": test_rows},
+        classes=classes,
+    )
+
+
+def load_regression_table(
+    data_dir: str | Path | None = None,
+    *,
+    path: str,
+    target: str,
+    features: Sequence[str] | None = None,
+    drop: Sequence[str] = (),
+    test: float | str = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """``load_table`` of a regression target (``data_dir`` is not used: ``path`` names the
+    file)."""
+    return load_table(
+        "regression",
+        path=path,
+        target=target,
+        features=features,
+        drop=drop,
+        test=test,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+
+
+def load_classification_table(
+    data_dir: str | Path | None = None,
+    *,
+    path: str,
+    target: str,
+    features: Sequence[str] | None = None,
+    drop: Sequence[str] = (),
+    test: float | str = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """``load_table`` of class labels (``data_dir`` is not used: ``path`` names the file)."""
+    return load_table(
+        "classification",
+        path=path,
+        target=target,
+        features=features,
+        drop=drop,
+        test=test,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+
+
+# An MLP's defaults for a table of unknown size: the house-price space's middle.
+_MLP_DEFAULTS = {
+    **TRAINING_DEFAULTS,
+    "n_hidden_layers": 2,
+    "hidden_units": 64,
+    "activation": "relu",
+    "dropout": 0.0,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "lr_schedule": "none",
+    "batch_size": 64,
+    "epochs": 100,
+}
+_MLP_GROUP = models.MLP_GROUP_PARAMS | GROUP_PARAMS
+
+register_problem(
+    Problem(
+        name="tabular-regression",
+        description="your table, an MLP regressor",
+        load_data=load_regression_table,
+        build_model=models.build_mlp_regressor,
+        model_hyperparameters=models.MLP_HYPERPARAMETERS,
+        per_layer=models.MLP_PER_LAYER,
+        group_params=_MLP_GROUP,
+        losses=REGRESSION_LOSSES,
+        evaluate=metrics.regression_metrics,
+        test_metrics=metrics.regression_test_metrics,
+        metrics={"val_rmse": "minimize", "val_mse": "minimize", "val_mae": "minimize"},
+        defaults={**_MLP_DEFAULTS, "loss": "mse"},
+        baseline=baselines.gradient_boosting,
+    )
+)
+register_problem(
+    Problem(
+        name="tabular-gaussian",
+        description="your table, a Gaussian regressor (mean and log variance)",
+        load_data=load_regression_table,
+        build_model=models.build_gaussian_regressor,
+        model_hyperparameters=models.MLP_HYPERPARAMETERS,
+        per_layer=models.MLP_PER_LAYER,
+        group_params=_MLP_GROUP,
+        losses=GAUSSIAN_LOSSES,
+        evaluate=metrics.gaussian_metrics,
+        test_metrics=metrics.gaussian_test_metrics,
+        metrics={"val_nll": "minimize", "val_rmse": "minimize", "val_mse": "minimize"},
+        defaults={**_MLP_DEFAULTS, "loss": "gaussian_nll"},
+        baseline=baselines.gradient_boosting,
+        combine=models.gaussian_mixture,
+        calibration=GAUSSIAN_CALIBRATION,
+    )
+)
+register_problem(
+    Problem(
+        name="tabular-classification",
+        description="your table, an MLP classifier",
+        load_data=load_classification_table,
+        build_model=models.build_mlp_classifier,
+        model_hyperparameters=models.MLP_HYPERPARAMETERS,
+        per_layer=models.MLP_PER_LAYER,
+        group_params=_MLP_GROUP,
+        losses=CLASSIFICATION_LOSSES,
+        evaluate=metrics.classification_metrics,
+        test_metrics=metrics.classification_test_metrics,
+        metrics={"val_accuracy": "maximize", "val_cross_entropy": "minimize"},
+        defaults={**_MLP_DEFAULTS, "loss": "cross_entropy"},
+        baseline=baselines.logistic_regression,
+    )
+)

@@ -1,0 +1,82 @@
+"""A user's own table through the CLI, end to end: run, finalize, report; bad input refused
+with one line, exit code 2 and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from typer.testing import CliRunner
+
+from hpsearch.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), prog_name="hpsearch")
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["diabetes", "breast_cancer", "wine"])
+def test_run_finalize_report_on_a_table(tmp_path: Path, sqlite_url: str, data: str) -> None:
+    if data == "diabetes":
+        path, target = tmp_path / "diabetes.csv", "target"
+        load_diabetes(as_frame=True, scaled=False).frame.to_csv(path, index=False)
+        study, metric = "diabetes-regression", "rmse"
+    elif data == "breast_cancer":
+        bunch = load_breast_cancer(as_frame=True)
+        frame = bunch.frame.drop(columns="target")
+        frame["diagnosis"] = np.where(bunch.target == 0, "malignant", "benign")
+        path, target = tmp_path / "breast_cancer.csv", "diagnosis"
+        frame.to_csv(path, index=False)
+        study, metric = "breast_cancer-classification", "accuracy"
+    else:
+        wine = load_wine()
+        path, target = tmp_path / "wine.npz", "y"
+        np.savez(path, x=wine.data, y=wine.target)
+        study, metric = "wine-classification", "accuracy"
+    code, out, err = invoke(
+        "run", "--data", str(path), "--target", target, "--trials", "3", "--storage", sqlite_url
+    )
+    assert code == 0, err
+    assert f"study {study} (tabular-" in err and "complete" in out
+    out_dir = tmp_path / "final"
+    code, out, err = invoke(
+        "finalize", study, "--storage", sqlite_url, "--top-k", "1", "--seeds", "1",
+        "--out", str(out_dir), "--no-ensemble",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads((out_dir / "finalize.json").read_text())
+    assert result["test"][metric] > 0 and result["baseline"]["test"][metric] > 0
+    if metric == "accuracy":
+        assert result["test"][metric] > 0.8  # three short trials already learn
+        assert result["baseline"]["name"] == "logistic regression"
+    code, _, err = invoke("report", study, "--storage", sqlite_url, "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert (tmp_path / "r" / "index.html").exists()
+
+
+def test_bad_tables_exit_2_and_write_nothing(tmp_path: Path, sqlite_url: str) -> None:
+    frame = pd.DataFrame({"a": range(50), "when": pd.date_range("2020", periods=50), "y": 1.0})
+    frame["y"] = np.arange(50) * 1.5
+    path = tmp_path / "dated.csv"
+    frame.to_csv(path, index=False)
+    cases = [
+        (["--data", str(path), "--target", "y"], "'when' holds dates"),
+        (["--data", str(path), "--target", "price"], "no column 'price'"),
+        (["--data", str(path)], "needs --target"),
+        (["--data", str(tmp_path / "none.csv"), "--target", "y"], "does not exist"),
+        (["--data", str(path), "--target", "y", "--task", "ranking"], "unknown task"),
+        (["tabular-regression"], "missing key path, target"),
+        (["--target", "y"], "give a study"),
+    ]
+    for args, message in cases:
+        code, _, err = invoke("run", *args, "--storage", sqlite_url)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "hpsearch-artifacts").exists()
