@@ -12,6 +12,7 @@ what to do. Inputs, and a regression target, are standardized with training stat
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,21 +193,24 @@ def table_pipeline(train: pd.DataFrame, kinds: dict[str, str]) -> Pipeline:
     transformer = ColumnTransformer(
         [part for part in parts if part[2]], verbose_feature_names_out=False
     )
-    frame = train.astype({name: float for name in numeric})
-    frame = frame.astype({name: str for name in categories}).where(train.notna(), None)
-    return make_pipeline(transformer).fit(frame)
+    return make_pipeline(transformer).fit(_typed(train, kinds))
+
+
+def _typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """The feature columns as the pipeline takes them: numbers as floats, categories as
+    strings, gaps as NaN."""
+    columns = frame[list(kinds)]
+    typed = columns.astype({n: float if k == "numeric" else str for n, k in kinds.items()})
+    return typed.where(columns.notna(), np.nan)
 
 
 def _encode(pipeline: Pipeline, frame: pd.DataFrame, kinds: dict[str, str]) -> torch.Tensor:
-    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
-    categories = [name for name, kind in kinds.items() if kind == "category"]
-    frame = frame[list(kinds)].astype({name: float for name in numeric})
-    frame = frame.astype({name: str for name in categories}).where(frame.notna(), None)
-    return torch.tensor(np.asarray(pipeline.transform(frame), dtype=np.float32))
+    return torch.tensor(np.asarray(pipeline.transform(_typed(frame, kinds)), dtype=np.float32))
 
 
 def load_table(
     kind: Kind,
+    data_dir: str | Path | None = None,
     *,
     path: str,
     target: str,
@@ -221,7 +225,8 @@ def load_table(
 
     Rows without a target are left out (a warning says how many). ``test`` is a fraction of
     the rows held out at random (``seed``), or a file of the same columns; ``val_fraction``
-    (of all rows) is cut from the rest. Classification splits are stratified.
+    (of all rows) is cut from the rest. Classification splits are stratified. ``data_dir``
+    (``--data-dir``, the shipped data sets' folder) is not used: ``path`` names the file.
 
     Raises:
         HpsearchError: a bad file, column, target, class or split, naming the file.
@@ -289,7 +294,7 @@ def load_table(
     except ValueError as error:  # too few rows for the fractions, or for stratification
         raise HpsearchError(f"{source}: cannot split {len(frame):,} rows: {error}") from None
     test_part = frame.iloc[test_rows] if test_frame is None else test_frame
-    pipeline = table_pipeline(frame.iloc[train_rows][columns], kinds)
+    pipeline = table_pipeline(frame.iloc[train_rows], kinds)
     x_train, x_val, x_test = (
         _encode(pipeline, part, kinds)
         for part in (frame.iloc[train_rows], frame.iloc[val_rows], test_part)
@@ -327,53 +332,9 @@ def load_table(
     )
 
 
-def load_regression_table(
-    data_dir: str | Path | None = None,
-    *,
-    path: str,
-    target: str,
-    features: Sequence[str] | None = None,
-    drop: Sequence[str] = (),
-    test: float | str = 0.2,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-) -> Splits:
-    """``load_table`` of a regression target (``data_dir`` is not used: ``path`` names the
-    file)."""
-    return load_table(
-        "regression",
-        path=path,
-        target=target,
-        features=features,
-        drop=drop,
-        test=test,
-        val_fraction=val_fraction,
-        seed=seed,
-    )
-
-
-def load_classification_table(
-    data_dir: str | Path | None = None,
-    *,
-    path: str,
-    target: str,
-    features: Sequence[str] | None = None,
-    drop: Sequence[str] = (),
-    test: float | str = 0.2,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-) -> Splits:
-    """``load_table`` of class labels (``data_dir`` is not used: ``path`` names the file)."""
-    return load_table(
-        "classification",
-        path=path,
-        target=target,
-        features=features,
-        drop=drop,
-        test=test,
-        val_fraction=val_fraction,
-        seed=seed,
-    )
+# The tasks' loaders: the study-file check reads their keyword options (path, target, ...).
+load_regression_table = functools.partial(load_table, "regression")
+load_classification_table = functools.partial(load_table, "classification")
 
 
 # An MLP's defaults for a table of unknown size: the house-price space's middle.
