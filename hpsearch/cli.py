@@ -131,7 +131,7 @@ def run(
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option(help="Your own table (.csv, .parquet or .npz): [data] path of the study."),
+        typer.Option(help="Your own table (.csv, .parquet or .npz), in place of the study's own."),
     ] = None,
     target: Annotated[str | None, typer.Option(help="With --data: the column to predict.")] = None,
     task: Annotated[
