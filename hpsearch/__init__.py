@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from hpsearch.problems import PROBLEMS, Problem, Splits, get_problem, register_problem
     from hpsearch.results.finalize import finalize_study
     from hpsearch.results.model_files import load_model
+    from hpsearch.results.predict import Predictor, load_predictor
     from hpsearch.search.run import run_study
     from hpsearch.search.study_file import StudyConfig, load_study_file
     from hpsearch.settings import Settings, resolve_settings
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "finalize_study": "hpsearch.results.finalize",
     "load_model": "hpsearch.results.model_files",
+    "Predictor": "hpsearch.results.predict",
+    "load_predictor": "hpsearch.results.predict",
     "PROBLEMS": "hpsearch.problems",
     "Problem": "hpsearch.problems",
     "Splits": "hpsearch.problems",
@@ -38,6 +41,7 @@ _LAZY = {
 __all__ = [
     "PROBLEMS",
     "HpsearchError",
+    "Predictor",
     "Problem",
     "Settings",
     "Splits",
@@ -45,6 +49,7 @@ __all__ = [
     "finalize_study",
     "get_problem",
     "load_model",
+    "load_predictor",
     "load_study_file",
     "open_storage",
     "register_problem",

@@ -398,6 +398,30 @@ def finalize(
 
 @app.command()
 @one_line_errors("interrupted")
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="A finalize --out folder.")],
+    rows: Annotated[Path, typer.Argument(help="New rows: a .csv, .parquet or .npz table.")],
+    out: Annotated[Path, typer.Option(help="Where the predictions go (.csv, or .parquet).")] = Path(
+        "predictions.csv"
+    ),
+    ensemble: Annotated[
+        bool, typer.Option("--ensemble", help="Predict with the finalized ensemble.")
+    ] = False,
+) -> None:
+    """Predict with a model finalized from your own table: one row per input row, in order.
+
+    Writes predicted_<target> (the class, or the value in the target's units), plus
+    probability_<class> for a classifier and predicted_<target>_std for a Gaussian one.
+    """
+    from hpsearch.results.predict import predict_file
+
+    _configure_logging()
+    n = predict_file(model_dir, rows, out, ensemble=ensemble)
+    err_console.print(f"wrote {n:,} predictions to {out}")
+
+
+@app.command()
+@one_line_errors("interrupted")
 def report(
     study_name: StudyArgument,
     storage: StorageOption = None,

@@ -221,8 +221,10 @@ def trials_table(frame: pd.DataFrame, study_name: str) -> Group:
     folding column (a column per param does not fit a terminal)."""
     table = Table()
     # Optuna names the value column after the study's metric (``value_val_accuracy``).
-    value = next(c for c in frame.columns if c.startswith("value"))
-    for column in ("trial", "state", value.removeprefix("value_"), "seconds"):
+    # (None while no trial has a value: every one failed or runs.)
+    value = next((c for c in frame.columns if c.startswith("value")), None)
+    metric = "value" if value is None else value.removeprefix("value_")
+    for column in ("trial", "state", metric, "seconds"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("searched params", overflow="fold")
     params = [c for c in frame.columns if c.startswith("params_")]
@@ -232,7 +234,7 @@ def trials_table(frame: pd.DataFrame, study_name: str) -> Group:
         table.add_row(
             str(row["number"]),
             str(row["state"]).lower(),
-            format_value(row[value]),
+            format_value(row[value]) if value is not None else "",
             format_seconds(seconds),
             format_params(searched),
         )

@@ -13,6 +13,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
+from hpsearch.problems.tabular import read_table
+from hpsearch.results.predict import load_predictor
 
 runner = CliRunner()
 
@@ -61,6 +63,32 @@ def test_run_finalize_report_on_a_table(tmp_path: Path, sqlite_url: str, data: s
     assert code == 0, err
     assert (tmp_path / "r" / "index.html").exists()
 
+    # Predictions on the table itself, rows reversed: one per row, in the input's order.
+    rows = read_table(path).iloc[::-1]
+    rows_path = tmp_path / "rows.csv"
+    rows.drop(columns=target).to_csv(rows_path, index=False)  # no target needed
+    predictions = tmp_path / "predictions.csv"
+    code, _, err = invoke("predict", str(out_dir), str(rows_path), "--out", str(predictions))
+    assert code == 0 and f"wrote {len(rows):,} predictions" in err, err
+    frame = pd.read_csv(predictions)
+    assert len(frame) == len(rows)
+    predicted = frame[f"predicted_{target}"]
+    if metric == "accuracy":
+        labels = rows[target].astype(str).to_numpy()
+        assert set(predicted.astype(str)) <= set(labels)
+        probabilities = frame.filter(like="probability_")
+        assert probabilities.shape[1] == len(set(labels))
+        assert np.allclose(probabilities.sum(axis=1), 1.0)
+        assert (predicted.astype(str).to_numpy() == labels).mean() > 0.8
+    else:  # in the target's units: about as far off as the test RMSE
+        error = float(np.sqrt(((predicted.to_numpy() - rows[target].to_numpy()) ** 2).mean()))
+        assert error < 1.5 * result["test"]["rmse"]
+    same = load_predictor(out_dir).predict(rows)[f"predicted_{target}"]  # the Python form
+    if metric == "accuracy":
+        assert (same.astype(str).to_numpy() == predicted.astype(str).to_numpy()).all()
+    else:
+        assert np.allclose(same.to_numpy(), predicted.to_numpy())
+
 
 def test_bad_tables_exit_2_and_write_nothing(tmp_path: Path, sqlite_url: str) -> None:
     frame = pd.DataFrame({"a": range(50), "when": pd.date_range("2020", periods=50), "y": 1.0})
@@ -80,3 +108,16 @@ def test_bad_tables_exit_2_and_write_nothing(tmp_path: Path, sqlite_url: str) ->
         code, _, err = invoke("run", *args, "--storage", sqlite_url)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "hpsearch-artifacts").exists()
+
+
+def test_predict_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame({"a": [1.0]}).to_csv(rows, index=False)
+    code, _, err = invoke("predict", str(tmp_path / "none"), str(rows))
+    assert code == 2 and "does not exist" in err
+    shipped = tmp_path / "usps-model"
+    shipped.mkdir()
+    (shipped / "finalize.json").write_text(json.dumps({"study": "usps", "problem": "usps"}))
+    code, _, err = invoke("predict", str(shipped), str(rows))
+    assert code == 2 and "holds no table encoding" in err, err
+    assert not (tmp_path / "predictions.csv").exists()

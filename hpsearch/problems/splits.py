@@ -7,6 +7,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ class Splits:
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     # A classification target's class names, in the order of its indices (users' tables).
     classes: tuple[str, ...] = ()
+    # What predictions on new inputs need, as JSON (a user's table: its fitted encoding).
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_params(self) -> dict[str, int]:

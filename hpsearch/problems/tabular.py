@@ -1,6 +1,7 @@
 """Users' own tables: a CSV, Parquet or ``.npz`` file read, checked, split and encoded with
-training-row statistics, and the three tabular tasks that search them (``tabular-regression``,
-``tabular-gaussian``, ``tabular-classification``), each a registry entry.
+training-row statistics (``TableEncoder``), and the three tabular tasks that search them
+(``tabular-regression``, ``tabular-gaussian``, ``tabular-classification``), each a registry
+entry.
 
 A study names its table in ``[data]`` (``path``, ``target``, optional ``features`` or ``drop``,
 ``test`` as a fraction or a file of its own). Column kinds come from pandas: numbers stay
@@ -14,18 +15,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import baselines, metrics
@@ -56,8 +55,8 @@ MAX_CLASS_LEVELS = 20
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV, Parquet or ``.npz`` file (arrays ``x`` (N, F) and ``y`` (N,): columns
-    ``x0``.. and ``y``) as a DataFrame.
+    """A CSV, Parquet or ``.npz`` file (arrays ``x`` (N, F) and, to train on, ``y`` (N,):
+    columns ``x0``.. and ``y``) as a DataFrame.
 
     Raises:
         HpsearchError: a missing or unreadable file, an unknown suffix, Parquet without its
@@ -89,20 +88,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 def _npz_frame(path: Path) -> pd.DataFrame:
     with np.load(path, allow_pickle=False) as arrays:
-        missing = [name for name in ("x", "y") if name not in arrays]
-        if missing:
-            raise HpsearchError(f"{path}: no array {' or '.join(missing)} (it holds x and y)")
-        x, y = arrays["x"], arrays["y"]
-    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
-        raise HpsearchError(
-            f"{path}: x must be (rows, features) and y (rows,), got {x.shape} and {y.shape}"
-        )
+        if "x" not in arrays:
+            raise HpsearchError(f"{path}: no array x (it holds x and, to train on, y)")
+        x, y = arrays["x"], arrays["y"] if "y" in arrays else None
+    if x.ndim != 2 or (y is not None and (y.ndim != 1 or len(x) != len(y))):
+        shapes = f"{x.shape} and {None if y is None else y.shape}"
+        raise HpsearchError(f"{path}: x must be (rows, features) and y (rows,), got {shapes}")
     for name, array in (("x", x), ("y", y)):
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        if array is not None and array.dtype.kind in "fc" and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
             raise HpsearchError(f"{path}: {name} holds {bad} NaN or infinite values")
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
-    frame["y"] = y
+    if y is not None:
+        frame["y"] = y
     return frame
 
 
@@ -170,42 +168,87 @@ def _check_column(frame: pd.DataFrame, name: str, source: Path) -> str:
     return "category"
 
 
-def table_pipeline(train: pd.DataFrame, kinds: dict[str, str]) -> Pipeline:
-    """The feature encoding, fitted on the training rows ``train``: numeric and boolean
-    columns standardized, gaps taking the training median plus was-missing indicators;
-    category and string columns one-hot with the training levels (a gap is level "NA")."""
-    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
-    categories = [name for name, kind in kinds.items() if kind == "category"]
-    numbers = make_pipeline(
-        # Scaled before imputing, so the statistics skip the gaps; the median commutes.
-        StandardScaler(),
-        SimpleImputer(strategy="median", keep_empty_features=True),
-    )
-    levels = make_pipeline(
-        SimpleImputer(strategy="constant", fill_value="NA", keep_empty_features=True),
-        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-    )
-    parts: list[tuple[str, Any, list[str]]] = [
-        ("numeric", numbers, numeric),
-        ("missing", MissingIndicator(features="missing-only", error_on_new=False), numeric),
-        ("levels", levels, categories),
-    ]
-    transformer = ColumnTransformer(
-        [part for part in parts if part[2]], verbose_feature_names_out=False
-    )
-    return make_pipeline(transformer).fit(_typed(train, kinds))
+@dataclass(frozen=True)
+class TableEncoder:
+    """The feature encoding, fitted on the training rows: numeric (and boolean) columns
+    standardized, a gap taking the training median plus a was-missing column for each column
+    with gaps in training; category and string columns one-hot with the training levels (a
+    gap is level "NA", an unseen level all zeros).
 
+    Hand-written, not a scikit-learn ColumnTransformer: its state is a few lists that
+    ``finalize.json`` holds and ``hpsearch predict`` reads, where a fitted scikit-learn
+    pipeline saves only as a pickle (code run on load).
+    """
 
-def _typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
-    """The feature columns as the pipeline takes them: numbers as floats, categories as
-    strings, gaps as NaN."""
-    columns = frame[list(kinds)]
-    typed = columns.astype({n: float if k == "numeric" else str for n, k in kinds.items()})
-    return typed.where(columns.notna(), np.nan)
+    numeric: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    median: tuple[float, ...]  # of the standardized training values
+    missing: tuple[str, ...]  # numeric columns with gaps in the training rows
+    levels: dict[str, tuple[str, ...]]  # category column -> its sorted training levels
 
+    @classmethod
+    def fit(cls, train: pd.DataFrame, kinds: dict[str, str]) -> TableEncoder:
+        numeric = tuple(name for name, kind in kinds.items() if kind == "numeric")
+        values = train[list(numeric)].to_numpy(dtype=np.float64) if numeric else np.zeros((1, 0))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column all gaps in training
+            mean = np.nan_to_num(np.nanmean(values, axis=0))
+            std = np.nan_to_num(np.nanstd(values, axis=0))
+            scale = np.where(std > 0, std, 1.0)
+            median = np.nan_to_num(np.nanmedian((values - mean) / scale, axis=0))
+        gaps = np.asarray(np.isnan(values).any(axis=0)).tolist()
+        levels = {
+            name: tuple(sorted(train[name].astype(str).where(train[name].notna(), "NA").unique()))
+            for name, kind in kinds.items()
+            if kind == "category"
+        }
+        return cls(
+            numeric,
+            tuple(mean.tolist()),
+            tuple(scale.tolist()),
+            tuple(median.tolist()),
+            tuple(name for name, gap in zip(numeric, gaps, strict=True) if gap),
+            levels,
+        )
 
-def _encode(pipeline: Pipeline, frame: pd.DataFrame, kinds: dict[str, str]) -> torch.Tensor:
-    return torch.tensor(np.asarray(pipeline.transform(_typed(frame, kinds)), dtype=np.float32))
+    @property
+    def columns(self) -> list[str]:
+        """The input columns it reads."""
+        return [*self.numeric, *self.levels]
+
+    def transform(self, frame: pd.DataFrame) -> torch.Tensor:
+        """``frame``'s rows encoded: ``(rows, features)`` float32."""
+        values = frame[list(self.numeric)].to_numpy(dtype=np.float64)
+        scaled = (values - np.array(self.mean)) / np.array(self.scale)
+        gaps = np.isnan(scaled)
+        parts = [np.where(gaps, np.array(self.median), scaled)]
+        parts += [np.isnan(frame[list(self.missing)].to_numpy(dtype=np.float64))]
+        for name, levels in self.levels.items():
+            column = frame[name].astype(str).where(frame[name].notna(), "NA").to_numpy()
+            parts.append(column[:, None] == np.array(levels)[None, :])
+        return torch.tensor(np.concatenate(parts, axis=1).astype(np.float32))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "numeric": list(self.numeric),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "median": list(self.median),
+            "missing": list(self.missing),
+            "levels": {name: list(levels) for name, levels in self.levels.items()},
+        }
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> TableEncoder:
+        return cls(
+            tuple(state["numeric"]),
+            tuple(state["mean"]),
+            tuple(state["scale"]),
+            tuple(state["median"]),
+            tuple(state["missing"]),
+            {name: tuple(levels) for name, levels in state["levels"].items()},
+        )
 
 
 def load_table(
@@ -294,9 +337,9 @@ def load_table(
     except ValueError as error:  # too few rows for the fractions, or for stratification
         raise HpsearchError(f"{source}: cannot split {len(frame):,} rows: {error}") from None
     test_part = frame.iloc[test_rows] if test_frame is None else test_frame
-    pipeline = table_pipeline(frame.iloc[train_rows], kinds)
+    encoder = TableEncoder.fit(frame.iloc[train_rows], kinds)
     x_train, x_val, x_test = (
-        _encode(pipeline, part, kinds)
+        encoder.transform(part)
         for part in (frame.iloc[train_rows], frame.iloc[val_rows], test_part)
     )
 
@@ -329,6 +372,8 @@ def load_table(
         checksums=checksums,
         rows={"train": train_rows, "val": val_rows, "test": test_rows},
         classes=classes,
+        # What predictions on new rows need (finalize.json): the encoding and the target.
+        preprocess={"table": encoder.to_json(), "target": target, "classes": list(classes)},
     )
 
 

@@ -63,6 +63,9 @@ class FinalResult:
     # which the dashboard lists too.
     artifact_store: str | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
+    # What predictions on new inputs need (a user's table: its fitted encoding, target name
+    # and class names); empty for the shipped problems.
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What is stored on the study (user attribute ``finalize``) for ``hpsearch report``,
@@ -112,6 +115,7 @@ class FinalResult:
             "test_rows": self.test_rows,
             "seconds": round(self.seconds, 1),
             "checksums": self.checksums,
+            "preprocess": self.preprocess,
             "torch": torch.__version__,
             "optuna": optuna.__version__,
         }

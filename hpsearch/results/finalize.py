@@ -202,6 +202,7 @@ def finalize(
         checksums=dict(splits.checksums),
         input_shape=tuple(splits.x_train.shape[1:]),
         target={"mean": splits.target_mean, "std": splits.target_std, "log": splits.log_target},
+        preprocess=splits.preprocess,
     )
     if ensemble:  # the ensemble's one look at test
         combined = Ensemble([member for _, _, member in members], problem.combine)

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import optuna
 
@@ -26,12 +27,15 @@ from hpsearch.storage.errors import user_error
 logger = logging.getLogger(__name__)
 
 
-def _worker_main(source: str, settings: Settings, index: int) -> None:
-    """One local worker process: load the study file again and run trials."""
+def _worker_main(
+    source: str, data: dict[str, Any], name: str, settings: Settings, index: int
+) -> None:
+    """One local worker process: load the study file again (with the run's table and study
+    name, which ``--data`` may have set) and run trials."""
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        run_worker(load_study_file(source), settings)
+        run_worker(load_study_file(source, data=data, name=name), settings)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as error:
@@ -65,7 +69,13 @@ def run_local_workers(
     processes = [
         context.Process(
             target=_worker_main,
-            args=(config.source, replace(settings, workers=1, threads=threads, device=dev), i),
+            args=(
+                config.source,
+                config.data,
+                config.name,
+                replace(settings, workers=1, threads=threads, device=dev),
+                i,
+            ),
             name=f"hpsearch-worker-{i}",
         )
         for i, dev in enumerate(worker_devices(settings.device, workers))

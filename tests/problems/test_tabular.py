@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import get_problem
-from hpsearch.problems.tabular import guess_kind, load_table, read_table
+from hpsearch.problems.tabular import TableEncoder, guess_kind, load_table, read_table
 from hpsearch.search.study_file import load_study_file, packaged_studies, study_for_table
 from hpsearch.training import models
 
@@ -151,9 +152,11 @@ def test_bad_files_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     np.savez(npz, x=np.array([[1.0, np.nan]]), y=np.array([1.0]))
     with pytest.raises(HpsearchError, match="x holds 1 NaN or infinite values"):
         read_table(npz)
-    np.savez(npz, x=np.ones((3, 2)))
-    with pytest.raises(HpsearchError, match="no array y"):
+    np.savez(npz, y=np.ones(3))
+    with pytest.raises(HpsearchError, match="no array x"):
         read_table(npz)
+    np.savez(npz, x=np.ones((3, 2)))  # rows to predict on: no y
+    assert list(read_table(npz).columns) == ["x0", "x1"]
     other = tmp_path / "table.xlsx"
     other.write_text("")
     with pytest.raises(HpsearchError, match="unknown kind of data file"):
@@ -194,3 +197,18 @@ def test_a_table_alone_makes_a_study(diabetes_csv: Path, cancer_csv: Path) -> No
     assert config.problem.name == "tabular-gaussian"
     with pytest.raises(HpsearchError, match="needs --target"):
         study_for_table(str(diabetes_csv), None)
+
+
+def test_the_encoding_is_json_and_handles_gaps_and_unseen_levels() -> None:
+    train = pd.DataFrame({"n": [1.0, 2.0, np.nan, 5.0], "c": ["a", "b", None, "a"]})
+    encoder = TableEncoder.fit(train, {"n": "numeric", "c": "category"})
+    assert encoder.missing == ("n",) and encoder.levels == {"c": ("NA", "a", "b")}
+    again = TableEncoder.from_json(json.loads(json.dumps(encoder.to_json())))
+    new = pd.DataFrame({"n": [np.nan, 2.0], "c": ["z", "b"]})
+    x = again.transform(new)
+    # n standardized (gap: the training median), was-missing, then c's levels NA, a, b.
+    median = float(np.nanmedian((np.array([1, 2, 5]) - 8 / 3) / np.std([1, 2, 5])))
+    assert torch.allclose(x[:, 0], torch.tensor([median, (2 - 8 / 3) / np.std([1, 2, 5])]).float())
+    assert x[:, 1].tolist() == [1.0, 0.0]
+    assert x[:, 2:].tolist() == [[0, 0, 0], [0, 0, 1]]  # "z" unseen: all zeros
+    assert again.columns == ["n", "c"]

@@ -285,7 +285,7 @@ def test_worker_that_lost_the_database_exits_75_in_one_line(
 
     monkeypatch.setattr(workers, "run_worker", lose)
     with pytest.raises(SystemExit) as caught:
-        workers._worker_main(str(find_study_file("usps")), Settings(), 0)
+        workers._worker_main(str(find_study_file("usps")), {}, "usps", Settings(), 0)
     assert caught.value.code == 75
     (line,) = caplog.messages
     assert line.startswith("lost the database:") and "server closed the connection" in line

@@ -1,0 +1,119 @@
+"""Predictions of a finalized model on new rows of a user's table: ``Predictor`` encodes them
+as the training rows were (the encoding stored in ``finalize.json``) and answers in the
+target's units and labels; ``hpsearch predict`` writes them to a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from hpsearch.errors import HpsearchError
+from hpsearch.problems import get_problem
+from hpsearch.problems.tabular import TableEncoder, read_table
+from hpsearch.results.model_files import RESULT_FILE, load_model
+from hpsearch.training import predict
+
+
+class Predictor:
+    """A finalized model of a user's table and what it needs to predict on new rows."""
+
+    def __init__(self, model: nn.Module, record: dict[str, Any]) -> None:
+        preprocess = _table_record(record)
+        problem = get_problem(record["problem"])
+        calibration = record.get("calibration")
+        if calibration and problem.calibration is not None:  # the validation-fitted sigma
+            model = problem.calibration.apply(model, float(calibration["scale"])).eval()
+        self.model, self.record = model, record
+        self.encoder = TableEncoder.from_json(preprocess["table"])
+        self.target: str = preprocess["target"]
+        self.classes: list[str] = list(preprocess.get("classes") or [])
+        scale = record.get("target") or {}
+        self.mean, self.std = float(scale.get("mean", 0.0)), float(scale.get("std", 1.0))
+
+    def predict(self, rows: pd.DataFrame | torch.Tensor) -> pd.DataFrame:
+        """One row of predictions per input row, in its order: ``predicted_<target>`` (the
+        class name, or the value in the target's units), ``probability_<class>`` for each
+        class, ``predicted_<target>_std`` for a Gaussian regressor. A DataFrame needs the
+        training table's feature columns (a target column in it is ignored); a tensor is
+        rows already encoded.
+
+        Raises:
+            HpsearchError: feature columns missing from ``rows``.
+        """
+        if isinstance(rows, pd.DataFrame):
+            missing = [name for name in self.encoder.columns if name not in rows.columns]
+            if missing:
+                raise HpsearchError(
+                    f"the rows lack column(s) {', '.join(map(repr, missing[:10]))} that the "
+                    "model was trained on"
+                )
+            x = self.encoder.transform(rows)
+        else:
+            x = rows.float()
+        with torch.no_grad():
+            output = predict(self.model, x).double()
+        name = f"predicted_{self.target}"
+        if self.classes:
+            probabilities = torch.softmax(output, dim=-1).numpy()
+            frame = pd.DataFrame({name: np.array(self.classes)[probabilities.argmax(axis=1)]})
+            for k, label in enumerate(self.classes):
+                frame[f"probability_{label}"] = probabilities[:, k]
+            return frame
+        if output.dim() == 2:  # a Gaussian regressor: mean and log variance
+            mean = output[:, 0] * self.std + self.mean
+            sigma = torch.exp(0.5 * output[:, 1]) * self.std
+            return pd.DataFrame({name: mean.numpy(), f"{name}_std": sigma.numpy()})
+        return pd.DataFrame({name: (output * self.std + self.mean).numpy()})
+
+
+def _table_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``preprocess``; refused without a table encoding."""
+    preprocess: dict[str, Any] = record.get("preprocess") or {}
+    if "table" not in preprocess:
+        raise HpsearchError(
+            f"the model of study {record.get('study')!r} ({record.get('problem')}) holds no "
+            "table encoding: predictions take models finalized from your own table (--data)"
+        )
+    return preprocess
+
+
+def load_predictor(folder: str | Path, *, ensemble: bool = False) -> Predictor:
+    """The ``Predictor`` of a ``finalize --out`` folder (``ensemble``: of its ensemble).
+
+    Raises:
+        HpsearchError: not a finalize folder, or a model without a table encoding.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HpsearchError(f"model folder {folder} does not exist (finalize --out writes one)")
+    result = folder / RESULT_FILE
+    if result.is_file():  # checked before the model is rebuilt
+        _table_record(json.loads(result.read_text()))
+    model, record = load_model(folder, ensemble=ensemble)
+    return Predictor(model, record)
+
+
+def predict_file(folder: str | Path, rows: str | Path, out: str | Path, *, ensemble: bool) -> int:
+    """Predictions of the model in ``folder`` for the table ``rows``, written to ``out``
+    (CSV, or Parquet by its suffix); the number of rows.
+
+    Raises:
+        HpsearchError: a bad model folder, input table or output path.
+    """
+    predictor = load_predictor(folder, ensemble=ensemble)
+    frame = predictor.predict(read_table(rows))
+    out = Path(out)
+    try:
+        if out.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(out, index=False)
+        else:
+            frame.to_csv(out, index=False)
+    except (OSError, ImportError) as error:
+        raise HpsearchError(f"cannot write {out}: {error}") from None
+    return len(frame)
