@@ -242,6 +242,32 @@ def run(
 
 @app.command()
 @one_line_errors("interrupted")
+def init(
+    data: Annotated[Path, typer.Option(help="Your own table (.csv, .parquet or .npz).")],
+    target: Annotated[str | None, typer.Option(help="The column to predict (an .npz: y).")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="regression, gaussian or classification. Default: from the target."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Default: <table>-<task>.toml here.")] = None,
+) -> None:
+    """Write the study file that run --data would use, to edit and run.
+
+    It is the task's shipped study with your table named in it; hpsearch run FILE runs it.
+    """
+    from hpsearch.search.study_file import table_study, write_table_study
+
+    if out is None:
+        table, _, chosen = table_study(str(data), target, task)
+        out = Path(f"{table.stem}-{chosen}.toml")
+    name = write_table_study(out, str(data), target, task)
+    err_console.print(
+        escape(f"wrote {out} (study {name}); edit its [space], then: hpsearch run {out}")
+    )
+
+
+@app.command()
+@one_line_errors("interrupted")
 def create(
     target: Annotated[
         str, typer.Argument(help="A shipped study (usps, house-prices, ...) or a .toml file.")

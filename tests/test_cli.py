@@ -147,7 +147,8 @@ def test_help_of_every_command() -> None:
     code, overview, _ = invoke("--help")
     assert code == 0
     names = [command.name or command.callback.__name__ for command in app.registered_commands]  # type: ignore[union-attr]
-    expected = ["run", "create", "studies", "best", "trials", "finalize", "predict", "report", "dashboard"]
+    expected = ["run", "init", "create", "studies", "best", "trials", "finalize", "predict"]
+    expected += ["report", "dashboard"]
     assert names == expected
     for command in app.registered_commands:
         name = command.name or command.callback.__name__  # type: ignore[union-attr]

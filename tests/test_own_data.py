@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from hpsearch.cli import app
 from hpsearch.problems.tabular import read_table
 from hpsearch.results.predict import load_predictor
+from hpsearch.search.study_file import load_study_file, study_for_table
 
 runner = CliRunner()
 
@@ -121,3 +122,24 @@ def test_predict_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     code, _, err = invoke("predict", str(shipped), str(rows))
     assert code == 2 and "holds no table encoding" in err, err
     assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_init_writes_the_study_that_run_would_use(tmp_path: Path) -> None:
+    path = tmp_path / "diabetes.csv"
+    load_diabetes(as_frame=True, scaled=False).frame.to_csv(path, index=False)
+    code, _, err = invoke("init", "--data", str(path), "--target", "target")
+    assert code == 0 and "wrote diabetes-regression.toml" in err, err
+    written = tmp_path / "diabetes-regression.toml"
+    assert 'path = "diabetes.csv"' in written.read_text()  # beside it: relative
+    config = load_study_file(written)
+    same = study_for_table(str(path), "target")
+    assert (config.name, config.problem, config.data, config.space) == (
+        same.name,
+        same.problem,
+        same.data,
+        same.space,
+    )
+    code, _, err = invoke("init", "--data", str(path), "--target", "target")
+    assert code == 2 and "exists" in err  # never overwritten
+    code, _, err = invoke("init", "--data", str(path), "--target", "nope", "--out", "x.toml")
+    assert code == 2 and "no column 'nope'" in err and not (tmp_path / "x.toml").exists()

@@ -9,6 +9,7 @@ names the file, the table and the key.
 from __future__ import annotations
 
 import inspect
+import json
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -143,11 +144,11 @@ FILE_KEYS = ("path", "test")
 TABLE_TASKS = ("regression", "gaussian", "classification")
 
 
-def study_for_table(path: str, target: str | None, task: str | None = None) -> StudyConfig:
-    """The study ``hpsearch run --data PATH --target COLUMN`` runs: the shipped
-    ``tabular-<task>`` study on that table, named after the file and the task. Without
-    ``task``, the target chooses: many distinct numbers make a regression, anything else a
-    classification (``problems.tabular.guess_kind``).
+def table_study(path: str, target: str | None, task: str | None = None) -> tuple[Path, str, str]:
+    """What ``hpsearch run --data PATH --target COLUMN`` runs: ``(the table's absolute
+    path, its target, the task)``. Without ``task``, the target chooses: many distinct
+    numbers make a regression, anything else a classification
+    (``problems.tabular.guess_kind``).
 
     Raises:
         HpsearchError: no ``target``, an unknown ``task``, or a table that cannot be read.
@@ -166,11 +167,46 @@ def study_for_table(path: str, target: str | None, task: str | None = None) -> S
         if target not in frame.columns:
             raise HpsearchError(f"{table}: no column {target!r}")
         task = guess_kind(frame[target])
+    return table, target, task
+
+
+def study_for_table(path: str, target: str | None, task: str | None = None) -> StudyConfig:
+    """The study ``hpsearch run --data PATH --target COLUMN`` runs (``table_study``): the
+    shipped ``tabular-<task>`` study on that table, named after the file and the task."""
+    table, target, task = table_study(path, target, task)
     return load_study_file(
         packaged_studies()[f"tabular-{task}"],
         data={"path": str(table), "target": target},
         name=f"{table.stem}-{task}",
     )
+
+
+def write_table_study(out: Path, path: str, target: str | None, task: str | None = None) -> str:
+    """``hpsearch init``: write the study file ``study_for_table`` would run to ``out``, the
+    shipped task's file with the table named in ``[data]`` (relative to ``out``'s folder
+    where it lies below it) and the study's name; return the name. Checked before writing.
+
+    Raises:
+        HpsearchError: ``out`` exists, or what ``table_study`` and a study file refuse.
+    """
+    if out.exists():
+        raise HpsearchError(f"{out} exists; choose another --out or remove it")
+    table, target, task = table_study(path, target, task)
+    folder = out.expanduser().resolve().parent
+    shown = table.relative_to(folder) if table.is_relative_to(folder) else table
+    name = f"{table.stem}-{task}"
+    text = packaged_studies()[f"tabular-{task}"].read_text()
+    text = text.replace("[data]\n", f"[data]\npath = {json.dumps(str(shown))}\n"
+                        f"target = {json.dumps(target)}\n", 1)  # fmt: skip
+    text = text.replace("[study]\n", f"[study]\nname = {json.dumps(name)}\n", 1)
+    raw = tomllib.loads(text)
+    raw["data"]["path"] = str(table)  # checked as run will read it, from out's folder
+    parse_study(raw, source=str(out), default_name=out.stem)
+    try:
+        out.write_text(text)
+    except OSError as error:
+        raise HpsearchError(f"cannot write {out}: {error.strerror}") from None
+    return name
 
 
 def _schema_error(source: str, error: ValidationError) -> HpsearchError:
