@@ -143,3 +143,30 @@ def test_init_writes_the_study_that_run_would_use(tmp_path: Path) -> None:
     assert code == 2 and "exists" in err  # never overwritten
     code, _, err = invoke("init", "--data", str(path), "--target", "nope", "--out", "x.toml")
     assert code == 2 and "no column 'nope'" in err and not (tmp_path / "x.toml").exists()
+
+
+@pytest.mark.slow
+def test_run_finalize_predict_on_an_image_folder(tmp_path: Path, sqlite_url: str) -> None:
+    from tests.problems.test_images import write_digits
+
+    folder = write_digits(tmp_path / "digits")
+    code, out, err = invoke("run", "--data", str(folder), "--trials", "2", "--storage", sqlite_url)
+    assert code == 0 and "study digits-image-classification (image-classification" in err, err
+    out_dir = tmp_path / "final"
+    code, _, err = invoke(
+        "finalize", "digits-image-classification", "--storage", sqlite_url, "--top-k", "1",
+        "--seeds", "1", "--out", str(out_dir), "--no-ensemble",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads((out_dir / "finalize.json").read_text())
+    assert result["baseline"]["name"] == "RBF SVM (C=10)" and result["test"]["accuracy"] > 0.5
+    predictions = tmp_path / "p.csv"
+    code, _, err = invoke("predict", str(out_dir), str(folder / "3"), "--out", str(predictions))
+    assert code == 0, err
+    frame = pd.read_csv(predictions, dtype={"predicted_class": str})
+    assert len(frame) == len(list((folder / "3").glob("*.png")))
+    assert (frame["predicted_class"] == "3").mean() > 0.5 and frame["file"].str.endswith(
+        ".png"
+    ).all()
+    code, _, err = invoke("predict", str(out_dir), str(tmp_path / "rows.csv"))
+    assert code == 2

@@ -1,8 +1,8 @@
 """What hpsearch searches: the problem registry (``registry``, the one extension point), each
 shipped problem in a module of its own (``usps``, ``house_prices``: data, model, metrics and
-baseline as one ``Problem`` entry), the tasks that search a user's own table (``tabular``),
-what every data loader returns (``splits``), and the metrics and classic baselines the
-problems share.
+baseline as one ``Problem`` entry), the tasks that search a user's own table (``tabular``) or
+images (``images``), what every data loader returns (``splits``), and the metrics and classic
+baselines the problems share.
 
 Importing this package registers the shipped problems.
 """
@@ -12,6 +12,7 @@ Importing this package registers the shipped problems.
 from hpsearch.problems import usps
 from hpsearch.problems import house_prices
 from hpsearch.problems import tabular
+from hpsearch.problems import images
 
 # isort: on
 from hpsearch.problems.registry import (
@@ -30,6 +31,7 @@ __all__ = [
     "Splits",
     "get_problem",
     "house_prices",
+    "images",
     "register_problem",
     "tabular",
     "usps",

@@ -1,6 +1,7 @@
-"""Predictions of a finalized model on new rows of a user's table: ``Predictor`` encodes them
-as the training rows were (the encoding stored in ``finalize.json``) and answers in the
-target's units and labels; ``hpsearch predict`` writes them to a file."""
+"""Predictions of a finalized model on new rows of a user's table or new images:
+``Predictor`` encodes them as the training data were (the encoding stored in
+``finalize.json``) and answers in the target's units and labels; ``hpsearch predict`` writes
+them to a file."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import get_problem
+from hpsearch.problems.images import decode_images, image_files
 from hpsearch.problems.tabular import TableEncoder, read_table
 from hpsearch.results.model_files import RESULT_FILE, load_model
 from hpsearch.training import predict
@@ -24,13 +26,15 @@ class Predictor:
     """A finalized model of a user's table and what it needs to predict on new rows."""
 
     def __init__(self, model: nn.Module, record: dict[str, Any]) -> None:
-        preprocess = _table_record(record)
+        preprocess = _preprocess(record)
         problem = get_problem(record["problem"])
         calibration = record.get("calibration")
         if calibration and problem.calibration is not None:  # the validation-fitted sigma
             model = problem.calibration.apply(model, float(calibration["scale"])).eval()
         self.model, self.record = model, record
-        self.encoder = TableEncoder.from_json(preprocess["table"])
+        table, images = preprocess.get("table"), preprocess.get("images")
+        self.encoder = TableEncoder.from_json(table) if table is not None else None
+        self.images: dict[str, Any] | None = images
         self.target: str = preprocess["target"]
         self.classes: list[str] = list(preprocess.get("classes") or [])
         scale = record.get("target") or {}
@@ -47,6 +51,8 @@ class Predictor:
             HpsearchError: feature columns missing from ``rows``.
         """
         if isinstance(rows, pd.DataFrame):
+            if self.encoder is None:
+                raise HpsearchError("an image model predicts on images: give an image folder")
             missing = [name for name in self.encoder.columns if name not in rows.columns]
             if missing:
                 raise HpsearchError(
@@ -56,8 +62,32 @@ class Predictor:
             x = self.encoder.transform(rows)
         else:
             x = rows.float()
-        with torch.no_grad():
-            output = predict(self.model, x).double()
+        return self._decode(predict(self.model, x).double())
+
+    def predict_images(self, folder: str | Path) -> pd.DataFrame:
+        """Predictions for every image below ``folder`` (sorted by path, in a ``file``
+        column), resized and converted as the training images were.
+
+        Raises:
+            HpsearchError: a model of a table, no image in ``folder``, a file not an image.
+        """
+        if self.images is None:
+            raise HpsearchError("a table's model predicts on rows: give a .csv, .parquet or .npz")
+        folder = Path(folder)
+        files = image_files(folder)
+        if not files:
+            raise HpsearchError(f"{folder}: no image files")
+        spec = self.images
+        pixels = decode_images(files, folder, spec["size"], spec["channels"]) / 255.0
+        mean = np.array(spec["mean"])[None, :, None, None]
+        std = np.array(spec["std"])[None, :, None, None]
+        x = torch.tensor((pixels - mean) / std, dtype=torch.float32)
+        frame = self._decode(predict(self.model, x).double())
+        frame.insert(0, "file", [str(Path(f).relative_to(folder)) for f in files])
+        return frame
+
+    def _decode(self, output: torch.Tensor) -> pd.DataFrame:
+        """The model's outputs in the target's units and labels."""
         name = f"predicted_{self.target}"
         if self.classes:
             probabilities = torch.softmax(output, dim=-1).numpy()
@@ -72,13 +102,14 @@ class Predictor:
         return pd.DataFrame({name: (output * self.std + self.mean).numpy()})
 
 
-def _table_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The record's ``preprocess``; refused without a table encoding."""
+def _preprocess(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``preprocess``; refused without a table's or images' encoding."""
     preprocess: dict[str, Any] = record.get("preprocess") or {}
-    if "table" not in preprocess:
+    if "table" not in preprocess and "images" not in preprocess:
         raise HpsearchError(
             f"the model of study {record.get('study')!r} ({record.get('problem')}) holds no "
-            "table encoding: predictions take models finalized from your own table (--data)"
+            "table or image encoding: predictions take models finalized from your own data "
+            "(--data)"
         )
     return preprocess
 
@@ -94,7 +125,7 @@ def load_predictor(folder: str | Path, *, ensemble: bool = False) -> Predictor:
         raise HpsearchError(f"model folder {folder} does not exist (finalize --out writes one)")
     result = folder / RESULT_FILE
     if result.is_file():  # checked before the model is rebuilt
-        _table_record(json.loads(result.read_text()))
+        _preprocess(json.loads(result.read_text()))
     model, record = load_model(folder, ensemble=ensemble)
     return Predictor(model, record)
 
@@ -107,7 +138,8 @@ def predict_file(folder: str | Path, rows: str | Path, out: str | Path, *, ensem
         HpsearchError: a bad model folder, input table or output path.
     """
     predictor = load_predictor(folder, ensemble=ensemble)
-    frame = predictor.predict(read_table(rows))
+    rows = Path(rows)
+    frame = predictor.predict_images(rows) if rows.is_dir() else predictor.predict(read_table(rows))
     out = Path(out)
     try:
         if out.suffix.lower() in (".parquet", ".pq"):

@@ -155,13 +155,17 @@ def table_study(path: str, target: str | None, task: str | None = None) -> tuple
     """
     from hpsearch.problems.tabular import guess_kind, read_table
 
+    table = Path(path).expanduser().resolve()
+    if table.is_dir():  # images, one sub-folder per class: the folder names are the target
+        if target or task not in (None, "image-classification"):
+            raise HpsearchError(f"--data {path} is an image folder: no --target or --task")
+        return table, "class", "image-classification"
     if not target and Path(path).suffix.lower() == ".npz":
         target = "y"  # an .npz holds x and y
     if not target:
         raise HpsearchError(f"--data {path} needs --target: the column to predict")
     if task is not None and task not in TABLE_TASKS:
         raise HpsearchError(f"unknown task {task!r}; choose from {', '.join(TABLE_TASKS)}")
-    table = Path(path).expanduser().resolve()
     if task is None:
         frame = read_table(table)
         if target not in frame.columns:
@@ -175,9 +179,20 @@ def study_for_table(path: str, target: str | None, task: str | None = None) -> S
     shipped ``tabular-<task>`` study on that table, named after the file and the task."""
     table, target, task = table_study(path, target, task)
     return load_study_file(
-        packaged_studies()[f"tabular-{task}"],
-        data={"path": str(table), "target": target},
-        name=f"{table.stem}-{task}",
+        _task_study(task), data=_data_keys(table, target, task), name=f"{table.stem}-{task}"
+    )
+
+
+def _task_study(task: str) -> Path:
+    return packaged_studies()[task if task == "image-classification" else f"tabular-{task}"]
+
+
+def _data_keys(table: Path | str, target: str, task: str) -> dict[str, Any]:
+    """The ``[data]`` keys that name the data: an image folder has no target column."""
+    return (
+        {"path": str(table)}
+        if task == "image-classification"
+        else {"path": str(table), "target": target}
     )
 
 
@@ -195,9 +210,9 @@ def write_table_study(out: Path, path: str, target: str | None, task: str | None
     folder = out.expanduser().resolve().parent
     shown = table.relative_to(folder) if table.is_relative_to(folder) else table
     name = f"{table.stem}-{task}"
-    text = packaged_studies()[f"tabular-{task}"].read_text()
-    text = text.replace("[data]\n", f"[data]\npath = {json.dumps(str(shown))}\n"
-                        f"target = {json.dumps(target)}\n", 1)  # fmt: skip
+    text = _task_study(task).read_text()
+    keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in _data_keys(shown, target, task).items())
+    text = text.replace("[data]\n", f"[data]\n{keys}", 1)
     text = text.replace("[study]\n", f"[study]\nname = {json.dumps(name)}\n", 1)
     raw = tomllib.loads(text)
     raw["data"]["path"] = str(table)  # checked as run will read it, from out's folder
