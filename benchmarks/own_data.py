@@ -1,15 +1,17 @@
 """Your own table, end to end, on real data sets that ship with scikit-learn, beside classic
 baselines on the same rows.
 
-    python benchmarks/own_data.py [--trials 30] [--data diabetes breast_cancer wine]
+    python benchmarks/own_data.py [--trials 30] [--data diabetes breast_cancer wine digits]
 
-For each data set this writes the table as a user would have it (diabetes and breast cancer as
-CSV files, wine as an ``.npz``), runs what a user runs, ``hpsearch run --data FILE --target
-COLUMN --trials N`` then ``hpsearch finalize STUDY``, and prints the network's test figure and
-its ensemble's beside a linear model (ridge or logistic regression) and gradient boosting
-(scikit-learn's HistGradientBoosting, default settings), each fitted on the same train +
-validation rows and scored on the same test rows (``problems.tabular.load_table`` with the
-study's split seed). Lower is better for RMSE, higher for accuracy.
+For each data set this writes the data as a user would have them (diabetes and breast cancer
+as CSV files, wine as an ``.npz``, the 8x8 digits as a folder of PNG files, one sub-folder per
+class), runs what a user runs, ``hpsearch run --data FILE [--target COLUMN] --trials N`` then
+``hpsearch finalize STUDY``, and prints the network's test figure and its ensemble's beside a
+linear model (ridge or logistic regression) and gradient boosting (scikit-learn's
+HistGradientBoosting, default settings; for the digits an RBF SVM, the image task's own
+baseline), each fitted on the same train + validation rows and scored on the same test rows
+(the task's loader with the study's split seed). Lower is better for RMSE, higher for
+accuracy.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from PIL import Image
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hpsearch.problems.images import load_images  # noqa: E402
 from hpsearch.problems.tabular import load_table  # noqa: E402
 
 
@@ -46,19 +51,36 @@ def write(name: str, folder: Path) -> tuple[Path, str]:
         path = folder / "breast_cancer.csv"
         frame.to_csv(path, index=False)
         return path, "diagnosis"
-    wine = load_wine()
-    path = folder / "wine.npz"
-    np.savez(path, x=wine.data, y=wine.target)
-    return path, "y"
+    if name == "wine":
+        wine = load_wine()
+        path = folder / "wine.npz"
+        np.savez(path, x=wine.data, y=wine.target)
+        return path, "y"
+    digits = load_digits()
+    path = folder / "digits"
+    for i, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        (path / str(label)).mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray((pixels * 255 / 16).astype(np.uint8), mode="L")
+        image.save(path / str(label) / f"{i}.png")
+    return path, ""
 
 
 def baselines(path: Path, target: str, classify: bool) -> tuple[float, float]:
-    """Linear and gradient-boosting test figures on the study's own split (seed 0)."""
-    kind = "classification" if classify else "regression"
-    s = load_table(kind, path=str(path), target=target)
-    x = torch.cat([s.x_train, s.x_val]).numpy()
+    """Linear and gradient-boosting (images: RBF SVM) test figures on the study's own split
+    (seed 0)."""
+    if path.is_dir():
+        s = load_images(path=str(path))
+    else:
+        s = load_table(
+            "classification" if classify else "regression", path=str(path), target=target
+        )
+    x = torch.cat([s.x_train, s.x_val]).flatten(1).numpy()
     y = torch.cat([s.y_train, s.y_val]).numpy()
-    x_test, y_test = s.x_test.numpy(), s.y_test.numpy()
+    x_test, y_test = s.x_test.flatten(1).numpy(), s.y_test.numpy()
+    if path.is_dir():
+        linear = LogisticRegression(max_iter=5000).fit(x, y).predict(x_test)
+        svm = SVC(C=10.0, gamma="scale").fit(x, y).predict(x_test)
+        return float((linear == y_test).mean()), float((svm == y_test).mean())
     if classify:
         linear = LogisticRegression(max_iter=5000).fit(x, y).predict(x_test)
         boosted = HistGradientBoostingClassifier(random_state=0).fit(x, y).predict(x_test)
@@ -75,7 +97,9 @@ def baselines(path: Path, target: str, classify: bool) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--data", nargs="+", default=["diabetes", "breast_cancer", "wine"])
+    parser.add_argument(
+        "--data", nargs="+", default=["diabetes", "breast_cancer", "wine", "digits"]
+    )
     args = parser.parse_args()
     rows = []
     started = time.perf_counter()
@@ -86,14 +110,16 @@ def main() -> None:
             path, target = write(name, folder)
             begun = time.perf_counter()
             hpsearch = [sys.executable, "-m", "hpsearch"]
-            run = [*hpsearch, "run", "--data", str(path), "--target", target]
+            run = [*hpsearch, "run", "--data", str(path), *(["--target", target] if target else [])]
             subprocess.run(
                 [*run, "--trials", str(args.trials), "--storage", storage],
                 check=True,
                 capture_output=True,
                 cwd=folder,
             )
-            task = "regression" if name == "diabetes" else "classification"
+            task = {"diabetes": "regression", "digits": "image-classification"}.get(
+                name, "classification"
+            )
             subprocess.run(
                 [*hpsearch, "finalize", f"{path.stem}-{task}", "--storage", storage],
                 check=True,
@@ -102,8 +128,8 @@ def main() -> None:
             )
             (out,) = folder.glob(f"final-{path.stem}-*")
             result = json.loads((out / "finalize.json").read_text())
-            metric = "accuracy" if task == "classification" else "rmse"
-            linear, boosted = baselines(path, target, task == "classification")
+            metric = "rmse" if task == "regression" else "accuracy"
+            linear, boosted = baselines(path, target, task != "regression")
             ensemble = (result.get("ensemble") or {}).get("test") or {}
             rows.append(
                 (
@@ -121,7 +147,7 @@ def main() -> None:
         f"{args.trials} trials per data set, then finalize (top 3 x 3 seeds); test split 20%, "
         f"seed 0; {time.perf_counter() - started:.0f} s in all"
     )
-    header = ("data", "metric", "network", "ensemble", "linear", "boosting", "vs boosting")
+    header = ("data", "metric", "network", "ensemble", "linear", "boost/SVM", "vs that")
     print(f"{header[0]:<15}{header[1]:<10}" + "".join(f"{h:>12}" for h in header[2:]))
     for name, metric, net, ens, linear, boosted, n_test, seconds in rows:
         ratio = net / boosted
