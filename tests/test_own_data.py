@@ -120,7 +120,7 @@ def test_predict_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     shipped.mkdir()
     (shipped / "finalize.json").write_text(json.dumps({"study": "usps", "problem": "usps"}))
     code, _, err = invoke("predict", str(shipped), str(rows))
-    assert code == 2 and "holds no table encoding" in err, err
+    assert code == 2 and "holds no table or image encoding" in err, err
     assert not (tmp_path / "predictions.csv").exists()
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import baselines, metrics
 from hpsearch.problems.registry import TRAINING_DEFAULTS, Problem, register_problem
-from hpsearch.problems.splits import Splits, cache_dir, md5sum
+from hpsearch.problems.splits import Splits, cache_dir, sha256sum
 from hpsearch.training import CLASSIFICATION_LOSSES, GROUP_PARAMS, models
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _npz_images(
     pixels = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     names = sorted({str(label) for label in y.tolist()})
     labels = np.array([names.index(str(label)) for label in y.tolist()], dtype=np.int64)
-    return pixels, names, labels, md5sum(path)
+    return pixels, names, labels, sha256sum(path)
 
 
 def image_files(folder: Path) -> list[str]:

@@ -84,6 +84,13 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256sum(path: Path) -> str:
+    """``sha256:<hex>`` of a user's data file (SHA-256 runs about twice as fast as MD5 on CPUs
+    with SHA instructions, which a large table notices)."""
+    with path.open("rb") as handle:
+        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def verify_checksum(path: Path, relative: str) -> str:
     """Check ``path`` against the known checksums of ``relative``; return its md5.
 

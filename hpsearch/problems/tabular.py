@@ -17,6 +17,7 @@ import functools
 import logging
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,7 @@ from hpsearch.problems.registry import (
     Problem,
     register_problem,
 )
-from hpsearch.problems.splits import Splits, md5sum
+from hpsearch.problems.splits import Splits, sha256sum
 from hpsearch.training import (
     CLASSIFICATION_LOSSES,
     GAUSSIAN_LOSSES,
@@ -188,21 +189,39 @@ class TableEncoder:
     levels: dict[str, tuple[str, ...]]  # category column -> its sorted training levels
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, kinds: dict[str, str]) -> TableEncoder:
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        kinds: dict[str, str],
+        rows: np.ndarray | None = None,
+        numbers: np.ndarray | None = None,
+    ) -> TableEncoder:
+        """Fitted on ``frame``'s training ``rows`` (default: all of them); ``numbers``, its
+        numeric columns as ``_numbers`` reads them, where the caller has them already."""
         numeric = tuple(name for name, kind in kinds.items() if kind == "numeric")
-        values = train[list(numeric)].to_numpy(dtype=np.float64) if numeric else np.zeros((1, 0))
+        values = _numbers(frame, numeric) if numbers is None else numbers
+        if rows is not None:
+            values = values[rows]
+        has_gaps = np.isnan(values).any(axis=0)
+        mean, std, median = (np.zeros(values.shape[1]) for _ in range(3))
+        full = ~has_gaps  # the NaN-aware statistics copy the array: only where gaps are
+        mean[full] = values[:, full].mean(axis=0, dtype=np.float64)
+        std[full] = values[:, full].std(axis=0, dtype=np.float64)
+        median[full] = np.median(values[:, full], axis=0)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a column all gaps in training
-            mean = np.nan_to_num(np.nanmean(values, axis=0))
-            std = np.nan_to_num(np.nanstd(values, axis=0))
-            scale = np.where(std > 0, std, 1.0)
-            median = np.nan_to_num(np.nanmedian((values - mean) / scale, axis=0))
-        gaps = np.asarray(np.isnan(values).any(axis=0)).tolist()
-        levels = {
-            name: tuple(sorted(train[name].astype(str).where(train[name].notna(), "NA").unique()))
-            for name, kind in kinds.items()
-            if kind == "category"
-        }
+            gappy = values[:, has_gaps]
+            mean[has_gaps] = np.nan_to_num(np.nanmean(gappy, axis=0, dtype=np.float64))
+            std[has_gaps] = np.nan_to_num(np.nanstd(gappy, axis=0, dtype=np.float64))
+            median[has_gaps] = np.nan_to_num(np.nanmedian(gappy, axis=0))
+        scale = np.where(std > 0, std, 1.0)
+        median = (median - mean) / scale  # the median commutes with the scaling
+        gaps = np.asarray(has_gaps).tolist()
+        levels = {}
+        for name, kind in kinds.items():
+            if kind == "category":
+                column = _labels(frame[name])
+                levels[name] = tuple(sorted((column if rows is None else column[rows]).unique()))
         return cls(
             numeric,
             tuple(mean.tolist()),
@@ -217,17 +236,39 @@ class TableEncoder:
         """The input columns it reads."""
         return [*self.numeric, *self.levels]
 
-    def transform(self, frame: pd.DataFrame) -> torch.Tensor:
-        """``frame``'s rows encoded: ``(rows, features)`` float32."""
-        values = frame[list(self.numeric)].to_numpy(dtype=np.float64)
-        scaled = (values - np.array(self.mean)) / np.array(self.scale)
-        gaps = np.isnan(scaled)
-        parts = [np.where(gaps, np.array(self.median), scaled)]
-        parts += [np.isnan(frame[list(self.missing)].to_numpy(dtype=np.float64))]
+    @property
+    def width(self) -> int:
+        """How many features a row encodes to."""
+        return len(self.numeric) + len(self.missing) + sum(map(len, self.levels.values()))
+
+    def transform(self, frame: pd.DataFrame, numbers: np.ndarray | None = None) -> torch.Tensor:
+        """``frame``'s rows encoded: ``(rows, features)`` float32 (``numbers``: as ``fit``)."""
+        n, width = len(frame), len(self.numeric)
+        out = np.zeros((n, self.width), dtype=np.float32)
+        if numbers is None:
+            numbers = out[:, :width]  # a view: filled in place, no copy of the whole table
+            numbers[:] = _numbers(frame, self.numeric)
+        else:
+            out[:, :width] = numbers
+            numbers = out[:, :width]
+        gaps = np.isnan(numbers)
+        numbers -= np.array(self.mean, dtype=np.float32)
+        numbers /= np.array(self.scale, dtype=np.float32)
+        np.copyto(
+            numbers, np.broadcast_to(np.array(self.median, np.float32), numbers.shape), where=gaps
+        )
+        index = {name: k for k, name in enumerate(self.numeric)}
+        for name in self.missing:
+            out[:, width] = gaps[:, index[name]]
+            width += 1
         for name, levels in self.levels.items():
-            column = frame[name].astype(str).where(frame[name].notna(), "NA").to_numpy()
-            parts.append(column[:, None] == np.array(levels)[None, :])
-        return torch.tensor(np.concatenate(parts, axis=1).astype(np.float32))
+            labels = _labels(frame[name])
+            known = labels.where(labels.isin(levels))  # an unseen level: a gap, code -1
+            codes = pd.Categorical(known, categories=levels).codes
+            seen = codes >= 0  # an unseen level: all zeros
+            out[np.flatnonzero(seen), width + codes[seen]] = 1.0
+            width += len(levels)
+        return torch.from_numpy(out)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -249,6 +290,18 @@ class TableEncoder:
             tuple(state["missing"]),
             {name: tuple(levels) for name, levels in state["levels"].items()},
         )
+
+
+def _numbers(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """The numeric (and boolean) columns as one float32 array, gaps as NaN."""
+    if not columns:
+        return np.zeros((len(frame), 0), dtype=np.float32)
+    return frame[list(columns)].to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _labels(column: pd.Series) -> pd.Series:
+    """A category column's values as strings, a gap as level "NA"."""
+    return column.astype(str).where(column.notna(), "NA")
 
 
 def load_table(
@@ -275,7 +328,10 @@ def load_table(
         HpsearchError: a bad file, column, target, class or split, naming the file.
     """
     source = Path(path).expanduser()
-    frame = read_table(source)
+    with ThreadPoolExecutor(1) as pool:  # the checksum while pandas parses (no GIL held)
+        checksum = pool.submit(sha256sum, source) if source.is_file() else None
+        frame = read_table(source)
+        checksums = {str(source): checksum.result() if checksum else ""}
     columns = _columns(frame, source, target, features, drop)
     labelled = frame[target].notna()
     if not labelled.any():
@@ -288,14 +344,13 @@ def load_table(
             f"{source}: target {target!r} is not numeric; a regression needs numbers "
             "(a classification task takes labels)"
         )
-    checksums = {str(source): md5sum(source)}
     test_frame = None
     if isinstance(test, str):
         test_path = Path(test).expanduser()
         test_frame = read_table(test_path)
         _columns(test_frame, test_path, target, columns, ())
         test_frame = test_frame[test_frame[target].notna()].reset_index(drop=True)
-        checksums[str(test_path)] = md5sum(test_path)
+        checksums[str(test_path)] = sha256sum(test_path)
     elif not 0.0 < test < 1.0:
         raise HpsearchError(f"{source}: test must be a fraction in (0, 1) or a file, got {test}")
     if not 0.0 < val_fraction < 1.0 - (0.0 if isinstance(test, str) else test):
@@ -336,24 +391,28 @@ def load_table(
         )
     except ValueError as error:  # too few rows for the fractions, or for stratification
         raise HpsearchError(f"{source}: cannot split {len(frame):,} rows: {error}") from None
-    test_part = frame.iloc[test_rows] if test_frame is None else test_frame
-    encoder = TableEncoder.fit(frame.iloc[train_rows], kinds)
-    x_train, x_val, x_test = (
-        encoder.transform(part)
-        for part in (frame.iloc[train_rows], frame.iloc[val_rows], test_part)
-    )
+    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
+    numbers = _numbers(frame, numeric)  # read once for fitting and encoding
+    encoder = TableEncoder.fit(frame, kinds, train_rows, numbers)
+    encoded = encoder.transform(frame, numbers)  # once, then split: no copies of the table
+    x_train, x_val = encoded[train_rows], encoded[val_rows]
+    x_test = encoded[test_rows] if test_frame is None else encoder.transform(test_frame)
 
-    def targets(part: pd.DataFrame) -> torch.Tensor:
+    def targets(column: pd.Series) -> torch.Tensor:
         if classes:
             index = {name: i for i, name in enumerate(classes)}
-            labels = part[target].astype(str)
+            labels = column.astype(str)
             unknown = sorted(set(labels) - set(index))
             if unknown:
                 raise HpsearchError(f"{source}: test rows hold unknown classes {unknown[:5]}")
             return torch.tensor(labels.map(index).to_numpy(), dtype=torch.int64)
-        return torch.tensor(part[target].to_numpy(dtype=np.float64))
+        return torch.tensor(column.to_numpy(dtype=np.float64))
 
-    y_train, y_val, y_test = map(targets, (frame.iloc[train_rows], frame.iloc[val_rows], test_part))
+    column = frame[target]
+    test_column = column.iloc[test_rows] if test_frame is None else test_frame[target]
+    y_train, y_val, y_test = map(
+        targets, (column.iloc[train_rows], column.iloc[val_rows], test_column)
+    )
     mean, std = 0.0, 1.0
     if not classes:
         mean, std = float(y_train.mean()), float(y_train.std())

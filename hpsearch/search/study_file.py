@@ -286,8 +286,8 @@ def parse_study(raw: dict[str, Any], *, source: str, default_name: str) -> Study
     if missing:
         raise fail(
             "data",
-            f"missing key {', '.join(missing)}: name the table in [data], or run "
-            "hpsearch run --data FILE --target COLUMN",
+            f"missing key {', '.join(missing)}: name the data in [data], or run "
+            "hpsearch run --data FILE --target COLUMN (or --data FOLDER of images)",
         )
 
     kinds = problem.hyperparameters

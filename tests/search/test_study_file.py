@@ -38,9 +38,10 @@ LAB_REPORT_STUDIES = [p for p in SHIPPED if p.stem.endswith("-lab-report")]
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_study_loads(path: Path) -> None:
-    # A task's study (tabular-*) is a study of the table it is given.
+    # A task's study (tabular-*, image-classification) is a study of the data it is given.
     table = {"path": "table.csv", "target": "y"} if path.stem.startswith("tabular-") else None
-    study = cfg.load_study_file(path, data=table)
+    images = {"path": "images/"} if path.stem == "image-classification" else None
+    study = cfg.load_study_file(path, data=table or images)
     assert study.problem.name in PROBLEMS and study.metric in study.problem.metrics
     create_pruner(study, resolve_settings(study, workers=1))
 
