@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from hpsearch.errors import HpsearchError
 
 if TYPE_CHECKING:
+    from hpsearch.api import finalize, run
     from hpsearch.problems import PROBLEMS, Problem, Splits, get_problem, register_problem
     from hpsearch.results.finalize import finalize_study
     from hpsearch.results.model_files import load_model
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from hpsearch.storage.database import open_storage
 
 _LAZY = {
+    "run": "hpsearch.api",
+    "finalize": "hpsearch.api",
     "finalize_study": "hpsearch.results.finalize",
     "load_model": "hpsearch.results.model_files",
     "Predictor": "hpsearch.results.predict",
@@ -46,6 +49,7 @@ __all__ = [
     "Settings",
     "Splits",
     "StudyConfig",
+    "finalize",
     "finalize_study",
     "get_problem",
     "load_model",
@@ -54,6 +58,7 @@ __all__ = [
     "open_storage",
     "register_problem",
     "resolve_settings",
+    "run",
     "run_study",
 ]
 

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hpsearch.errors import HpsearchError
@@ -156,6 +157,11 @@ def table_study(path: str, target: str | None, task: str | None = None) -> tuple
     from hpsearch.problems.tabular import guess_kind, read_table
 
     table = Path(path).expanduser().resolve()
+    if table.suffix.lower() == ".npz" and table.is_file():
+        with np.load(table, allow_pickle=False) as arrays:
+            images = "x" in arrays and arrays["x"].ndim > 2  # (N, C, H, W) or (N, H, W)
+        if images:
+            return table, "class", "image-classification"
     if table.is_dir():  # images, one sub-folder per class: the folder names are the target
         if target or task not in (None, "image-classification"):
             raise HpsearchError(f"--data {path} is an image folder: no --target or --task")

@@ -1,0 +1,128 @@
+"""hpsearch from Python, for notebooks: ``run`` a study (a shipped one, a study file, a study
+as a dict, or your own data as a path, a DataFrame or arrays) and ``finalize`` it, with the
+command line's settings as keyword arguments.
+
+    import hpsearch
+    study = hpsearch.run(data=frame, target="price", trials=30)
+    result = hpsearch.finalize(study.study_name)
+    hpsearch.load_predictor(result.out).predict(new_rows)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import pandas as pd
+
+from hpsearch.errors import HpsearchError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpsearch.results.final_result import FinalResult
+    from hpsearch.search.study_file import StudyConfig
+
+Data: TypeAlias = str | Path | pd.DataFrame | tuple[np.ndarray, np.ndarray]
+
+
+def run(
+    study: str | Path | dict[str, Any] | None = None,
+    *,
+    data: Data | None = None,
+    target: str | None = None,
+    task: str | None = None,
+    **settings: Any,
+) -> optuna.Study:
+    """Run (or resume) a study, as ``hpsearch run`` does; the Optuna study.
+
+    ``study`` is a shipped study's name, a study file's path or a study file's contents as a
+    dict. ``data`` is your own data: a table or image folder's path, a DataFrame (with
+    ``target`` its column to predict) or ``(x, y)`` arrays; a DataFrame or arrays are saved
+    once, under a name from their contents, in the cache folder, so that workers, reruns and
+    ``finalize`` read the same rows. ``settings`` are ``run``'s options (``trials``,
+    ``storage``, ``workers``, ``seed``, ...).
+
+    Raises:
+        HpsearchError: bad input of any kind, in one line.
+    """
+    from hpsearch.search.run import run_study
+    from hpsearch.settings import resolve_settings
+
+    config = _study(study, data, target, task)
+    opened, _ = run_study(config, resolve_settings(config, **settings))
+    return opened
+
+
+def finalize(study_name: str, **settings: Any) -> FinalResult:
+    """Finalize a study, as ``hpsearch finalize`` does (``settings``: its options,
+    ``storage``, ``top_k``, ``seeds``, ``out``, ...); the result, with ``out`` the folder of
+    its model files."""
+    from hpsearch.results.finalize import finalize_study
+    from hpsearch.settings import resolve_settings
+
+    return finalize_study(study_name, resolve_settings(**settings))
+
+
+def _study(
+    study: str | Path | dict[str, Any] | None,
+    data: Data | None,
+    target: str | None,
+    task: str | None,
+) -> StudyConfig:
+    from hpsearch.search.study_file import (
+        find_study_file,
+        load_study_file,
+        parse_study,
+        study_for_table,
+    )
+
+    if study is None and data is None:
+        raise HpsearchError("give a study (usps, a study file, a dict) or your own data")
+    if isinstance(data, pd.DataFrame):
+        data = _saved(data, target)
+    elif data is not None and not isinstance(data, str | Path):
+        data, target = _saved(data, target), "y"
+    if isinstance(study, dict):
+        raw = {**study, "data": {**study.get("data", {}), **_table(data, target)}}
+        return parse_study(raw, source="the study dict", default_name="study")
+    if study is None:
+        return study_for_table(str(data), target, task)
+    if task is not None:
+        raise HpsearchError("task goes with data and no study: the study names its task")
+    return load_study_file(find_study_file(str(study)), data=_table(data, target))
+
+
+def _table(data: str | Path | None, target: str | None) -> dict[str, Any]:
+    if data is None:
+        return {}
+    table = {"path": str(Path(data).expanduser().resolve()), "target": target}
+    return {key: value for key, value in table.items() if value is not None}
+
+
+def _saved(data: pd.DataFrame | tuple[np.ndarray, np.ndarray], target: str | None) -> Path:
+    """A DataFrame (as CSV) or ``(x, y)`` arrays (as ``.npz``) saved in the cache folder under
+    the SHA-256 of their contents: the same data, the same file."""
+    from hpsearch.problems.splits import cache_dir
+
+    folder = cache_dir() / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, pd.DataFrame):
+        if target is None or target not in data.columns:
+            raise HpsearchError(f"target {target!r} is not a column of the DataFrame")
+        text = data.to_csv(index=False).encode()
+        path = folder / f"frame-{hashlib.sha256(text).hexdigest()[:16]}.csv"
+        if not path.exists():
+            path.write_bytes(text)
+        return path
+    try:
+        x, y = (np.asarray(array) for array in data)
+    except (TypeError, ValueError):
+        raise HpsearchError("data must be a path, a DataFrame or (x, y) arrays") from None
+    digest = hashlib.sha256(x.tobytes() + y.tobytes() + str((x.shape, x.dtype)).encode())
+    path = folder / f"arrays-{digest.hexdigest()[:16]}.npz"
+    if not path.exists():
+        np.savez(path, x=x, y=y)
+    return path
