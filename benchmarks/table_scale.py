@@ -35,7 +35,8 @@ STEPS = {
     "train": (
         "import torch;"
         "from hpsearch.problems import get_problem;"
-        "from hpsearch.problems.tabular import load_table, TableEncoder, read_table;"
+        "from hpsearch.problems.tabular import load_table, read_table;"
+        "from hpsearch.problems.table_encoder import TableEncoder;"
         "from hpsearch.training import TrainConfig, predict, train",
         "p = get_problem('tabular-regression');"
         "s = load_table('regression', path=PATH, target='y');"

@@ -17,7 +17,8 @@ from torch import nn
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import get_problem
 from hpsearch.problems.images import decode_images, image_files
-from hpsearch.problems.tabular import TableEncoder, read_table
+from hpsearch.problems.table_encoder import TableEncoder
+from hpsearch.problems.tabular import read_table
 from hpsearch.results.model_files import RESULT_FILE, load_model
 from hpsearch.training import predict
 

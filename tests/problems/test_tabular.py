@@ -13,7 +13,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import get_problem
-from hpsearch.problems.tabular import TableEncoder, guess_kind, load_table, read_table
+from hpsearch.problems.table_encoder import TableEncoder
+from hpsearch.problems.tabular import guess_kind, load_table, read_table
 from hpsearch.search.study_file import load_study_file, packaged_studies, study_for_table
 from hpsearch.training import models
 

@@ -215,7 +215,10 @@ def test_special_character_password_reaches_server(
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_local_workers_group_leaves_nothing_running(tmp_path: Path, signum: int) -> None:
+    # Trials ten times as long as the slow study's: none ends before the signal, whichever
+    # worker's reports the wait below sees first.
     study_file = _slow_house_study(tmp_path)
+    study_file.write_text(study_file.read_text().replace("epochs = 300", "epochs = 3000"))
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     args = [
         *hpsearch_cmd(),
