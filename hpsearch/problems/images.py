@@ -200,8 +200,8 @@ def load_images(
     except ValueError as error:
         raise HpsearchError(f"{source}: cannot split {len(rows):,} images: {error}") from None
     train = pixels[train_rows]
-    mean = train.mean(axis=(0, 2, 3))
-    std = np.where(train.std(axis=(0, 2, 3)) > 0, train.std(axis=(0, 2, 3)), 1.0)
+    mean, deviation = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
+    std = np.where(deviation > 0, deviation, 1.0)
 
     def split(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = (pixels[idx] - mean[None, :, None, None]) / std[None, :, None, None]
