@@ -255,14 +255,11 @@ def init(
 
     It is the task's shipped study with your table named in it; hpsearch run FILE runs it.
     """
-    from hpsearch.search.study_file import table_study, write_table_study
+    from hpsearch.search.study_file import write_table_study
 
-    if out is None:
-        table, _, chosen = table_study(str(data), target, task)
-        out = Path(f"{table.stem}-{chosen}.toml")
-    name = write_table_study(out, str(data), target, task)
+    path, name = write_table_study(out, str(data), target, task)
     err_console.print(
-        escape(f"wrote {out} (study {name}); edit its [space], then: hpsearch run {out}")
+        escape(f"wrote {path} (study {name}); edit its [space], then: hpsearch run {path}")
     )
 
 

@@ -136,20 +136,18 @@ def _check_column(frame: pd.DataFrame, name: str, source: Path) -> str:
         if column.isna().all():
             raise HpsearchError(f"{source}: column {name!r} has no values; drop it")
         return "numeric"
+    dates = HpsearchError(
+        f"{source}: column {name!r} holds dates; drop it (drop = [{name!r}]) or turn it into "
+        "numbers (a year, a day count) first"
+    )
     if pd.api.types.is_datetime64_any_dtype(column):
-        raise HpsearchError(
-            f"{source}: column {name!r} holds dates; drop it (drop = [{name!r}]) or turn it "
-            "into numbers (a year, a day count) first"
-        )
+        raise dates
     values = column.dropna().astype(str)
     sample = values.head(200)
     if len(sample) and sample.str.contains(r"\d").all():
         parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
         if parsed.notna().mean() > 0.9:
-            raise HpsearchError(
-                f"{source}: column {name!r} holds dates; drop it (drop = [{name!r}]) or turn "
-                "it into numbers (a year, a day count) first"
-            )
+            raise dates
     levels = values.nunique()
     if levels > _MIN_TEXT_LEVELS and levels > _TEXT_SHARE * len(values):
         raise HpsearchError(

@@ -202,17 +202,21 @@ def _data_keys(table: Path | str, target: str, task: str) -> dict[str, Any]:
     )
 
 
-def write_table_study(out: Path, path: str, target: str | None, task: str | None = None) -> str:
-    """``hpsearch init``: write the study file ``study_for_table`` would run to ``out``, the
-    shipped task's file with the table named in ``[data]`` (relative to ``out``'s folder
-    where it lies below it) and the study's name; return the name. Checked before writing.
+def write_table_study(
+    out: Path | None, path: str, target: str | None, task: str | None = None
+) -> tuple[Path, str]:
+    """``hpsearch init``: write the study file ``study_for_table`` would run to ``out``
+    (default ``<table>-<task>.toml`` here), the shipped task's file with the table named in
+    ``[data]`` (relative to ``out``'s folder where it lies below it) and the study's name;
+    return the file and the name. Checked before writing.
 
     Raises:
         HpsearchError: ``out`` exists, or what ``table_study`` and a study file refuse.
     """
+    table, target, task = table_study(path, target, task)  # reads the table once
+    out = out if out is not None else Path(f"{table.stem}-{task}.toml")
     if out.exists():
         raise HpsearchError(f"{out} exists; choose another --out or remove it")
-    table, target, task = table_study(path, target, task)
     folder = out.expanduser().resolve().parent
     shown = table.relative_to(folder) if table.is_relative_to(folder) else table
     name = f"{table.stem}-{task}"
@@ -227,7 +231,7 @@ def write_table_study(out: Path, path: str, target: str | None, task: str | None
         out.write_text(text)
     except OSError as error:
         raise HpsearchError(f"cannot write {out}: {error.strerror}") from None
-    return name
+    return out, name
 
 
 def _schema_error(source: str, error: ValidationError) -> HpsearchError:
