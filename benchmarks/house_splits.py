@@ -102,7 +102,8 @@ def main() -> None:
             return float(record["test"]["rmse"])
         if which == "ensemble":
             return float(record["ensemble"]["test"]["rmse"]) if record["ensemble"] else math.nan
-        return float(record["baseline"]["test"]["rmse"])
+        [boosting] = (b for b in record["baselines"] if b["name"] == "gradient boosting")
+        return float(boosting["test"]["rmse"])
 
     columns = ("network", "ensemble", "boosting")
 

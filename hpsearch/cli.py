@@ -231,7 +231,12 @@ def run(
     )
     header = run_header(config, settings)
     with RunProgress(err_console, config.metric, header=header, verbose=verbose) as progress:
-        opened, state = run_study(config, settings, on_progress=progress.update)
+        opened, state = run_study(
+            config,
+            settings,
+            on_progress=progress.update,
+            on_data=lambda splits: progress.note(f"data: {splits.describe()}"),
+        )
     if state.finished >= settings.trials and state.trials_this_run == 0:
         err_console.print(
             f"study already holds {state.finished} finished trials; nothing to run "
@@ -386,7 +391,7 @@ def finalize(
     Each of the --top-k best configurations is retrained with --seeds seeds; the one with
     the best validation mean minus one standard deviation (plus, when lower is better) is
     retrained on train + validation and scored once on the held-out test split, beside an
-    ensemble of all of them and the problem's classic baseline.
+    ensemble of all of them and the problem's classic baselines.
     """
     from hpsearch.display import candidate_line, finalize_table
     from hpsearch.results.finalize import finalize_study

@@ -130,10 +130,18 @@ class RunProgress:
         if self.live:
             self.progress.stop()
 
-    def update(self, state: StudyProgress) -> None:
+    def note(self, line: str) -> None:
+        """Print ``line`` (plain text) under the header, above the live display."""
+        self._print_header()
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def _print_header(self) -> None:
         if self.header:
             self.console.print(self.header)
             self.header = ""
+
+    def update(self, state: StudyProgress) -> None:
+        self._print_header()
         if self.verbose or not self.live:
             for trial in state.new_trials:
                 line = trial_line(trial, self.metric, state, self.verbose)
@@ -256,7 +264,7 @@ def candidate_line(candidate: Candidate) -> str:
 
 def finalize_table(result: FinalResult) -> Group:
     """Test metrics (rows) of the tuned network, the ensemble, the calibrated intervals and
-    the baseline (columns); a metric that is not one number (per-class accuracy) follows
+    the baselines (columns); a metric that is not one number (per-class accuracy) follows
     the table as a line of its own."""
     header, rows = finalize_test_table(result.summary())
     table = Table()

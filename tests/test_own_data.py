@@ -4,6 +4,7 @@ with one line, exit code 2 and nothing written."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +32,28 @@ def test_run_finalize_report_on_a_table(tmp_path: Path, sqlite_url: str, data: s
     if data == "diabetes":
         path, target = tmp_path / "diabetes.csv", "target"
         load_diabetes(as_frame=True, scaled=False).frame.to_csv(path, index=False)
-        study, metric = "diabetes-regression", "rmse"
+        study, metric, rows = "diabetes-regression", "rmse", 442
     elif data == "breast_cancer":
         bunch = load_breast_cancer(as_frame=True)
         frame = bunch.frame.drop(columns="target")
         frame["diagnosis"] = np.where(bunch.target == 0, "malignant", "benign")
         path, target = tmp_path / "breast_cancer.csv", "diagnosis"
         frame.to_csv(path, index=False)
-        study, metric = "breast_cancer-classification", "accuracy"
+        study, metric, rows = "breast_cancer-classification", "accuracy", 569
     else:
         wine = load_wine()
         path, target = tmp_path / "wine.npz", "y"
         np.savez(path, x=wine.data, y=wine.target)
-        study, metric = "wine-classification", "accuracy"
+        study, metric, rows = "wine-classification", "accuracy", 178
     code, out, err = invoke(
         "run", "--data", str(path), "--target", target, "--trials", "3", "--storage", sqlite_url
     )
     assert code == 0, err
     assert f"study {study} (tabular-" in err and "complete" in out
+    counts = {"diabetes": "", "breast_cancer": "2 classes: benign 357, malignant 212"}
+    sizes = re.search(r"data: (\d+) train / (\d+) validation / (\d+) test rows", err)
+    assert sizes is not None and sum(map(int, sizes.groups())) == rows
+    assert counts.get(data, "3 classes: 0 59, 1 71, 2 48") in err
     out_dir = tmp_path / "final"
     code, out, err = invoke(
         "finalize", study, "--storage", sqlite_url, "--top-k", "1", "--seeds", "1",
@@ -56,10 +61,14 @@ def test_run_finalize_report_on_a_table(tmp_path: Path, sqlite_url: str, data: s
     )  # fmt: skip
     assert code == 0, err
     result = json.loads((out_dir / "finalize.json").read_text())
-    assert result["test"][metric] > 0 and result["baseline"]["test"][metric] > 0
+    linear, boosting = result["baselines"]  # each on the same rows
+    assert result["test"][metric] > 0 and linear["test"][metric] > 0
+    assert boosting["name"] == "gradient boosting" and boosting["test"][metric] > 0
     if metric == "accuracy":
         assert result["test"][metric] > 0.8  # three short trials already learn
-        assert result["baseline"]["name"] == "logistic regression"
+        assert linear["name"] == "logistic regression"
+    else:
+        assert linear["name"] == "ridge regression"
     code, _, err = invoke("report", study, "--storage", sqlite_url, "--out", str(tmp_path / "r"))
     assert code == 0, err
     assert (tmp_path / "r" / "index.html").exists()
@@ -159,7 +168,8 @@ def test_run_finalize_predict_on_an_image_folder(tmp_path: Path, sqlite_url: str
     )  # fmt: skip
     assert code == 0, err
     result = json.loads((out_dir / "finalize.json").read_text())
-    assert result["baseline"]["name"] == "RBF SVM (C=10)" and result["test"]["accuracy"] > 0.5
+    names = [baseline["name"] for baseline in result["baselines"]]
+    assert names == ["logistic regression", "RBF SVM (C=10)"] and result["test"]["accuracy"] > 0.5
     predictions = tmp_path / "p.csv"
     code, _, err = invoke("predict", str(out_dir), str(folder / "3"), "--out", str(predictions))
     assert code == 0, err

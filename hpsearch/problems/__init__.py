@@ -1,18 +1,18 @@
-"""What hpsearch searches: the problem registry (``registry``, the one extension point), each
-shipped problem in a module of its own (``usps``, ``house_prices``: data, model, metrics and
-baseline as one ``Problem`` entry), the tasks that search a user's own table (``tabular``) or
-images (``images``), what every data loader returns (``splits``), and the metrics and classic
-baselines the problems share.
+"""What hpsearch searches: the problem registry (``registry``, the one extension point), the
+tasks that search a user's own table (``tabular``) or images (``images``), each shipped data
+set as a preset of a task in a module of its own (``usps``, ``house_prices``: its data and
+defaults), what every data loader returns (``splits``), and the metrics and classic baselines
+the problems share.
 
-Importing this package registers the shipped problems.
+Importing this package registers the tasks and the shipped problems.
 """
 
 # isort: off
-# Registered in this order, which the registry lists (usps first, as the lab report has it).
-from hpsearch.problems import usps
-from hpsearch.problems import house_prices
+# Registered in this order, which the registry lists: the tasks, then their presets.
 from hpsearch.problems import tabular
 from hpsearch.problems import images
+from hpsearch.problems import usps
+from hpsearch.problems import house_prices
 
 # isort: on
 from hpsearch.problems.registry import (

@@ -1,6 +1,7 @@
 """The house-price problems: the Kaggle/Ames table (1,460 rows), its feature pipeline and
-fixed-seed splits, and two registry entries, an MLP regressor and a Gaussian regressor (mean
-and log variance, Gaussian NLL)."""
+fixed-seed splits, and two registry entries: the ``tabular-regression`` task (an MLP
+regressor) and the ``tabular-gaussian`` task (mean and log variance, Gaussian NLL) with this
+table and its feature pipeline as their data and the lab report's MLP as their defaults."""
 
 from __future__ import annotations
 
@@ -19,16 +20,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from hpsearch.errors import HpsearchError
-from hpsearch.problems import baselines, metrics
-from hpsearch.problems.registry import (
-    GAUSSIAN_CALIBRATION,
-    TRAINING_DEFAULTS,
-    Problem,
-    register_problem,
-)
+from hpsearch.problems.registry import TRAINING_DEFAULTS, preset, register_problem
 from hpsearch.problems.splits import Splits, resolve_data_dir, verify_checksum
+from hpsearch.problems.tabular import TABULAR_GAUSSIAN, TABULAR_REGRESSION
 from hpsearch.problems.transformers import ClipToTrainingRange, SkewedLog1p, Winsorizer
-from hpsearch.training import GAUSSIAN_LOSSES, GROUP_PARAMS, REGRESSION_LOSSES, models
 
 logger = logging.getLogger(__name__)
 
@@ -289,43 +284,20 @@ _LAB_REPORT_MLP = {
 }
 
 register_problem(
-    Problem(
+    preset(
+        TABULAR_REGRESSION,
         name="house-prices",
         description="Ames house prices, MLP regressor",
         load_data=load_house_prices,
-        build_model=models.build_mlp_regressor,
-        model_hyperparameters=models.MLP_HYPERPARAMETERS,
-        per_layer=models.MLP_PER_LAYER,
-        group_params=models.MLP_GROUP_PARAMS | GROUP_PARAMS,
-        losses=REGRESSION_LOSSES,
-        evaluate=metrics.regression_metrics,
-        test_metrics=metrics.regression_test_metrics,
-        metrics={"val_rmse": "minimize", "val_mse": "minimize", "val_mae": "minimize"},
         defaults={**_LAB_REPORT_MLP, "loss": "mse"},
-        baseline=baselines.gradient_boosting,
     )
 )
 register_problem(
-    Problem(
+    preset(
+        TABULAR_GAUSSIAN,
         name="house-prices-gaussian",
         description="Ames house prices, Gaussian regressor (mean and log variance)",
         load_data=load_house_prices,
-        build_model=models.build_gaussian_regressor,
-        model_hyperparameters=models.MLP_HYPERPARAMETERS,
-        per_layer=models.MLP_PER_LAYER,
-        group_params=models.MLP_GROUP_PARAMS | GROUP_PARAMS,
-        losses=GAUSSIAN_LOSSES,
-        evaluate=metrics.gaussian_metrics,
-        test_metrics=metrics.gaussian_test_metrics,
-        metrics={
-            "val_nll": "minimize",
-            "val_rmse": "minimize",
-            "val_mse": "minimize",
-            "val_mae": "minimize",
-        },
         defaults={**_LAB_REPORT_MLP, "loss": "gaussian_nll"},
-        combine=models.gaussian_mixture,
-        baseline=baselines.gradient_boosting,
-        calibration=GAUSSIAN_CALIBRATION,
     )
 )

@@ -240,9 +240,10 @@ def build_image_classifier(params: Mapping[str, Any], input_shape: Sequence[int]
     return models.build_conv_classifier(params, input_shape, int(params["n_classes"]))
 
 
-register_problem(
+IMAGE_CLASSIFICATION = register_problem(
     Problem(
         name="image-classification",
+        task="image-classification",
         description="your images, conv classifier",
         load_data=load_images,
         build_model=build_image_classifier,
@@ -268,6 +269,6 @@ register_problem(
             "loss": "cross_entropy",
         },
         combine=models.mean_softmax,
-        baseline=baselines.rbf_svm,
+        baselines=(baselines.logistic_regression, baselines.rbf_svm),
     )
 )

@@ -2,11 +2,14 @@
 
 A ``Problem`` entry carries everything that differs between problems: the data loader, the
 model builder and the hyperparameters it reads, the losses, the validation and test metrics,
-the lab report's defaults, how an ensemble averages, the classic baseline and an optional
+the lab report's defaults, how an ensemble averages, the classic baselines and an optional
 calibration. Every other module reads problems only through these fields. A new problem is
 one entry, registered with ``register_problem`` (or from another package through the
-``hpsearch.problems`` entry-point group), plus a study file with ``problem = "<name>"``;
-``problems/usps.py`` is one to copy.
+``hpsearch.problems`` entry-point group), plus a study file with ``problem = "<name>"``.
+
+The tasks (``tabular-regression``, ``tabular-gaussian``, ``tabular-classification``,
+``image-classification``) take a user's data; the shipped problems are presets of them
+(``preset``: a task with a packaged data set's loader and defaults, as in ``problems/usps.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import functools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -82,8 +85,8 @@ class Problem:
     combine: Callable[[torch.Tensor], torch.Tensor] = models.mean_prediction
     # Metrics of the one look at the test split; default: ``evaluate``'s
     test_metrics: Evaluate | None = None
-    # Fits a classic model on train + validation and scores it on test: {"name", "test"}
-    baseline: Callable[[Splits], dict[str, Any]] | None = None
+    # Each fits a classic model on train + validation and scores it on test: {"name", "test"}
+    baselines: Sequence[Callable[[Splits], dict[str, Any]]] = ()
     calibration: Calibration | None = None
     # Width key -> depth key: ``per_layer = true`` samples ``{width}_{i}`` for each layer
     per_layer: Mapping[str, str] = field(default_factory=dict)
@@ -92,6 +95,8 @@ class Problem:
     # the steps (``training.GROUP_PARAMS``). Models that differ in these train apart anyway
     # (``training.stack.stack_key``); sharing them is what lets a group's trials stack.
     group_params: frozenset[str] = frozenset()
+    # The task this entry is (its own name) or is a preset of; empty for a plugin's own.
+    task: str = ""
 
     @property
     def default_metric(self) -> str:
@@ -167,6 +172,20 @@ TRAINING_DEFAULTS = {"momentum": 0.9, "weight_decay": 0.0, "lr_step_epochs": 10,
 
 
 PROBLEMS: dict[str, Problem] = {}
+
+
+def preset(
+    task: Problem,
+    *,
+    name: str,
+    description: str,
+    load_data: Callable[..., Splits],
+    defaults: Mapping[str, Any],
+) -> Problem:
+    """``task`` on a packaged data set: its model, losses, metrics, baselines and ensemble,
+    with the data set's loader and the defaults found for it (``usps`` is the
+    ``image-classification`` task on the USPS digits)."""
+    return replace(task, name=name, description=description, load_data=load_data, defaults=defaults)
 
 
 def register_problem(problem: Problem) -> Problem:

@@ -57,6 +57,21 @@ class Splits:
         a table whose classes the data define."""
         return {"n_classes": len(self.classes)} if self.classes else {}
 
+    def describe(self, most: int = 12) -> str:
+        """One line on the rows of each split and, for classes, how many rows of each there
+        are in all (the ``most`` largest classes, then how many more)."""
+        sizes = (len(self.y_train), len(self.y_val), len(self.y_test))
+        line = "{:,} train / {:,} validation / {:,} test rows".format(*sizes)
+        if not self.classes:
+            return line
+        labels = torch.cat([self.y_train, self.y_val, self.y_test]).cpu()
+        counts = torch.bincount(labels, minlength=len(self.classes)).tolist()
+        largest = sorted(range(len(counts)), key=lambda k: -counts[k])
+        shown = sorted(largest[:most])
+        named = ", ".join(f"{self.classes[k]} {counts[k]:,}" for k in shown)
+        more = f" and {len(counts) - most} more" if len(counts) > most else ""
+        return f"{line}; {len(counts)} classes: {named}{more}"
+
     def to(self, device: torch.device | str) -> Splits:
         """Return a copy with every tensor moved to ``device``."""
         moved = {

@@ -225,7 +225,6 @@ def load_table(
                 f"{source}: class {few.index[0]!r} of {target!r} has {int(few.iloc[0])} rows; "
                 f"each class needs at least {needed} to appear in every split"
             )
-        logger.info("%s: %s", source, ", ".join(f"{name} {int(n):,}" for name, n in counts.items()))
     stratify = frame[target].astype(str).to_numpy() if classes else None
     rows = np.arange(len(frame))
     try:
@@ -310,9 +309,10 @@ _MLP_DEFAULTS = {
 }
 _MLP_GROUP = models.MLP_GROUP_PARAMS | GROUP_PARAMS
 
-register_problem(
+TABULAR_REGRESSION = register_problem(
     Problem(
         name="tabular-regression",
+        task="tabular-regression",
         description="your table, an MLP regressor",
         load_data=load_regression_table,
         build_model=models.build_mlp_regressor,
@@ -324,12 +324,13 @@ register_problem(
         test_metrics=metrics.regression_test_metrics,
         metrics={"val_rmse": "minimize", "val_mse": "minimize", "val_mae": "minimize"},
         defaults={**_MLP_DEFAULTS, "loss": "mse"},
-        baseline=baselines.gradient_boosting,
+        baselines=(baselines.ridge, baselines.gradient_boosting),
     )
 )
-register_problem(
+TABULAR_GAUSSIAN = register_problem(
     Problem(
         name="tabular-gaussian",
+        task="tabular-gaussian",
         description="your table, a Gaussian regressor (mean and log variance)",
         load_data=load_regression_table,
         build_model=models.build_gaussian_regressor,
@@ -339,16 +340,22 @@ register_problem(
         losses=GAUSSIAN_LOSSES,
         evaluate=metrics.gaussian_metrics,
         test_metrics=metrics.gaussian_test_metrics,
-        metrics={"val_nll": "minimize", "val_rmse": "minimize", "val_mse": "minimize"},
+        metrics={
+            "val_nll": "minimize",
+            "val_rmse": "minimize",
+            "val_mse": "minimize",
+            "val_mae": "minimize",
+        },
         defaults={**_MLP_DEFAULTS, "loss": "gaussian_nll"},
-        baseline=baselines.gradient_boosting,
+        baselines=(baselines.ridge, baselines.gradient_boosting),
         combine=models.gaussian_mixture,
         calibration=GAUSSIAN_CALIBRATION,
     )
 )
-register_problem(
+TABULAR_CLASSIFICATION = register_problem(
     Problem(
         name="tabular-classification",
+        task="tabular-classification",
         description="your table, an MLP classifier",
         load_data=load_classification_table,
         build_model=models.build_mlp_classifier,
@@ -360,6 +367,6 @@ register_problem(
         test_metrics=metrics.classification_test_metrics,
         metrics={"val_accuracy": "maximize", "val_cross_entropy": "minimize"},
         defaults={**_MLP_DEFAULTS, "loss": "cross_entropy"},
-        baseline=baselines.logistic_regression,
+        baselines=(baselines.logistic_regression, baselines.gradient_boosting_classifier),
     )
 )

@@ -1,5 +1,6 @@
 """The USPS problem: handwritten digits (16x16, the official 7,291 training and 2,007 test
-images) and the conv classifier of the lab report, as one registry entry."""
+images), the ``image-classification`` task (the lab report's conv classifier) with the USPS
+files as its data and the lab report's best configuration as its defaults."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from hpsearch.errors import HpsearchError
-from hpsearch.problems import baselines, metrics
-from hpsearch.problems.registry import TRAINING_DEFAULTS, Problem, register_problem
+from hpsearch.problems.images import IMAGE_CLASSIFICATION
+from hpsearch.problems.registry import TRAINING_DEFAULTS, preset, register_problem
 from hpsearch.problems.splits import Splits, cache_dir, resolve_data_dir, verify_checksum
-from hpsearch.training import CLASSIFICATION_LOSSES, GROUP_PARAMS, models
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def load_usps(
         scaled = (pixels.astype(np.float32) / 255.0 - mean) / std
         return torch.from_numpy(scaled).unsqueeze(1)  # (N, 1, 16, 16)
 
+    digits = tuple(str(d) for d in range(10))
     return Splits(
         x_train=to_tensor(images[train_idx]),
         y_train=torch.from_numpy(labels[train_idx]),
@@ -110,22 +111,22 @@ def load_usps(
         checksums=checksums,
         # USPS train/val rows index the official training file, test rows the test file.
         rows={"train": train_idx, "val": val_idx, "test": np.arange(len(test_labels))},
+        classes=digits,
+        # As an image folder's (images.load_images): predictions on new 16x16 digit images.
+        preprocess={
+            "images": {"mean": [mean], "std": [std], "size": 16, "channels": 1},
+            "target": "digit",
+            "classes": list(digits),
+        },
     )
 
 
 register_problem(
-    Problem(
+    preset(
+        IMAGE_CLASSIFICATION,
         name="usps",
         description="USPS handwritten digits, conv classifier",
         load_data=load_usps,
-        build_model=models.build_conv_classifier,
-        model_hyperparameters=models.CONV_HYPERPARAMETERS,
-        per_layer=models.CONV_PER_LAYER,
-        group_params=models.CONV_GROUP_PARAMS | GROUP_PARAMS,
-        losses=CLASSIFICATION_LOSSES,
-        evaluate=metrics.classification_metrics,
-        test_metrics=metrics.classification_test_metrics,
-        metrics={"val_accuracy": "maximize", "val_cross_entropy": "minimize"},
         defaults={
             **TRAINING_DEFAULTS,
             "n_conv_layers": 3,
@@ -140,7 +141,5 @@ register_problem(
             "epochs": 30,
             "loss": "mse",
         },
-        combine=models.mean_softmax,
-        baseline=baselines.rbf_svm,
     )
 )

@@ -51,7 +51,8 @@ class FinalResult:
     checksums: dict[str, str]
     input_shape: tuple[int, ...] = ()
     target: dict[str, Any] = field(default_factory=dict)
-    baseline: dict[str, Any] | None = None
+    # Each classic baseline's {"name", "test", "seconds"} on the same rows.
+    baselines: list[dict[str, Any]] = field(default_factory=list)
     # The ensemble's members as (trial, seed) and its test metrics; None without --ensemble.
     ensemble_members: list[tuple[int, int]] = field(default_factory=list)
     ensemble_test: dict[str, Any] | None = None
@@ -79,7 +80,7 @@ class FinalResult:
             "ensemble_test": self.ensemble_test,
             "ensemble_size": len(self.ensemble_members),
             "calibration": self.calibration,
-            "baseline": self.baseline,
+            "baselines": self.baselines,
             "train_rows": self.train_rows,
             "test_rows": self.test_rows,
             "out": self.out,
@@ -110,7 +111,7 @@ class FinalResult:
             "calibration": self.calibration,
             "input_shape": list(self.input_shape),
             "target": self.target,
-            "baseline": self.baseline,
+            "baselines": self.baselines,
             "train_rows": self.train_rows,
             "test_rows": self.test_rows,
             "seconds": round(self.seconds, 1),

@@ -123,7 +123,7 @@ def finalize(
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
     split, choose by validation mean -/+ std, retrain the choice on train + validation and
     score it once on test. With ``out``, save the weights and ``finalize.json`` there.
-    ``with_baseline`` also fits the problem's classic baseline on the same rows. ``ensemble``
+    ``with_baseline`` also fits the problem's classic baselines on the same rows. ``ensemble``
     also retrains every finite candidate with every seed on train + validation and scores
     the combination of their predictions once on test. Retrains of one shape train
     ``group_size`` at a time as one model (``Problem.fit_many``). The summary is stored on the study
@@ -144,7 +144,9 @@ def finalize(
         return problem.evaluate(model, splits.x_val, splits.y_val, splits)
 
     candidates = []
-    for number, params, value in configs:
+    for number, stored, value in configs:
+        # A trial stored before its task read the class count from the data has none.
+        params = {**stored, **splits.model_params}
         candidate = Candidate(trial=number, params=params, search_value=value)
         tic = time.perf_counter()
         x, y = splits.x_train, splits.y_train
@@ -215,8 +217,8 @@ def finalize(
             "fitted_on": "validation, the chosen configuration's per-seed models",
             "test": test_metrics(problem, calibration.apply(model, scale), splits),
         }
-    if with_baseline and problem.baseline is not None:
-        result.baseline = problem.baseline(splits)
+    if with_baseline:
+        result.baselines = [fit_baseline(splits) for fit_baseline in problem.baselines]
     if out is not None:
         saved = [(c.params, member) for c, _, member in members] if ensemble else []
         save(result, model, out, saved)

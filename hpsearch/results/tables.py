@@ -39,15 +39,17 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def finalize_columns(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, test metrics) of each model in a stored ``finalize`` summary, in the order
     ``hpsearch finalize`` and ``hpsearch report`` show them: the tuned network, the ensemble,
-    the calibrated intervals and the baseline, each where present."""
+    the calibrated intervals and the baselines, each where present."""
     columns: list[tuple[str, dict[str, Any]]] = [("network", summary["test"])]
     if summary.get("ensemble_test"):
         columns.append((f"ensemble ({summary['ensemble_size']})", summary["ensemble_test"]))
     if summary.get("calibration"):
         scale = summary["calibration"]["scale"]
         columns.append((f"sigma x {scale:.2f}", summary["calibration"]["test"]))
-    if summary.get("baseline"):
-        columns.append((summary["baseline"]["name"], summary["baseline"]["test"]))
+    baselines = summary.get("baselines") or []
+    if summary.get("baseline"):  # one, as studies finalized before the tasks' several stored it
+        baselines = [summary["baseline"]]
+    columns.extend((baseline["name"], baseline["test"]) for baseline in baselines)
     return columns
 
 

@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -26,6 +26,9 @@ from hpsearch.search.study import open_run
 from hpsearch.search.study_file import StudyConfig
 from hpsearch.settings import Settings
 from hpsearch.storage.errors import is_transient_db_error, with_db_retries
+
+if TYPE_CHECKING:  # it imports torch, which a worker's bookkeeping does not need
+    from hpsearch.problems.splits import Splits
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +89,16 @@ def run_worker(
     config: StudyConfig,
     settings: Settings,
     on_progress: Callable[[StudyProgress], None] | None = None,
+    on_data: Callable[[Splits], None] | None = None,
 ) -> tuple[optuna.Study, StudyProgress]:
     """Run ``config``'s study in this process until it holds ``settings.trials`` finished
-    trials: open it (``study.open_run``), load the data once, and run the loop."""
+    trials: open it (``study.open_run``), load the data once (shown to ``on_data``), and run
+    the loop."""
     opened = open_run(config, settings)
     if opened.splits is None:  # nothing to run: no data was loaded
         return opened.study, finished_progress(opened.study, settings, on_progress)
+    if on_data is not None:
+        on_data(opened.splits)
     # Imported here: the loop above needs no torch, so a worker's bookkeeping stays light.
     import torch
 

@@ -76,5 +76,5 @@ DIGITS = Problem(
         "loss": "cross_entropy",
     },
     combine=models.mean_softmax,
-    baseline=logistic_regression,
+    baselines=(logistic_regression,),
 )

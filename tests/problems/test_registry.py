@@ -86,7 +86,8 @@ def test_a_new_problem_runs_finalizes_and_reports(installed_plugin: Path, tmp_pa
     assert "network per_class_accuracy: 0: " in output
     model, record = load_model("final-digits")
     assert record["problem"] == "digits" and record["test"]["accuracy"] > 0.85
-    assert record["baseline"]["test"]["accuracy"] > 0.85
+    [baseline] = record["baselines"]
+    assert baseline["name"] == "logistic regression" and baseline["test"]["accuracy"] > 0.85
     splits = problems.get_problem("digits").load_data(None)
     hits = predict(model, splits.x_test).argmax(-1) == splits.y_test
     assert float(hits.float().mean()) == pytest.approx(record["test"]["accuracy"])
@@ -101,5 +102,6 @@ def test_a_new_problem_runs_finalizes_and_reports(installed_plugin: Path, tmp_pa
 def test_unknown_problem_lists_the_registered_ones() -> None:
     from hpsearch.errors import HpsearchError
 
-    with pytest.raises(HpsearchError, match="unknown problem 'nope'; choose from usps, house-p"):
+    with pytest.raises(HpsearchError, match="unknown problem 'nope'; choose from tabular-r") as e:
         problems.get_problem("nope")
+    assert "image-classification, usps, house-prices, house-prices-gaussian" in str(e.value)

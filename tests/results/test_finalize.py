@@ -55,7 +55,9 @@ def test_finalize_usps_saves_a_model_that_reloads(tiny_usps_file: Path, sqlite_u
     }
     assert result.train_rows == len(splits.x_train) + len(splits.x_val)
     assert result.test_rows == 2007
-    assert result.baseline is not None and result.baseline["test"]["accuracy"] > 0.9  # the SVM
+    logistic, svm = result.baselines
+    assert svm["name"] == "RBF SVM (C=10)" and svm["test"]["accuracy"] > 0.9
+    assert logistic["test"]["accuracy"] > 0.85
     record = json.loads((out / RESULT_FILE).read_text())
     assert record["chosen"]["params"] == result.chosen.params
     assert (
@@ -88,7 +90,9 @@ def test_finalize_regressors_report_dollars_r2_and_coverage(
     test = result.test_metrics
     assert 10_000 < test["rmse"] < 200_000 and test["mae"] <= test["rmse"]
     assert -1.0 < test["r2"] <= 1.0
-    assert result.baseline is not None and 10_000 < result.baseline["test"]["rmse"] < 60_000
+    ridge, boosting = result.baselines
+    assert ridge["name"] == "ridge regression" and 10_000 < ridge["test"]["rmse"] < 80_000
+    assert boosting["name"] == "gradient boosting" and 10_000 < boosting["test"]["rmse"] < 60_000
     assert result.ensemble_test is not None and 10_000 < result.ensemble_test["rmse"] < 200_000
     if config.problem.name == "house-prices-gaussian":
         assert 0.0 <= test["coverage_68"] <= test["coverage_95"] <= 1.0

@@ -40,11 +40,10 @@ SUMMARY: dict[str, Any] = {
     "ensemble_test": {"rmse": 0.12, "mse": 120000.0},
     "ensemble_size": 9,
     "calibration": {"scale": 1.1134, "test": {"rmse": 0.1234567, "coverage_95": 0.95}},
-    "baseline": {
-        "name": "gradient boosting (HistGradientBoostingRegressor)",
-        "test": {"rmse": 0.15},
-        "seconds": 2.0,
-    },
+    "baselines": [
+        {"name": "ridge regression", "test": {"rmse": 0.17}, "seconds": 0.1},
+        {"name": "gradient boosting", "test": {"rmse": 0.15}, "seconds": 2.0},
+    ],
     "train_rows": 1168,
     "test_rows": 292,
     "out": None,
@@ -220,11 +219,15 @@ def test_test_columns_have_short_labels() -> None:
         "network",
         "ensemble (9)",
         "sigma x 1.11",
-        "gradient boosting (HistGradientBoostingRegressor)",
+        "ridge regression",
+        "gradient boosting",
     ]
     assert [label for label, _ in finalize_columns({**SUMMARY, "ensemble_test": None})][1] == (
         "sigma x 1.11"
     )
+    # A study finalized before tasks had several baselines stored one, as "baseline".
+    old = {"test": {"rmse": 0.1}, "baseline": {"name": "gradient boosting", "test": {"rmse": 1}}}
+    assert [label for label, _ in finalize_columns(old)] == ["network", "gradient boosting"]
 
 
 def test_finalize_note() -> None:
@@ -234,14 +237,13 @@ def test_finalize_note() -> None:
     assert "1168 rows" in note and "292 test rows" in note
     table = [line for line in note.splitlines() if line.startswith("|")]
     assert table[0] == (
-        "| metric | network | ensemble (9) | sigma x 1.11 "
-        "| gradient boosting (HistGradientBoostingRegressor) |"
+        "| metric | network | ensemble (9) | sigma x 1.11 | ridge regression | gradient boosting |"
     )
     # Numeric metrics only (no per_class_accuracy), in first-seen order; "-" where missing.
     assert table[2:] == [
-        "| rmse | 0.123457 | 0.12 | 0.123457 | 0.15 |",
-        "| mse | 123,457 | 120,000 | - | - |",
-        "| coverage_95 | - | - | 0.95 | - |",
+        "| rmse | 0.123457 | 0.12 | 0.123457 | 0.17 | 0.15 |",
+        "| mse | 123,457 | 120,000 | - | - | - |",
+        "| coverage_95 | - | - | 0.95 | - | - |",
     ]
 
 
