@@ -8,10 +8,9 @@ as CSV files, wine as an ``.npz``, the 8x8 digits as a folder of PNG files, one 
 class), runs what a user runs, ``hpsearch run --data FILE [--target COLUMN] --trials N`` then
 ``hpsearch finalize STUDY``, and prints the network's test figure and its ensemble's beside a
 linear model (ridge or logistic regression) and gradient boosting (scikit-learn's
-HistGradientBoosting, default settings; for the digits an RBF SVM, the image task's own
-baseline), each fitted on the same train + validation rows and scored on the same test rows
-(the task's loader with the study's split seed). Lower is better for RMSE, higher for
-accuracy.
+HistGradientBoosting, default settings; for the digits an RBF SVM), the task's own baselines
+that ``finalize`` fits on the same train + validation rows and scores on the same test rows.
+Lower is better for RMSE, higher for accuracy.
 """
 
 from __future__ import annotations
@@ -25,17 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.svm import SVC
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from hpsearch.problems.images import load_images  # noqa: E402
-from hpsearch.problems.tabular import load_table  # noqa: E402
 
 
 def write(name: str, folder: Path) -> tuple[Path, str]:
@@ -63,35 +53,6 @@ def write(name: str, folder: Path) -> tuple[Path, str]:
         image = Image.fromarray((pixels * 255 / 16).astype(np.uint8), mode="L")
         image.save(path / str(label) / f"{i}.png")
     return path, ""
-
-
-def baselines(path: Path, target: str, classify: bool) -> tuple[float, float]:
-    """Linear and gradient-boosting (images: RBF SVM) test figures on the study's own split
-    (seed 0)."""
-    if path.is_dir():
-        s = load_images(path=str(path))
-    else:
-        s = load_table(
-            "classification" if classify else "regression", path=str(path), target=target
-        )
-    x = torch.cat([s.x_train, s.x_val]).flatten(1).numpy()
-    y = torch.cat([s.y_train, s.y_val]).numpy()
-    x_test, y_test = s.x_test.flatten(1).numpy(), s.y_test.numpy()
-    if path.is_dir():
-        linear = LogisticRegression(max_iter=5000).fit(x, y).predict(x_test)
-        svm = SVC(C=10.0, gamma="scale").fit(x, y).predict(x_test)
-        return float((linear == y_test).mean()), float((svm == y_test).mean())
-    if classify:
-        linear = LogisticRegression(max_iter=5000).fit(x, y).predict(x_test)
-        boosted = HistGradientBoostingClassifier(random_state=0).fit(x, y).predict(x_test)
-        return float((linear == y_test).mean()), float((boosted == y_test).mean())
-
-    def rmse(predicted: np.ndarray) -> float:
-        return float(np.sqrt((((predicted - y_test) * s.target_std) ** 2).mean()))
-
-    linear = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x, y).predict(x_test)
-    boosted = HistGradientBoostingRegressor(random_state=0).fit(x, y).predict(x_test)
-    return rmse(linear), rmse(boosted)
 
 
 def main() -> None:
@@ -129,7 +90,7 @@ def main() -> None:
             (out,) = folder.glob(f"final-{path.stem}-*")
             result = json.loads((out / "finalize.json").read_text())
             metric = "rmse" if task == "regression" else "accuracy"
-            linear, boosted = baselines(path, target, task != "regression")
+            linear, boosted = (b["test"][metric] for b in result["baselines"])
             ensemble = (result.get("ensemble") or {}).get("test") or {}
             rows.append(
                 (
