@@ -1,19 +1,22 @@
 """A large table of your own: load time beside pandas' own read, memory, one epoch, predictions.
 
-    python benchmarks/table_scale.py [--rows 1000000] [--columns 50]
+    python benchmarks/table_scale.py [--rows 1000000] [--columns 50] [--repeat 5]
 
 Writes a CSV of ``--rows`` x ``--columns`` (floats, two of them with 5% gaps, one string
 column of 20 levels, a regression target), then, each in a fresh process so peak memory is its
 own: pandas' ``read_csv`` of it, ``problems.tabular.load_table`` (read, check, split, encode),
 and one epoch of the default MLP on the encoded rows followed by predictions for every row
-(``results.predict.Predictor`` path: encoding from the stored state, one forward pass). Prints
-seconds (imports not counted), the ratio to pandas' read, and each process's peak resident
-memory.
+(``results.predict.Predictor`` path: encoding from the stored state, one forward pass). Read and
+load run ``--repeat`` times, in turn, each in a fresh process (a fresh process's first touch of
+memory costs much on a virtual machine, and varies); prints median seconds (imports not
+counted) and their range, the ratio of the medians to pandas' read, and each process's peak
+resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--columns", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "table.csv"
@@ -88,11 +92,20 @@ def main() -> None:
             f"{args.rows:,} rows x {args.columns} columns, CSV {size:,.0f} MiB, written in "
             f"{time.perf_counter() - started:.0f} s"
         )
-        results = {step: run(step, path) for step in STEPS}
-    read = results["read"][0]
-    print(f"{'step':<8}{'seconds':>10}{'vs read':>10}{'peak MiB':>10}")
-    for step, (seconds, mib) in results.items():
-        print(f"{step:<8}{seconds:>10.1f}{seconds / read:>9.2f}x{mib:>10,.0f}")
+        runs: dict[str, list[tuple[float, float]]] = {step: [] for step in STEPS}
+        for _ in range(args.repeat):  # read and load in turn, so drift hits both alike
+            for step in ("read", "load"):
+                runs[step].append(run(step, path))
+        runs["train"].append(run("train", path))
+    medians = {step: statistics.median(s for s, _ in times) for step, times in runs.items()}
+    print(f"{'step':<8}{'seconds':>10}{'range':>14}{'vs read':>10}{'peak MiB':>10}")
+    for step, times in runs.items():
+        seconds = [s for s, _ in times]
+        spread = f"{min(seconds):.2f}-{max(seconds):.2f}" if len(seconds) > 1 else ""
+        ratio = medians[step] / medians["read"]
+        mib = max(m for _, m in times)
+        print(f"{step:<8}{medians[step]:>10.2f}{spread:>14}{ratio:>9.2f}x{mib:>10,.0f}")
+    print(f"median of {args.repeat} fresh processes each for read and load")
     print("train: load, one epoch of the default MLP (batch 256), then predictions for every row")
 
 

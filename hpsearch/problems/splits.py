@@ -73,11 +73,21 @@ class Splits:
         return f"{line}; {len(counts)} classes: {named}{more}"
 
     def to(self, device: torch.device | str) -> Splits:
-        """Return a copy with every tensor moved to ``device``."""
-        moved = {
-            name: getattr(self, name).to(device)
-            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-        }
+        """Return a copy with every tensor moved to ``device``: training reads the data
+        there, so they must fit in its memory.
+
+        Raises:
+            HpsearchError: they do not.
+        """
+        names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        try:
+            moved = {name: getattr(self, name).to(device) for name in names}
+        except torch.OutOfMemoryError:
+            size = sum(getattr(self, name).nbytes for name in names) / 2**30
+            raise HpsearchError(
+                f"the data ({size:.1f} GiB) do not fit in the memory of {device}; run on "
+                "the CPU (--device cpu) or with fewer rows or columns"
+            ) from None
         return replace(self, **moved)
 
     def to_dollars(self, normalized: torch.Tensor) -> torch.Tensor:
@@ -118,6 +128,27 @@ def verify_checksum(path: Path, relative: str) -> str:
             f"corrupt data file {path}: md5 {checksum} matches no known copy of {relative}"
         )
     return checksum
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the smaller of the machine's available memory
+    and what its cgroup (a container's limit) leaves; None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
 
 
 def cache_dir() -> Path:

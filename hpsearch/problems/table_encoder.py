@@ -4,14 +4,17 @@
 
 from __future__ import annotations
 
+import mmap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+
+from hpsearch.problems.splits import available_memory
 
 
 @dataclass(frozen=True)
@@ -35,46 +38,44 @@ class TableEncoder:
 
     @classmethod
     def fit(
-        cls,
-        frame: pd.DataFrame,
-        kinds: dict[str, str],
-        rows: np.ndarray | None = None,
-        numbers: np.ndarray | None = None,
+        cls, frame: pd.DataFrame, kinds: dict[str, str], rows: np.ndarray | None = None
     ) -> TableEncoder:
-        """Fitted on ``frame``'s training ``rows`` (default: all of them); ``numbers``, its
-        numeric columns as ``numeric_array`` reads them, where the caller has them already."""
+        """Fitted on ``frame``'s training ``rows`` (default: all of them)."""
+        rows = np.arange(len(frame)) if rows is None else rows
+        return cls.fit_transform(frame, kinds, rows, len(rows))[0]
+
+    @classmethod
+    def fit_transform(
+        cls, frame: pd.DataFrame, kinds: dict[str, str], rows: np.ndarray, n_fit: int
+    ) -> tuple[TableEncoder, torch.Tensor]:
+        """Fitted on the first ``n_fit`` of ``rows`` (the training rows), and ``frame``'s
+        ``rows`` encoded in that order: a table's splits, each a slice of one array, so the
+        table is copied once."""
         numeric = tuple(name for name, kind in kinds.items() if kind == "numeric")
-        values = numeric_array(frame, numeric) if numbers is None else numbers
-        if rows is not None:
-            values = values[rows]
-        has_gaps = np.isnan(values).any(axis=0)
-        mean, std, median = (np.zeros(values.shape[1]) for _ in range(3))
-        full = ~has_gaps  # the NaN-aware statistics copy the array: only where gaps are
-        mean[full] = values[:, full].mean(axis=0, dtype=np.float64)
-        std[full] = values[:, full].std(axis=0, dtype=np.float64)
-        median[full] = np.median(values[:, full], axis=0)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a column all gaps in training
-            gappy = values[:, has_gaps]
-            mean[has_gaps] = np.nan_to_num(np.nanmean(gappy, axis=0, dtype=np.float64))
-            std[has_gaps] = np.nan_to_num(np.nanstd(gappy, axis=0, dtype=np.float64))
-            median[has_gaps] = np.nan_to_num(np.nanmedian(gappy, axis=0))
-        scale = np.where(std > 0, std, 1.0)
-        median = (median - mean) / scale  # the median commutes with the scaling
-        gaps = np.asarray(has_gaps).tolist()
-        levels = {}
-        for name, kind in kinds.items():
-            if kind == "category":
-                column = _labels(frame[name])
-                levels[name] = tuple(sorted((column if rows is None else column[rows]).unique()))
-        return cls(
-            numeric,
-            tuple(mean.tolist()),
-            tuple(scale.tolist()),
-            tuple(median.tolist()),
-            tuple(name for name, gap in zip(numeric, gaps, strict=True) if gap),
-            levels,
-        )
+        labels = {name: _labels(frame[name]) for name, kind in kinds.items() if kind == "category"}
+        fit_rows = rows[:n_fit]
+        levels = {
+            name: tuple(sorted(column.iloc[fit_rows].unique())) for name, column in labels.items()
+        }
+        missing = tuple(name for name in numeric if frame[name].isna().to_numpy()[fit_rows].any())
+        shape = cls(numeric, (), (), (), missing, levels)  # the statistics come block by block
+        needed, free = len(rows) * shape.width * 4, available_memory()
+        if free is not None and needed > free:
+            raise MemoryError(
+                f"its {len(rows):,} rows encode to {shape.width:,} features, {needed / 2**30:.1f}"
+                f" GiB, and {free / 2**30:.1f} GiB of memory is free; use fewer rows or columns "
+                "(features = [...] or drop = [...] in [data]) or a machine with more memory"
+            )
+        out = _zeros(len(rows), shape.width)
+        statistics: list[tuple[float, float, float]] = []
+        for names, block in _numeric_blocks(frame, numeric, rows):
+            fitted = _statistics(block[:, :n_fit])
+            shape._put_numbers(out, names, block, fitted)
+            statistics += fitted
+        mean, scale, median = (tuple(s[i] for s in statistics) for i in range(3))
+        encoder = cls(numeric, mean, scale, median, missing, levels)
+        encoder._put_levels(out, labels, rows)
+        return encoder, torch.from_numpy(out)
 
     @property
     def columns(self) -> list[str]:
@@ -86,34 +87,49 @@ class TableEncoder:
         """How many features a row encodes to."""
         return len(self.numeric) + len(self.missing) + sum(map(len, self.levels.values()))
 
-    def transform(self, frame: pd.DataFrame, numbers: np.ndarray | None = None) -> torch.Tensor:
-        """``frame``'s rows encoded: ``(rows, features)`` float32 (``numbers``: as ``fit``)."""
-        n, width = len(frame), len(self.numeric)
-        out = np.zeros((n, self.width), dtype=np.float32)
-        if numbers is None:
-            numbers = out[:, :width]  # a view: filled in place, no copy of the whole table
-            numbers[:] = numeric_array(frame, self.numeric)
-        else:
-            out[:, :width] = numbers
-            numbers = out[:, :width]
-        gaps = np.isnan(numbers)
-        numbers -= np.array(self.mean, dtype=np.float32)
-        numbers /= np.array(self.scale, dtype=np.float32)
-        np.copyto(
-            numbers, np.broadcast_to(np.array(self.median, np.float32), numbers.shape), where=gaps
-        )
-        index = {name: k for k, name in enumerate(self.numeric)}
-        for name in self.missing:
-            out[:, width] = gaps[:, index[name]]
-            width += 1
-        for name, levels in self.levels.items():
-            labels = _labels(frame[name])
-            known = labels.where(labels.isin(levels))  # an unseen level: a gap, code -1
-            codes = pd.Categorical(known, categories=levels).codes
-            seen = codes >= 0  # an unseen level: all zeros
-            out[np.flatnonzero(seen), width + codes[seen]] = 1.0
-            width += len(levels)
+    def transform(self, frame: pd.DataFrame) -> torch.Tensor:
+        """``frame``'s rows encoded: ``(rows, features)`` float32."""
+        out = _zeros(len(frame), self.width)
+        stats = list(zip(self.mean, self.scale, self.median, strict=True))
+        for names, block in _numeric_blocks(frame, self.numeric, None):
+            start = self.numeric.index(names[0])
+            self._put_numbers(out, names, block, stats[start : start + len(names)])
+        self._put_levels(out, {name: _labels(frame[name]) for name in self.levels}, None)
         return torch.from_numpy(out)
+
+    def _put_numbers(
+        self,
+        out: np.ndarray,
+        names: Sequence[str],
+        block: np.ndarray,
+        stats: Sequence[tuple[float, float, float]],
+    ) -> None:
+        """Numeric columns ``names`` (raw values, one row of ``block`` each; standardized
+        here in place) into ``out``, gaps imputed with the median, and their was-missing
+        columns."""
+        first = self.numeric.index(names[0])
+        for name in set(names) & set(self.missing):
+            column = len(self.numeric) + self.missing.index(name)
+            out[:, column] = np.isnan(block[names.index(name)])
+        # In torch: each step runs on every core.
+        mean, scale, median = (torch.tensor(c)[:, None] for c in zip(*stats, strict=True))
+        values = torch.from_numpy(block).sub_(mean).div_(scale)
+        gaps = values.isnan()  # where training had none too: a new row's gap
+        if gaps.any():
+            values = torch.where(gaps, median, values)
+        torch.from_numpy(out)[:, first : first + len(names)].copy_(values.t())
+
+    def _put_levels(
+        self, out: np.ndarray, labels: dict[str, pd.Series], rows: np.ndarray | None
+    ) -> None:
+        """The one-hot columns of each category column's ``labels`` at ``rows``."""
+        start = len(self.numeric) + len(self.missing)
+        for name, levels in self.levels.items():
+            codes = pd.Index(levels).get_indexer(labels[name])  # an unseen level: -1
+            codes = codes if rows is None else codes[rows]
+            seen = codes >= 0  # an unseen level: all zeros
+            out[np.flatnonzero(seen), start + codes[seen]] = 1.0
+            start += len(levels)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,11 +153,63 @@ class TableEncoder:
         )
 
 
-def numeric_array(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """The numeric (and boolean) columns as one float32 array, gaps as NaN."""
-    if not columns:
-        return np.zeros((len(frame), 0), dtype=np.float32)
-    return frame[list(columns)].to_numpy(dtype=np.float32, na_value=np.nan)
+def _zeros(rows: int, width: int) -> np.ndarray:
+    """A zeroed float32 ``(rows, width)`` array; a large one has its pages mapped in one
+    call (``MAP_POPULATE``), which on a virtual machine costs a fraction of faulting them in
+    one at a time while the table is written."""
+    nbytes = rows * width * 4
+    if nbytes < 1 << 26 or not hasattr(mmap, "MAP_POPULATE"):  # small, or not Linux
+        return np.zeros((rows, width), dtype=np.float32)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), np.float32).reshape(rows, width)
+
+
+# Numeric columns are gathered, fitted and scaled this many at a time, in one reused buffer:
+# a large table's float copy would cost more in fresh memory than in arithmetic.
+_BLOCK = 8
+
+
+def _numeric_blocks(
+    frame: pd.DataFrame, names: Sequence[str], rows: np.ndarray | None
+) -> Iterator[tuple[Sequence[str], np.ndarray]]:
+    """The numeric (and boolean) columns ``names`` at ``rows``, ``_BLOCK`` at a time: their
+    names and a ``(columns, rows)`` float32 block of their values (gaps NaN), each column
+    gathered alone from pandas' own array so that the statistics and the scaling run along
+    contiguous memory; one transposing copy per block then writes the rows."""
+    n = len(frame) if rows is None else len(rows)
+    buffer = np.empty((min(_BLOCK, len(names)), n), dtype=np.float32)
+    for start in range(0, len(names), _BLOCK):
+        part = names[start : start + _BLOCK]
+        block = buffer[: len(part)]
+        for j, name in enumerate(part):
+            values = frame[name].to_numpy(dtype=np.float32, na_value=np.nan)
+            if rows is None:
+                block[j] = values
+            else:
+                np.take(values, rows, out=block[j], mode="clip")  # rows are in range
+        yield part, block
+
+
+def _statistics(columns: np.ndarray) -> list[tuple[float, float, float]]:
+    """Each of the ``(k, rows)`` columns' mean, deviation (1 where constant) and median (of
+    the standardized values; the lower of the middle two for an even count), gaps left out.
+    torch's reductions run on every core with float64 accumulators, several times numpy's
+    speed on a large table."""
+    t = torch.from_numpy(columns)
+    var_t, mean_t = torch.var_mean(t, dim=1, correction=0)  # NaN in a column with gaps
+    mean, std = mean_t.double().numpy(), var_t.double().sqrt().numpy()
+    median = torch.nanmedian(t, dim=1).values.double().numpy()
+    gappy = np.flatnonzero(np.isnan(mean))
+    if len(gappy):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column all gaps in training
+            part = columns[gappy]
+            mean[gappy] = np.nan_to_num(np.nanmean(part, axis=1, dtype=np.float64))
+            std[gappy] = np.nan_to_num(np.nanstd(part, axis=1, dtype=np.float64))
+        median = np.nan_to_num(median)
+    scale = np.where(std > 0, std, 1.0)
+    standardized = (median - mean) / scale  # the median commutes with the scaling
+    return list(zip(mean.tolist(), scale.tolist(), standardized.tolist(), strict=True))
 
 
 def _labels(column: pd.Series) -> pd.Series:

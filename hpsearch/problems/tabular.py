@@ -25,8 +25,8 @@ from hpsearch.problems.registry import (
     Problem,
     register_problem,
 )
-from hpsearch.problems.splits import Splits, sha256sum
-from hpsearch.problems.table_encoder import TableEncoder, numeric_array
+from hpsearch.problems.splits import Splits, available_memory, sha256sum
+from hpsearch.problems.table_encoder import TableEncoder
 from hpsearch.training import (
     CLASSIFICATION_LOSSES,
     GAUSSIAN_LOSSES,
@@ -51,12 +51,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
     columns ``x0``.. and ``y``) as a DataFrame.
 
     Raises:
-        HpsearchError: a missing or unreadable file, an unknown suffix, Parquet without its
-            reader, or an ``.npz`` without finite ``x`` and ``y`` of matching rows.
+        HpsearchError: a missing or unreadable file, one larger than the free memory, an
+            unknown suffix, Parquet without its reader, or an ``.npz`` without finite ``x``
+            and ``y`` of matching rows.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise HpsearchError(f"data file {path} does not exist")
+    size, free = path.stat().st_size, available_memory()
+    if free is not None and size > free:  # its rows in memory take at least its bytes
+        raise HpsearchError(
+            f"{path}: {size / 2**30:.1f} GiB and {free / 2**30:.1f} GiB of memory is free; a "
+            "table is read into memory whole: use fewer rows or a machine with more memory"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -244,12 +251,17 @@ def load_table(
         )
     except ValueError as error:  # too few rows for the fractions, or for stratification
         raise HpsearchError(f"{source}: cannot split {len(frame):,} rows: {error}") from None
-    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
-    numbers = numeric_array(frame, numeric)  # read once for fitting and encoding
-    encoder = TableEncoder.fit(frame, kinds, train_rows, numbers)
-    encoded = encoder.transform(frame, numbers)  # once, then split: no copies of the table
-    x_train, x_val = encoded[train_rows], encoded[val_rows]
-    x_test = encoded[test_rows] if test_frame is None else encoder.transform(test_frame)
+    # Each split's rows in table order (reading memory in order is faster; training shuffles
+    # anyway), encoded split after split, so each split is a slice of one array.
+    train_rows, val_rows, test_rows = (np.sort(r) for r in (train_rows, val_rows, test_rows))
+    order = np.concatenate([train_rows, val_rows, test_rows])
+    try:
+        encoder, encoded = TableEncoder.fit_transform(frame, kinds, order, len(train_rows))
+    except MemoryError as error:  # ours (it would not fit), or numpy's (it did not)
+        raise HpsearchError(f"{source}: too large to encode in memory: {error}") from None
+    x_train, x_val, x_test = torch.split(encoded, [len(train_rows), len(val_rows), len(test_rows)])
+    if test_frame is not None:
+        x_test = encoder.transform(test_frame)
 
     def targets(column: pd.Series) -> torch.Tensor:
         if classes:

@@ -1,5 +1,5 @@
 """Splits and the packaged data files (hpsearch.problems.splits): checksums, the data folder,
-clear errors offline."""
+clear errors offline and where the data do not fit."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems.house_prices import HOUSE_PRICES_FILE, load_house_prices
-from hpsearch.problems.splits import KNOWN_MD5, PACKAGED_DATA_DIR, md5sum, resolve_data_dir
+from hpsearch.problems.splits import (
+    KNOWN_MD5,
+    PACKAGED_DATA_DIR,
+    Splits,
+    md5sum,
+    resolve_data_dir,
+)
 from hpsearch.problems.usps import USPS_FILES, load_usps
 
 
@@ -80,3 +87,19 @@ def test_missing_files_offline_give_clear_error(
 def test_splits_move_to_device() -> None:
     splits = load_house_prices().to("cpu")
     assert splits.x_train.device.type == "cpu" and splits.rows
+
+
+def test_data_that_do_not_fit_the_device_are_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = torch.zeros(4, 256), torch.zeros(4)
+    splits = Splits(x, y, x, y, x, y)
+
+    def out_of_memory(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch.Tensor, "to", out_of_memory)
+    with pytest.raises(
+        HpsearchError, match=r"the data \(0.0 GiB\) do not fit in the memory of cuda"
+    ):
+        splits.to("cuda")

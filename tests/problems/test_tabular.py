@@ -213,3 +213,22 @@ def test_the_encoding_is_json_and_handles_gaps_and_unseen_levels() -> None:
     assert x[:, 1].tolist() == [1.0, 0.0]
     assert x[:, 2:].tolist() == [[0, 0, 0], [0, 0, 1]]  # "z" unseen: all zeros
     assert again.columns == ["n", "c"]
+
+
+def test_a_table_past_the_free_memory_is_refused_before_it_is_read_or_encoded(
+    diabetes_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpsearch.problems.table_encoder as table_encoder
+    import hpsearch.problems.tabular as tabular
+
+    size = diabetes_csv.stat().st_size
+    monkeypatch.setattr(tabular, "available_memory", lambda: size - 1)
+    with pytest.raises(HpsearchError, match=r"diabetes.csv: 0.0 GiB and 0.0 GiB of memory is free"):
+        load_table("regression", path=str(diabetes_csv), target="target")
+    monkeypatch.undo()
+    # Read, but its 442 rows x 10 features of float32 (17,680 bytes) would not fit.
+    monkeypatch.setattr(table_encoder, "available_memory", lambda: 17_679)
+    with pytest.raises(HpsearchError, match="too large to encode in memory: its 442 rows encode"):
+        load_table("regression", path=str(diabetes_csv), target="target")
+    monkeypatch.setattr(table_encoder, "available_memory", lambda: 17_680)
+    assert len(load_table("regression", path=str(diabetes_csv), target="target").x_train) == 264
