@@ -60,7 +60,8 @@ def read_images(
         raise HpsearchError(f"{source}: {error}") from None
     # Decoded once per folder and options: the cache key covers every file's name, size and
     # modification time (reading every image's bytes to checksum it costs what decoding does).
-    stats = [(os.path.relpath(f, source), os.stat(f)) for f, _ in files]
+    prefix = os.path.join(str(source), "")  # make_dataset joins onto it: no relpath (slow)
+    stats = [(f.removeprefix(prefix), os.stat(f)) for f, _ in files]
     listing = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in stats]
     key = hashlib.md5(
         json.dumps([listing, size, channels]).encode(), usedforsecurity=False
