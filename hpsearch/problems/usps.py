@@ -140,6 +140,7 @@ register_problem(
             "batch_size": 50,
             "epochs": 30,
             "loss": "mse",
+            "n_classes": 10,  # the data's, which image-classification reads from a folder
         },
     )
 )

@@ -81,7 +81,9 @@ def load_model(
     shape: Sequence[int] = record["input_shape"]
 
     def rebuild(params: dict[str, Any], state: dict[str, Any]) -> nn.Module:
-        model = problem.build_model(params, shape)
+        # A folder written before its problem read a value from its data (USPS's class
+        # count) lacks it: the problem's defaults hold it.
+        model = problem.build_model({**problem.defaults, **params}, shape)
         model.load_state_dict(state)
         return model.eval()
 

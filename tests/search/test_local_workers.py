@@ -248,8 +248,9 @@ def test_signal_to_local_workers_group_leaves_nothing_running(tmp_path: Path, si
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err and "race condition" not in err, err
-    # After the run's header, one line: interrupted, and how to resume.
-    lines = [line for line in err.strip().splitlines() if not line.startswith("study ")]
+    # After the run's header and its data line, one line: interrupted, and how to resume.
+    header = ("study ", "data: ")
+    lines = [line for line in err.strip().splitlines() if not line.startswith(header)]
     assert len(lines) == 1 and lines[0].startswith("interrupted"), err
     # Each worker's trial failed and queued again, for the rerun (whose resuming the Ctrl-C
     # test above checks).

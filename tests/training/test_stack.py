@@ -42,6 +42,7 @@ CONV = {
     "loss": "cross_entropy",
     "aug_rotate": 10.0,
     "aug_translate": 0.1,
+    "n_classes": 10,
 }
 MLP = {
     "n_hidden_layers": 2,
