@@ -68,9 +68,9 @@ class TableEncoder:
             )
         out = _zeros(len(rows), shape.width)
         statistics: list[tuple[float, float, float]] = []
-        for names, block in _numeric_blocks(frame, numeric, rows):
+        for first, block in _numeric_blocks(frame, numeric, rows):
             fitted = _statistics(block[:, :n_fit])
-            shape._put_numbers(out, names, block, fitted)
+            shape._put_numbers(out, first, block, fitted)
             statistics += fitted
         mean, scale, median = (tuple(s[i] for s in statistics) for i in range(3))
         encoder = cls(numeric, mean, scale, median, missing, levels)
@@ -91,33 +91,32 @@ class TableEncoder:
         """``frame``'s rows encoded: ``(rows, features)`` float32."""
         out = _zeros(len(frame), self.width)
         stats = list(zip(self.mean, self.scale, self.median, strict=True))
-        for names, block in _numeric_blocks(frame, self.numeric, None):
-            start = self.numeric.index(names[0])
-            self._put_numbers(out, names, block, stats[start : start + len(names)])
+        for first, block in _numeric_blocks(frame, self.numeric, None):
+            self._put_numbers(out, first, block, stats[first : first + len(block)])
         self._put_levels(out, {name: _labels(frame[name]) for name in self.levels}, None)
         return torch.from_numpy(out)
 
     def _put_numbers(
         self,
         out: np.ndarray,
-        names: Sequence[str],
+        first: int,
         block: np.ndarray,
         stats: Sequence[tuple[float, float, float]],
     ) -> None:
-        """Numeric columns ``names`` (raw values, one row of ``block`` each; standardized
-        here in place) into ``out``, gaps imputed with the median, and their was-missing
-        columns."""
-        first = self.numeric.index(names[0])
-        for name in set(names) & set(self.missing):
-            column = len(self.numeric) + self.missing.index(name)
-            out[:, column] = np.isnan(block[names.index(name)])
+        """Numeric columns ``first`` onwards (raw values, one row of ``block`` each;
+        standardized here in place) into ``out``, gaps imputed with the median, and their
+        was-missing columns."""
+        names = self.numeric[first : first + len(block)]
+        for i, name in enumerate(self.missing):
+            if name in names:
+                out[:, len(self.numeric) + i] = np.isnan(block[names.index(name)])
         # In torch: each step runs on every core.
         mean, scale, median = (torch.tensor(c)[:, None] for c in zip(*stats, strict=True))
         values = torch.from_numpy(block).sub_(mean).div_(scale)
         gaps = values.isnan()  # where training had none too: a new row's gap
         if gaps.any():
             values = torch.where(gaps, median, values)
-        torch.from_numpy(out)[:, first : first + len(names)].copy_(values.t())
+        torch.from_numpy(out)[:, first : first + len(block)].copy_(values.t())
 
     def _put_levels(
         self, out: np.ndarray, labels: dict[str, pd.Series], rows: np.ndarray | None
@@ -171,9 +170,10 @@ _BLOCK = 8
 
 def _numeric_blocks(
     frame: pd.DataFrame, names: Sequence[str], rows: np.ndarray | None
-) -> Iterator[tuple[Sequence[str], np.ndarray]]:
-    """The numeric (and boolean) columns ``names`` at ``rows``, ``_BLOCK`` at a time: their
-    names and a ``(columns, rows)`` float32 block of their values (gaps NaN), each column
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The numeric (and boolean) columns ``names`` at ``rows``, ``_BLOCK`` at a time: the
+    index in ``names`` of a block's first column and a ``(columns, rows)`` float32 block of
+    their values (gaps NaN), each column
     gathered alone from pandas' own array so that the statistics and the scaling run along
     contiguous memory; one transposing copy per block then writes the rows."""
     n = len(frame) if rows is None else len(rows)
@@ -187,7 +187,7 @@ def _numeric_blocks(
                 block[j] = values
             else:
                 np.take(values, rows, out=block[j], mode="clip")  # rows are in range
-        yield part, block
+        yield start, block
 
 
 def _statistics(columns: np.ndarray) -> list[tuple[float, float, float]]:
