@@ -141,6 +141,15 @@ def run(
             "Default: from the target (many distinct numbers: regression)."
         ),
     ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An objective, in place of the study file's; repeat it for several "
+            "(--metric val_accuracy --metric params): a validation metric, params, "
+            "size_bytes, flops, latency_ms or train_seconds.",
+            show_default=False,
+        ),
+    ] = None,
     trials: Annotated[
         int | None,
         typer.Option(help="Finished trials the study should hold in all; a rerun resumes."),
@@ -204,14 +213,14 @@ def run(
 
     _configure_logging(verbose, live=True)
     if path is None:
-        config = study_for_table(str(data), target, task)
+        config = study_for_table(str(data), target, task, metrics=metric)
     elif data is not None:
         if task is not None:
             raise HpsearchError("--task goes with --data and no study: the study names its task")
         table = {"path": str(data.expanduser().resolve()), "target": target}
-        config = load_study_file(path, data=table)
+        config = load_study_file(path, data=table, metrics=metric)
     else:
-        config = load_study_file(path)
+        config = load_study_file(path, metrics=metric)
     settings = resolve_settings(
         config,
         trials=trials,
@@ -230,7 +239,7 @@ def run(
         group_size=group_size,
     )
     header = run_header(config, settings)
-    with RunProgress(err_console, config.metric, header=header, verbose=verbose) as progress:
+    with RunProgress(err_console, config.metrics, header=header, verbose=verbose) as progress:
         opened, state = run_study(
             config,
             settings,
@@ -242,7 +251,7 @@ def run(
             f"study already holds {state.finished} finished trials; nothing to run "
             "(raise --trials to add more)"
         )
-    console.print(summary_table(opened, config.metric))
+    console.print(summary_table(opened, config.metrics))
 
 
 @app.command()
@@ -292,7 +301,7 @@ def create(
     settings = resolve_settings(config, storage=storage, study_name=study_name, workers=1)
     study = create_study(config, settings)
     err_console.print(
-        f"study {study.study_name} ({config.problem.name}, {config.metric}) is in "
+        f"study {study.study_name} ({config.problem.name}, {', '.join(config.metrics)}) is in "
         f"{redact(settings.storage)} with {len(study.get_trials(deepcopy=False))} trials"
     )
 
@@ -316,7 +325,7 @@ def best(
     storage: StorageOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the best trial: its params, full configuration and metrics."""
+    """Show the best trial (of several objectives, the Pareto front), params and metrics."""
     from hpsearch.display import best_table
     from hpsearch.results.summaries import best_trial
     from hpsearch.settings import resolve_settings
@@ -381,6 +390,18 @@ def finalize(
             show_default=False,
         ),
     ] = None,
+    pick: Annotated[
+        str | None,
+        typer.Option(
+            help="Rank the feasible trials by this metric, among those that meet the "
+            "conditions: 'val_accuracy where params <= 5000 and latency_ms < 1' (of several "
+            "objectives: the choice from the front). Default: the study's validation metric",
+            show_default=False,
+        ),
+    ] = None,
+    trial: Annotated[
+        int | None, typer.Option(help="Retrain this trial's configuration only.")
+    ] = None,
     artifacts: ArtifactsOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
@@ -408,6 +429,8 @@ def finalize(
         device=device,
         data_dir=str(data_dir) if data_dir else None,
         group_size=group_size,
+        pick=pick,
+        trial=trial,
     )
     if study_name.endswith(".toml"):  # a cluster's settings name the study by its file
         from hpsearch.search.study_file import find_study_file, load_study_file

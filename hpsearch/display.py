@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,14 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from hpsearch.results.tables import finalize_test_table, format_params, format_seconds, format_value
+from hpsearch.results.tables import (
+    costs_line,
+    finalize_test_table,
+    format_params,
+    format_seconds,
+    format_value,
+)
+from hpsearch.storage.counts import is_feasible
 
 if TYPE_CHECKING:
     import optuna
@@ -43,22 +50,37 @@ def eta_seconds(state: StudyProgress, now: float) -> float | None:
     return (now - state.started_at) / state.trials_this_run * remaining
 
 
-def trial_line(trial: FrozenTrial, metric: str, state: StudyProgress, verbose: bool) -> str:
-    """One finished trial: number, state, value (or where it stopped), the study's count and
-    best so far, and with ``verbose`` the trial's searched params."""
+def trial_line(
+    trial: FrozenTrial, metrics: Sequence[str], state: StudyProgress, verbose: bool
+) -> str:
+    """One finished trial: number, state, its objectives' values (or where it stopped), the
+    study's count and best so far (of several objectives: the front's size), and with
+    ``verbose`` the trial's searched params."""
     if trial.state == TrialState.COMPLETE:
-        outcome = f"complete  {metric} {format_value(trial.value)}"
+        values = "  ".join(
+            f"{m} {format_value(v)}" for m, v in zip(metrics, trial.values or [], strict=False)
+        )
+        infeasible = "" if is_feasible(trial) else "  (infeasible)"
+        outcome = f"complete  {values}{infeasible}"
+    elif str(trial.user_attrs.get("pruned_reason", "")).startswith("not trained"):
+        outcome = f"pruned, infeasible: {trial.user_attrs['pruned_reason']}"
     elif trial.state == TrialState.PRUNED:
-        epoch = max(trial.intermediate_values, default=0)
+        epoch = trial.user_attrs.get("epochs_run", max(trial.intermediate_values, default=0))
         outcome = f"pruned after epoch {epoch}"
     else:
         outcome = f"failed: {trial.user_attrs.get('fail_reason', 'error')}"
     elapsed = _clock(time.monotonic() - state.started_at)
     line = (
         f"[{elapsed}] trial {trial.number} {outcome}  "
-        f"({state.finished}/{state.target} finished, best {format_value(state.best_value)})"
+        f"({state.finished}/{state.target} finished, {_best(state)})"
     )
     return f"{line}\n    {format_params(trial.params)}" if verbose else line
+
+
+def _best(state: StudyProgress, metric: str = "") -> str:
+    if state.front is not None:
+        return f"front {state.front}"
+    return f"best {metric + ' ' if metric else ''}{format_value(state.best_value)}"
 
 
 def _two_line_progress(console: Console, counts: Callable[[], str]) -> Progress:
@@ -90,9 +112,13 @@ def run_header(config: StudyConfig, settings: Settings) -> str:
     from hpsearch.storage.urls import redact
 
     workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}"
+    objectives = ", ".join(
+        f"{d} {m}" for m, d in zip(config.metrics, config.directions, strict=True)
+    )
+    limits = "".join(f", {limit.describe()}" for limit in config.limits)
     return (
         f"study [bold]{escape(settings.study_name)}[/bold] ({config.problem.name}, "
-        f"{config.direction} {config.metric}) on {escape(redact(settings.storage))}: "
+        f"{objectives}{limits}) on {escape(redact(settings.storage))}: "
         f"{settings.trials} trials, sampler {settings.sampler}, pruner {settings.pruner}, "
         f"{workers}"
     )
@@ -105,10 +131,10 @@ class RunProgress:
     on a terminal too, with each trial's params."""
 
     def __init__(
-        self, console: Console, metric: str, *, header: str = "", verbose: bool = False
+        self, console: Console, metrics: Sequence[str], *, header: str = "", verbose: bool = False
     ) -> None:
         self.console = console
-        self.metric = metric
+        self.metrics = metrics
         self.header = header  # printed with the first update: once the study is open
         self.verbose = verbose
         self.live = console.is_terminal
@@ -144,14 +170,14 @@ class RunProgress:
         self._print_header()
         if self.verbose or not self.live:
             for trial in state.new_trials:
-                line = trial_line(trial, self.metric, state, self.verbose)
+                line = trial_line(trial, self.metrics, state, self.verbose)
                 self.console.print(line, highlight=False, markup=False, soft_wrap=True)
         if not self.live:
             return
         eta = eta_seconds(state, time.monotonic())
         self.counts = (
             f"complete {state.complete}  pruned {state.pruned}  failed {state.failed}  "
-            f"best {self.metric} {format_value(state.best_value)}"
+            f"{_best(state, self.metrics[0])}"
         )
         self.progress.update(
             self.task,
@@ -168,25 +194,44 @@ def _titled(title: str, table: Table, note: str | None = None) -> Group:
     return Group(*parts, *([Text(note)] if note else []))
 
 
-def summary_table(study: optuna.Study, metric: str, top: int = 5) -> Group:
-    """The best ``top`` complete trials with their searched params, plus state counts."""
+def summary_table(study: optuna.Study, metrics: Sequence[str], top: int = 5) -> Group:
+    """The best ``top`` feasible complete trials with their searched params (of several
+    objectives: the Pareto front, by the first objective), plus state counts."""
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(t.state == state for t in trials) for state in TrialState}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    complete.sort(key=lambda t: float(t.value or 0.0), reverse=study.direction.name == "MAXIMIZE")
+    if len(study.directions) > 1:
+        best = study.best_trials if counts[TrialState.COMPLETE] else []
+        shown = sorted(best, key=lambda t: t.values[0], reverse=_maximize(study, 0))
+    else:
+        shown = [
+            t
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.value is not None and is_feasible(t)
+        ]
+        shown.sort(key=lambda t: float(t.value or 0.0), reverse=_maximize(study, 0))
+        shown = shown[:top]
     table = Table()
-    for column in ("trial", metric, "seconds"):
+    for column in ("trial", *metrics, "seconds"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("searched params", overflow="fold")
-    for t in complete[:top]:
+    for t in shown:
         seconds = t.user_attrs.get("train_seconds")
-        params = format_params(t.params)
-        table.add_row(str(t.number), format_value(t.value), format_seconds(seconds), params)
+        values = [format_value(v) for v in t.values or []]
+        table.add_row(str(t.number), *values, format_seconds(seconds), format_params(t.params))
+    infeasible = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_feasible(t) for t in trials
+    )
     title = (
         f"{study.study_name}: {counts[TrialState.COMPLETE]} complete, "
         f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+        + (f"; {infeasible} infeasible" if infeasible else "")
+        + (f"; Pareto front of {len(shown)}" if len(study.directions) > 1 else "")
     )
     return _titled(title, table)
+
+
+def _maximize(study: optuna.Study, objective: int) -> bool:
+    return study.directions[objective].name == "MAXIMIZE"
 
 
 def studies_table(summaries: list[StudySummary]) -> Group:
@@ -197,18 +242,45 @@ def studies_table(summaries: list[StudySummary]) -> Group:
     table.add_column("trials", overflow="fold")
     table.add_column("best", justify="right", no_wrap=True)
     for s in summaries:
-        direction = "max" if s.direction == "maximize" else "min"
+        objective = ", ".join(
+            f"{'max' if d == 'maximize' else 'min'} {m}"
+            for m, d in zip(s.metrics, s.directions, strict=True)
+        )
         trials = f"{s.counts['COMPLETE']} complete, {s.counts['PRUNED']} pruned"
         for state in ("FAIL", "RUNNING", "WAITING"):
             if s.counts.get(state):
                 trials += f", {s.counts[state]} {state.lower().replace('fail', 'failed')}"
-        table.add_row(s.name, f"{s.problem}, {direction} {s.metric}", trials, format_value(s.best))
+        best = f"front of {s.front}" if s.front is not None else format_value(s.best)
+        table.add_row(s.name, f"{s.problem}, {objective}", trials, best)
     return _titled(f"{len(summaries)} studies", table)
+
+
+def front_table(record: Mapping[str, Any]) -> Group:
+    """The Pareto front of a study of several objectives (``summaries.best_trial``): one row
+    per trial, its objectives' values and searched params."""
+    metrics = record["metrics"]
+    table = Table()
+    for column in ("trial", *metrics):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("searched params", overflow="fold")
+    front = sorted(record["front"], key=lambda r: r["values"][metrics[0]])
+    for r in front:
+        values = [format_value(r["values"][m]) for m in metrics]
+        table.add_row(str(r["trial"]), *values, format_params(r["params"]))
+    objectives = ", ".join(
+        f"{'max' if d == 'maximize' else 'min'} {m}"
+        for m, d in zip(metrics, record["directions"], strict=True)
+    )
+    limits = f" within {', '.join(record['constraints'])}" if record["constraints"] else ""
+    title = f"{record['study']}: Pareto front of {len(front)} trials ({objectives}){limits}"
+    return _titled(title, table, "finalize one: hpsearch finalize STUDY --pick METRIC or --trial N")
 
 
 def best_table(record: Mapping[str, Any]) -> Group:
     """A best-trial record (``studies.best_trial``): full configuration, searched params
-    marked with *, then its metrics and attributes."""
+    marked with *, then its metrics and attributes (of several objectives: ``front_table``)."""
+    if "front" in record:
+        return front_table(record)
     table = Table()
     table.add_column("key", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
@@ -225,24 +297,28 @@ def best_table(record: Mapping[str, Any]) -> Group:
 
 
 def trials_table(frame: pd.DataFrame, study_name: str) -> Group:
-    """One row per trial: number, state, value, duration and its searched params in one
-    folding column (a column per param does not fit a terminal)."""
+    """One row per trial: number, state (and whether it broke a limit), its objectives'
+    values, duration and its searched params in one folding column (a column per param does
+    not fit a terminal)."""
     table = Table()
-    # Optuna names the value column after the study's metric (``value_val_accuracy``).
-    # (None while no trial has a value: every one failed or runs.)
-    value = next((c for c in frame.columns if c.startswith("value")), None)
-    metric = "value" if value is None else value.removeprefix("value_")
-    for column in ("trial", "state", metric, "seconds"):
+    # Optuna names the value columns after the study's metrics (``value_val_accuracy``, of
+    # several objectives ``values_params``...); none while no trial has a value.
+    values = [c for c in frame.columns if c == "value" or c.startswith(("value_", "values_"))]
+    labels = [c.split("_", 1)[1] if "_" in c else c for c in values] or ["value"]
+    for column in ("trial", "state", *labels, "seconds"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("searched params", overflow="fold")
     params = [c for c in frame.columns if c.startswith("params_")]
     for _, row in frame.iterrows():
         seconds = row["duration"].total_seconds() if "duration" in row else None
         searched = {c.removeprefix("params_"): row[c] for c in params if _given(row[c])}
+        state = str(row["state"]).lower()
+        if "feasible" in row and not row["feasible"]:
+            state += ", infeasible"
         table.add_row(
             str(row["number"]),
-            str(row["state"]).lower(),
-            format_value(row[value]) if value is not None else "",
+            state,
+            *([format_value(row[c]) for c in values] or [""]),
             format_seconds(seconds),
             format_params(searched),
         )
@@ -278,6 +354,10 @@ def finalize_table(result: FinalResult) -> Group:
         for key, value in result.test_metrics.items()
         if isinstance(value, Mapping)
     ]
+    if result.pick and result.pick != result.metric:
+        notes.append(f"chosen by --pick {result.pick}")
+    if result.costs:
+        notes.append(costs_line(result.costs))
     title = (
         f"{result.study}: trial {result.chosen.trial} retrained on {result.train_rows} rows, "
         f"scored once on {result.test_rows} test rows"

@@ -16,8 +16,12 @@ from typing import Any, Protocol
 
 from hpsearch.errors import HpsearchError
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
-PRUNERS = ("hyperband", "median", "successive-halving", "none")
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid", "nsga2", "nsga3")
+# "dominated" is hpsearch's own, for studies of several objectives (search.pareto_pruning).
+PRUNERS = ("hyperband", "median", "successive-halving", "dominated", "none")
+# Those of Optuna's samplers and pruners that take one objective only.
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+SINGLE_OBJECTIVE_PRUNERS = ("hyperband", "median", "successive-halving")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Setting -> the environment variable that sets it (below a flag, above the study file).
@@ -74,6 +78,8 @@ class Settings:
     seeds: int = 3
     ensemble: bool = True
     out: str | None = None  # None: ./final-STUDY
+    pick: str | None = None  # "METRIC [where METRIC <= N ...]"; None: the study's metric
+    trial: int | None = None  # retrain only this trial's configuration
 
 
 DEFAULTS = Settings()

@@ -6,7 +6,9 @@ The value of every trial is x**2 + y, so a test can check it against the params.
 CKPT_DIR, each step is "checkpointed" to a file per trial series, and a retry resumes from
 it (``resumed_from_step``), like hpsearch's objective. The study is sampled by TPE (or
 SAMPLER=random, whose draws cost nothing) seeded per trial from seed 7
-(``search.TrialSeededSampler``), as ``hpsearch run`` does.
+(``search.TrialSeededSampler``), as ``hpsearch run`` does. SAMPLER=nsga2 makes a study of
+two objectives, (x**2 + y, (x - 2)**2), with the limit y <= 3, its curve recorded as
+hpsearch's objective records one (the ``curve`` user attribute).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ SEED = 7
 
 def objective(
     trial: optuna.Trial, seconds_per_step: float, steps: int = 3, ckpt: Path | None = None
-) -> float:
+) -> float | list[float]:
     x = trial.suggest_float("x", -10, 10)
     y = trial.suggest_int("y", 0, 5)
     series = int(trial.user_attrs.get("retry_of", trial.number))
@@ -42,12 +44,24 @@ def objective(
         start = int((ckpt / f"{series}").read_text())
         trial.set_user_attr("resumed_from_step", start)
     trial.set_user_attr("pid", os.getpid())
+    several = len(trial.study.directions) > 1
+    curve = dict(trial.user_attrs.get("curve", {}))
     for step in range(start, steps):
         time.sleep(seconds_per_step)
-        trial.report(x**2 + y + steps - step, step)
+        if several:
+            curve.setdefault(str(step), x**2 + y + steps - step)
+            trial.set_user_attr("curve", curve)
+        else:
+            trial.report(x**2 + y + steps - step, step)
         if ckpt is not None:
             ckpt.mkdir(exist_ok=True)
-            (ckpt / f"{series}").write_text(str(step + 1))
+            # Written whole or not at all: a SIGKILL mid-write leaves the last checkpoint.
+            partial = ckpt / f"{series}.{os.getpid()}.tmp"
+            partial.write_text(str(step + 1))
+            os.replace(partial, ckpt / f"{series}")
+    if several:
+        trial.set_constraint("y<=", (y - 3) / 3)
+        return [x**2 + y, (x - 2) ** 2]
     return x**2 + y
 
 
@@ -83,9 +97,13 @@ def main() -> None:
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 0.01
     steps = int(sys.argv[5]) if len(sys.argv) > 5 else 3
     ckpt = Path(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[6] else None
-    sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[
-        sys.argv[7] if len(sys.argv) > 7 else "tpe"
-    ]
+    name_of_sampler = sys.argv[7] if len(sys.argv) > 7 else "tpe"
+    sampler = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+    }[name_of_sampler]
+    directions = ["minimize"] * (2 if name_of_sampler == "nsga2" else 1)
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url, heartbeat_interval=1, on_stale_trial=retry_trial)
@@ -94,13 +112,14 @@ def main() -> None:
             storage=storage,
             study_name=name,
             load_if_exists=True,
+            directions=directions,
             sampler=TrialSeededSampler(lambda seed: sampler(seed=seed), SEED),
         )
     settings = Settings(storage=url, study_name=name, trials=trials)
     ran = []  # the trials this worker claimed and ran, whatever their end
     completed = []  # the trials whose objective returned
 
-    def counted(trial: optuna.Trial) -> float:
+    def counted(trial: optuna.Trial) -> float | list[float]:
         ran.append(trial.number)
         value = objective(trial, seconds, steps, ckpt)
         completed.append(trial.number)

@@ -6,6 +6,7 @@ them the test is skipped, except under CI=true, where it fails (.ci/run installs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,11 +96,19 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
     folder = tmp_path_factory.mktemp("dashboard")
     study_file = folder / "tiny-house.toml"
     study_file.write_text(TINY_HOUSE.format(problem="house-prices"))
+    # A study of two objectives, for the Pareto-front page.
+    front_file = folder / "front-house.toml"
+    front_file.write_text(
+        TINY_HOUSE.format(problem="house-prices").replace(
+            "[study]\n", '[study]\nmetrics = ["val_rmse", "params"]\n'
+        )
+    )
     exe = shutil.which("hpsearch")
     assert exe is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
     for command in (
         ["run", str(study_file), "--trials", "3", "--workers", "1"],
+        ["run", str(front_file), "--trials", "4", "--workers", "1"],
         ["finalize", study_file.stem, "--top-k", "1", "--seeds", "1", "--no-ensemble"],
     ):
         done = subprocess.run(
@@ -115,13 +125,11 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
         server.wait(timeout=20)
 
 
-def test_dashboard_in_chromium(dashboard: tuple[int, str, Path], tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _browser_page(problems: list[str]) -> Iterator[Any]:
+    """A page of headless Chromium; its console errors and page errors go to ``problems``."""
     from playwright.sync_api import sync_playwright
 
-    port, study_name, _ = dashboard
-    trials = 3
-    base = f"http://127.0.0.1:{port}/dashboard"
-    problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
@@ -135,35 +143,66 @@ def test_dashboard_in_chromium(dashboard: tuple[int, str, Path], tmp_path: Path)
                 ),
             )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            # The study list shows the study; clicking it opens the study page.
-            page.goto(f"{base}/")
-            page.get_by_text(study_name).first.click()
-            page.wait_for_url(f"{base}/studies/*")
-            # The history plot renders, one point per finished trial (pruned included).
-            page.wait_for_selector("#plot-history .main-svg", timeout=30_000)
-            page.wait_for_function(
-                f"document.querySelectorAll('#plot-history path.point').length >= {trials}",
-                timeout=30_000,
-            )
-            assert page.locator("#plot-history path.point").count() == trials
-            # The objective is labelled with its metric, not "Objective 0", and finalize's
-            # result reads as a note on the study's page.
-            page.get_by_text("val_rmse").first.wait_for(timeout=30_000)
-            assert page.get_by_text("Objective 0").count() == 0
-            # Kept in pytest's temporary folder (the last runs' are kept) for a look.
-            shot = tmp_path / "dashboard-history.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            study_url = page.url.rstrip("/")
-            page.goto(f"{study_url}/note")
-            page.get_by_text("Finalized model").first.wait_for(timeout=30_000)
-            page.get_by_text("rmse").first.wait_for(timeout=30_000)
-            page.screenshot(path=str(tmp_path / "dashboard-note.png"), full_page=True)
-            # The trial list counts the trials.
-            page.goto(f"{study_url}/trials")
-            page.get_by_text(f"{trials} Trials").wait_for(timeout=30_000)
+            yield page
         finally:
             browser.close()
+
+
+def test_dashboard_in_chromium(dashboard: tuple[int, str, Path], tmp_path: Path) -> None:
+    port, study_name, _ = dashboard
+    trials = 3
+    base = f"http://127.0.0.1:{port}/dashboard"
+    problems: list[str] = []
+    with _browser_page(problems) as page:
+        # The study list shows the study; clicking it opens the study page.
+        page.goto(f"{base}/")
+        page.get_by_text(study_name).first.click()
+        page.wait_for_url(f"{base}/studies/*")
+        # The history plot renders, one point per finished trial (pruned included).
+        page.wait_for_selector("#plot-history .main-svg", timeout=30_000)
+        page.wait_for_function(
+            f"document.querySelectorAll('#plot-history path.point').length >= {trials}",
+            timeout=30_000,
+        )
+        assert page.locator("#plot-history path.point").count() == trials
+        # The objective is labelled with its metric, not "Objective 0", and finalize's
+        # result reads as a note on the study's page.
+        page.get_by_text("val_rmse").first.wait_for(timeout=30_000)
+        assert page.get_by_text("Objective 0").count() == 0
+        # Kept in pytest's temporary folder (the last runs' are kept) for a look.
+        shot = tmp_path / "dashboard-history.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        study_url = page.url.rstrip("/")
+        page.goto(f"{study_url}/note")
+        page.get_by_text("Finalized model").first.wait_for(timeout=30_000)
+        page.get_by_text("rmse").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "dashboard-note.png"), full_page=True)
+        # The trial list counts the trials.
+        page.goto(f"{study_url}/trials")
+        page.get_by_text(f"{trials} Trials").wait_for(timeout=30_000)
+    assert problems == []
+
+
+def test_dashboard_draws_the_pareto_front(dashboard: tuple[int, str, Path], tmp_path: Path) -> None:
+    port = dashboard[0]
+    base = f"http://127.0.0.1:{port}/dashboard"
+    problems: list[str] = []
+    with _browser_page(problems) as page:
+        page.goto(f"{base}/")
+        page.get_by_text("front-house").first.click()
+        page.wait_for_url(f"{base}/studies/*")
+        # The study page of two objectives draws their front.
+        page.wait_for_selector("#graph-pareto-front .main-svg", timeout=30_000)
+        page.wait_for_function(
+            "document.querySelectorAll('#graph-pareto-front path.point').length >= 1",
+            timeout=30_000,
+        )
+        # Its axes are chosen by objective name, not "Objective 0".
+        page.get_by_text("Pareto Front").first.wait_for(timeout=30_000)
+        page.get_by_text("params", exact=True).first.wait_for(timeout=30_000)
+        assert page.get_by_text("Objective 0").count() == 0
+        page.screenshot(path=str(tmp_path / "dashboard-front.png"), full_page=True)
     assert problems == []
 
 

@@ -59,7 +59,7 @@ def test_numbers_read_as_numbers() -> None:
 
 def test_live_progress_fits_80_columns() -> None:
     console, out = _console(terminal=True)
-    with RunProgress(console, "val_accuracy") as progress:
+    with RunProgress(console, ["val_accuracy"]) as progress:
         progress.update(_progress())
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", out.getvalue())  # cursor movements
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
@@ -72,7 +72,7 @@ def test_live_progress_fits_80_columns() -> None:
 
 def test_a_log_gets_a_plain_line_per_finished_trial_as_it_ends() -> None:
     console, out = _console(terminal=False)
-    with RunProgress(console, "val_accuracy") as progress:
+    with RunProgress(console, ["val_accuracy"]) as progress:
         done = _trial(12, TrialState.COMPLETE, 0.9912)
         progress.update(_progress((done,)))
         assert "trial" in out.getvalue()  # written at once, not at the end
@@ -86,7 +86,7 @@ def test_a_log_gets_a_plain_line_per_finished_trial_as_it_ends() -> None:
 
 def test_verbose_prints_each_trial_with_its_params_on_a_terminal_too() -> None:
     console, out = _console(terminal=True)
-    with RunProgress(console, "val_accuracy", verbose=True) as progress:
+    with RunProgress(console, ["val_accuracy"], verbose=True) as progress:
         progress.update(_progress((_trial(3, TrialState.COMPLETE, 0.98),)))
     assert "complete  val_accuracy 0.98" in out.getvalue()
     assert "dropout=0.15  lr=0.0031" in out.getvalue()
@@ -102,8 +102,8 @@ def test_tables_fit_80_columns_with_whole_headers() -> None:
     summary = StudySummary(
         name="house-prices-gaussian-long-name",
         problem="house-prices-gaussian",
-        metric="val_nll",
-        direction="minimize",
+        metrics=["val_nll"],
+        directions=["minimize"],
         counts={"COMPLETE": 81, "PRUNED": 119, "FAIL": 2, "RUNNING": 0, "WAITING": 0},
         best=11.2934,
     )

@@ -67,6 +67,10 @@ class FinalResult:
     # What predictions on new inputs need (a user's table: its fitted encoding, target name
     # and class names); empty for the shipped problems.
     preprocess: dict[str, Any] = field(default_factory=dict)
+    # How the candidates were chosen (``--pick``'s rule, or ``trial N``), and what the final
+    # model costs on the device it was scored on (``training.costs``).
+    pick: str = ""
+    costs: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What is stored on the study (user attribute ``finalize``) for ``hpsearch report``,
@@ -76,7 +80,9 @@ class FinalResult:
             "trial": self.chosen.trial,
             "val_mean": self.chosen.mean,
             "val_std": self.chosen.std,
+            "pick": self.pick,
             "test": self.test_metrics,
+            "costs": self.costs,
             "ensemble_test": self.ensemble_test,
             "ensemble_size": len(self.ensemble_members),
             "calibration": self.calibration,
@@ -101,7 +107,9 @@ class FinalResult:
             "(seed 0) and scored once on test",
             "chosen": candidate(self.chosen),
             "candidates": [candidate(c) for c in self.candidates],
+            "pick": self.pick,
             "test": self.test_metrics,
+            "costs": self.costs,
             "ensemble": {
                 "members": [{"trial": t, "seed": seed} for t, seed in self.ensemble_members],
                 "test": self.ensemble_test,

@@ -10,12 +10,10 @@ This module, and the baselines it fits, are the only code that reads ``Splits.x_
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -27,32 +25,13 @@ from hpsearch.problems.metrics import Metrics
 from hpsearch.problems.splits import Splits
 from hpsearch.results.final_result import Candidate, FinalResult
 from hpsearch.results.model_files import ENSEMBLE_FILE, MODEL_FILE, RESULT_FILE, save
+from hpsearch.results.pick import Pick, parse_pick, top_configurations
 from hpsearch.settings import Settings
 from hpsearch.storage.counts import load_study
 from hpsearch.training import NonFiniteLossError
+from hpsearch.training.costs import COST_METRICS, model_costs
 from hpsearch.training.devices import default_group_size, resolve_device
 from hpsearch.training.models import Ensemble
-
-
-def top_configurations(study: optuna.Study, k: int) -> list[tuple[int, dict[str, Any], float]]:
-    """The best ``k`` complete trials with distinct configurations: (number, params, value)."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    trials = [
-        t
-        for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-        if t.value is not None and math.isfinite(t.value) and "config" in t.user_attrs
-    ]
-    trials.sort(key=lambda t: t.value, reverse=maximize)  # type: ignore[arg-type, return-value]
-    chosen: list[tuple[int, dict[str, Any], float]] = []
-    seen: set[str] = set()
-    for trial in trials:
-        key = json.dumps(trial.user_attrs["config"], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            chosen.append((trial.number, dict(trial.user_attrs["config"]), float(trial.value)))  # type: ignore[arg-type]
-        if len(chosen) == k:
-            break
-    return chosen
 
 
 def test_metrics(problem: Problem, model: nn.Module, splits: Splits) -> Metrics:
@@ -82,6 +61,9 @@ def finalize_study(
         raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
     artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
     problem = get_problem(attrs["problem"])
+    pick = None
+    if settings.pick is not None:
+        pick = parse_pick(settings.pick, {**problem.metrics, **COST_METRICS})
     splits = problem.load_data(settings.data_dir, **attrs["data"])
     out = Path(settings.out or f"final-{study_name}")
     result = finalize(
@@ -95,6 +77,8 @@ def finalize_study(
         out=out,
         ensemble=settings.ensemble,
         on_candidate=on_candidate,
+        pick=pick,
+        trial=settings.trial,
     )
     if artifacts is not None:
         names = (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE)
@@ -119,6 +103,8 @@ def finalize(
     ensemble: bool = True,
     group_size: int = 1,
     on_candidate: Callable[[Candidate], None] | None = None,
+    pick: Pick | None = None,
+    trial: int | None = None,
 ) -> FinalResult:
     """Retrain the study's ``top_k`` configurations with ``seeds`` seeds each on the train
     split, choose by validation mean -/+ std, retrain the choice on train + validation and
@@ -127,16 +113,23 @@ def finalize(
     also retrains every finite candidate with every seed on train + validation and scores
     the combination of their predictions once on test. Retrains of one shape train
     ``group_size`` at a time as one model (``Problem.fit_many``). The summary is stored on the study
-    (user attribute ``finalize``, and a note the dashboard shows).
+    (user attribute ``finalize``, and a note the dashboard shows). ``pick`` ranks the
+    feasible trials the ``top_k`` come from (default: by ``metric``; ``results.pick``);
+    ``trial`` retrains that trial's configuration only. The final model's costs
+    (``training.costs``) are measured on ``splits``' device.
 
     Raises:
-        HpsearchError: the study has no complete trial, or every candidate diverged.
+        HpsearchError: no complete feasible trial (that ``pick`` admits), or every
+            candidate diverged.
     """
     started = time.perf_counter()
-    configs = top_configurations(study, top_k)
+    configs = top_configurations(study, top_k, pick, trial)
     if not configs:
-        raise HpsearchError(f"study {study.study_name!r} has no complete trial to finalize")
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        rule = f" that --pick {pick.describe()!r} admits" if pick else ""
+        raise HpsearchError(
+            f"study {study.study_name!r} has no complete feasible trial{rule} to finalize"
+        )
+    maximize = problem.metrics[metric] == "maximize"
     name = metric.removeprefix("val_")
     calibration = problem.calibration
 
@@ -168,8 +161,8 @@ def finalize(
     finite = [c for c in candidates if all(math.isfinite(v) for v in c.val_scores)]
     if not finite:
         raise HpsearchError("every retrained configuration diverged; nothing to finalize")
-    pick = max if maximize else min
-    chosen = pick(finite, key=lambda c: c.robust(maximize))
+    best_of = max if maximize else min
+    chosen = best_of(finite, key=lambda c: c.robust(maximize))
     x_all = torch.cat([splits.x_train, splits.x_val])
     y_all = torch.cat([splits.y_train, splits.y_val])
     # The chosen configuration with seed 0 first: it is the final model.
@@ -205,6 +198,8 @@ def finalize(
         input_shape=tuple(splits.x_train.shape[1:]),
         target={"mean": splits.target_mean, "std": splits.target_std, "log": splits.log_target},
         preprocess=splits.preprocess,
+        pick=(pick.describe() if pick else metric) if trial is None else f"trial {trial}",
+        costs={**model_costs(model, splits.x_train[:1]), "device": splits.x_train.device.type},
     )
     if ensemble:  # the ensemble's one look at test
         combined = Ensemble([member for _, _, member in members], problem.combine)

@@ -6,7 +6,9 @@ Writes into one folder:
 - ``curves-<param>.png``: every trial's validation curve coloured by the bucket of its batch
   size, learning rate, optimizer or loss, with each bucket's median in bold;
 - ``history.png`` and ``importances.png``: Optuna's optimization history and parameter
-  importances plots;
+  importances plots (of several objectives, of the learning-curve metric);
+- of several objectives, ``front.png`` and ``hypervolume.png``: Optuna's Pareto front and
+  hypervolume history plots, and the front as a table;
 - ``index.html``: all of it in one self-contained page (figures embedded), plus the
   ``hpsearch finalize`` results when the study has them.
 """
@@ -19,7 +21,7 @@ import math
 import statistics
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +36,17 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.results.summaries import objective_names
 from hpsearch.results.tables import (
     finalize_lines,
     finalize_test_table,
+    format_params,
     format_value,
     is_number,
     markdown_table,
 )
+from hpsearch.storage.counts import is_feasible
+from hpsearch.storage.worker_view import CURVE
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -93,8 +99,23 @@ def _groups(trials: Sequence[FrozenTrial], name: str) -> dict[str, list[FrozenTr
     return {label: groups[label] for label in sorted(groups, key=lambda k: (order[k], k))}
 
 
+def _curve(study: optuna.Study) -> int:
+    """Which objective is the learning curve, the validation metric reported every epoch
+    (the first, unless a study of several objectives names another)."""
+    metrics = objective_names(study)
+    return metrics.index(study.user_attrs["metric"]) if "metric" in study.user_attrs else 0
+
+
 def _maximize(study: optuna.Study) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return study.directions[_curve(study)] == optuna.study.StudyDirection.MAXIMIZE
+
+
+def _score(study: optuna.Study, trial: FrozenTrial) -> float | None:
+    """A complete trial's final learning-curve value (of several objectives, that one)."""
+    if trial.values is None:
+        return None
+    value = trial.values[_curve(study)]
+    return value if math.isfinite(value) else None
 
 
 def ablation_tables(study: optuna.Study) -> dict[str, list[Row]]:
@@ -106,9 +127,9 @@ def ablation_tables(study: optuna.Study) -> dict[str, list[Row]]:
         tables[name] = []
         for label, trials in _groups(finished, name).items():
             scores = [
-                t.value
+                score
                 for t in trials
-                if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+                if t.state == TrialState.COMPLETE and (score := _score(study, t)) is not None
             ]
             median = statistics.median(scores) if scores else None
             tables[name].append(
@@ -124,7 +145,8 @@ def _cells(row: Row) -> list[str]:
 
 def tables_markdown(study: optuna.Study, tables: dict[str, list[Row]], metric: str) -> str:
     lines = [
-        f"# {study.study_name}: {metric} ({study.direction.name.lower()}) by hyperparameter",
+        f"# {study.study_name}: {metric} ({study.directions[_curve(study)].name.lower()}) "
+        "by hyperparameter",
         "",
         "Best and median over complete trials; trials counts pruned ones too.",
     ]
@@ -143,12 +165,20 @@ def _pyplot() -> Any:
     return plt
 
 
+def learning_curve(trial: FrozenTrial) -> dict[int, float]:
+    """A trial's validation metric by epoch: Optuna's intermediate values, or of several
+    objectives the ``curve`` user attribute (``search.pareto_pruning``)."""
+    if trial.intermediate_values:
+        return dict(trial.intermediate_values)
+    return {int(epoch): float(v) for epoch, v in trial.user_attrs.get(CURVE, {}).items()}
+
+
 def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> bool:
     """Validation curves of every trial with intermediate values, coloured by ``param``."""
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if param in t.params and t.intermediate_values
+        if param in t.params and learning_curve(t)
     ]
     if not trials:
         return False
@@ -158,8 +188,9 @@ def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> b
         color = plt.get_cmap("tab10")(i % 10)
         by_step: dict[int, list[float]] = defaultdict(list)
         for trial in group:
-            steps = sorted(trial.intermediate_values)
-            values = [trial.intermediate_values[s] for s in steps]
+            curve = learning_curve(trial)
+            steps = sorted(curve)
+            values = [curve[s] for s in steps]
             ax.plot(steps, values, color=color, alpha=0.18, linewidth=0.8)
             for step, value in zip(steps, values, strict=True):
                 if math.isfinite(value):
@@ -170,7 +201,7 @@ def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> b
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{study.study_name}: validation curves by {param} (bold: median)")
-    _focus(ax, trials, _maximize(study))
+    _focus(ax, trials, _maximize(study), lambda t: _score(study, t))
     ax.legend(fontsize=8, title=param)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -178,26 +209,36 @@ def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> b
     return True
 
 
-def _focus(ax: Any, trials: Sequence[FrozenTrial], maximize: bool) -> None:
+def _focus(
+    ax: Any,
+    trials: Sequence[FrozenTrial],
+    maximize: bool,
+    score: Callable[[FrozenTrial], float | None],
+) -> None:
     """Zoom the y axis past diverged and hopeless curves, but keep every complete trial's
     final and reported values in view."""
-    finite = sorted(v for t in trials for v in t.intermediate_values.values() if math.isfinite(v))
+    curves = {t.number: learning_curve(t) for t in trials}
+    finite = sorted(v for c in curves.values() for v in c.values() if math.isfinite(v))
     if len(finite) < 4:
         return
     n = len(finite)
     low, high = (finite[n // 10], finite[-1]) if maximize else (finite[0], finite[9 * n // 10])
     for trial in trials:
         if trial.state == TrialState.COMPLETE:
-            last = trial.intermediate_values[max(trial.intermediate_values)]
-            for value in (last, trial.value):
+            curve = curves[trial.number]
+            last = curve[max(curve)]
+            for value in (last, score(trial)):
                 if value is not None and math.isfinite(value):
                     low, high = min(low, value), max(high, value)
     pad = (high - low) * 0.05 or abs(high) * 0.01 or 1.0
     ax.set_ylim(low - pad, high + pad)
 
 
-def _optuna_figure(plot: str, study: optuna.Study, metric: str, path: Path, title: str) -> None:
-    """Save ``optuna.visualization.matplotlib.<plot>`` of ``study``."""
+def _optuna_figure(
+    plot: str, study: optuna.Study, metric: str, path: Path, title: str, **options: Any
+) -> None:
+    """Save ``optuna.visualization.matplotlib.<plot>`` of ``study`` (a study of several
+    objectives: of its learning-curve metric, unless ``options`` say otherwise)."""
     plt = _pyplot()  # before Optuna's module imports pyplot, to get the Agg backend
     import matplotlib
     from optuna.exceptions import ExperimentalWarning
@@ -206,7 +247,13 @@ def _optuna_figure(plot: str, study: optuna.Study, metric: str, path: Path, titl
     # rc_context: Optuna's plots switch pyplot to the ggplot style for good.
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        ax = getattr(optuna_plots, plot)(study, target_name=metric)
+        of_front = plot in ("plot_pareto_front", "plot_hypervolume_history")
+        if len(study.directions) > 1 and not of_front:
+            curve = _curve(study)
+            options = {"target": lambda t: t.values[curve], "target_name": metric} | options
+        elif not of_front:
+            options = {"target_name": metric} | options
+        ax = getattr(optuna_plots, plot)(study, **options)
         ax.set_title("", loc="left")  # where the importances plot puts its own title
         ax.set_title(f"{study.study_name}: {title.lower()}")
         # bbox_inches: the history plot's legend sits outside the axes.
@@ -225,6 +272,42 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
     body = "".join(cells("td", row) for row in rows)
     return f"<table><thead>{cells('th', header)}</thead><tbody>{body}</tbody></table>"
+
+
+def _objectives(study: optuna.Study) -> str:
+    return ", ".join(
+        f"{m} ({d.name.lower()})"
+        for m, d in zip(objective_names(study), study.directions, strict=True)
+    )
+
+
+def reference_point(study: optuna.Study) -> list[float]:
+    """The hypervolume's reference point: each objective's worst value among the complete
+    feasible trials, a tenth of its range further out (so the worst trials count too)."""
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+        if is_feasible(t) and t.values is not None
+    ]
+    point = []
+    for i, direction in enumerate(study.directions):
+        values = [t.values[i] for t in trials if math.isfinite(t.values[i])]
+        low, high = min(values), max(values)
+        margin = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
+        maximize = direction == optuna.study.StudyDirection.MAXIMIZE
+        point.append(low - margin if maximize else high + margin)
+    return point
+
+
+def front_rows(
+    front: Sequence[FrozenTrial], metrics: Sequence[str]
+) -> tuple[list[str], list[list[str]]]:
+    """The Pareto front as a table: trial, each objective, searched params."""
+    rows = [
+        [str(t.number), *(format_value(v) for v in t.values), format_params(t.params)]
+        for t in sorted(front, key=lambda t: t.values[0])
+    ]
+    return ["trial", *metrics, "searched params"], rows
 
 
 def build_report(study: optuna.Study, out: Path) -> Path:
@@ -249,14 +332,23 @@ def _write_report(study: optuna.Study, out: Path, counts: Counter[TrialState]) -
     (out / "tables.md").write_text(tables_markdown(study, tables, metric), encoding="utf-8")
     figures: list[tuple[str, Path]] = []
     complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-    plots = []
+    metrics = objective_names(study)
+    front = sorted(study.best_trials, key=lambda t: t.number) if len(metrics) > 1 else []
+    plots: list[tuple[str, str, str, dict[str, Any]]] = []
+    if front and len(metrics) <= 3:  # Optuna draws fronts of 2 or 3 objectives
+        plots.append(("Pareto front", "plot_pareto_front", "front.png", {"target_names": metrics}))
+    if front:
+        reference = {"reference_point": reference_point(study)}
+        title = "Hypervolume of the front, trial by trial"
+        plots.append((title, "plot_hypervolume_history", "hypervolume.png", reference))
     if complete:
-        plots.append(("Optimization history", "plot_optimization_history", "history.png"))
+        plots.append(("Optimization history", "plot_optimization_history", "history.png", {}))
     # Importances from fewer trials are noise (Optuna then calls them all equal).
     if len(complete) >= 4 and any(t.params for t in complete):
-        plots.append(("Hyperparameter importances", "plot_param_importances", "importances.png"))
-    for title, plot, name in plots:
-        _optuna_figure(plot, study, metric, out / name, title)
+        title = "Hyperparameter importances"
+        plots.append((title, "plot_param_importances", "importances.png", {}))
+    for title, plot, name, options in plots:
+        _optuna_figure(plot, study, metric, out / name, title, **options)
         figures.append((title, out / name))
     for param in CURVE_PARAMS:
         path = out / f"curves-{param}.png"
@@ -272,11 +364,19 @@ def _write_report(study: optuna.Study, out: Path, counts: Counter[TrialState]) -
         "img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(study.study_name)}</h1>",
         f"<p>Problem {html.escape(str(study.user_attrs.get('problem', '?')))}; objective "
-        f"{html.escape(metric)} ({study.direction.name.lower()}); "
+        f"{html.escape(_objectives(study))}; "
         f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
         f"{counts[TrialState.FAIL]} failed trials.</p>",
     ]
-    if complete:
+    limits = study.user_attrs.get("constraints", [])
+    if limits:
+        parts.append(
+            f"<p>Limits: {html.escape(', '.join(limits))}; infeasible trials are never chosen.</p>"
+        )
+    if front:
+        parts.append(f"<h2>Pareto front: {len(front)} feasible trials</h2>")
+        parts.append(_html_table(*front_rows(front, metrics)))
+    elif complete:
         best = study.best_trial
         parts.append(f"<h2>Best trial: {best.number}, {metric} = {format_value(best.value)}</h2>")
         parts.append(

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpsearch.errors import HpsearchError
-from hpsearch.storage.counts import best_value, load_study, study_counts
+from hpsearch.storage.counts import (
+    best_value,
+    front_size,
+    is_feasible,
+    load_study,
+    study_counts,
+)
 from hpsearch.storage.database import open_storage
 
 if TYPE_CHECKING:
@@ -22,10 +28,11 @@ if TYPE_CHECKING:
 class StudySummary:
     name: str
     problem: str
-    metric: str
-    direction: str
+    metrics: list[str]
+    directions: list[str]
     counts: dict[str, int]  # trial state name -> trials
     best: float | None
+    front: int | None = None  # of several objectives: feasible Pareto-optimal trials
 
 
 def list_studies(url: str) -> list[StudySummary]:
@@ -36,37 +43,68 @@ def list_studies(url: str) -> list[StudySummary]:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         counts = study_counts(study)
         attrs = summary.user_attrs
+        complete = counts[optuna.trial.TrialState.COMPLETE]
         summaries.append(
             StudySummary(
                 name=summary.study_name,
                 problem=str(attrs.get("problem", "-")),
-                metric=str(attrs.get("metric", "value")),
-                direction=summary.direction.name.lower(),
+                metrics=objective_names(study),
+                directions=[d.name.lower() for d in summary.directions],
                 counts={state.name: count for state, count in counts.items()},
-                best=best_value(study) if counts[optuna.trial.TrialState.COMPLETE] else None,
+                best=best_value(study) if complete else None,
+                front=front_size(study) if complete else None,
             )
         )
     return summaries
 
 
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives by name (``values_0``... for a study not made by hpsearch)."""
+    attrs = study.user_attrs
+    if "metrics" in attrs:
+        return list(attrs["metrics"])
+    if len(study.directions) == 1:
+        return [str(attrs.get("metric", "value"))]
+    return [f"values_{i}" for i in range(len(study.directions))]
+
+
 def best_trial(study_name: str, url: str) -> dict[str, Any]:
-    """The best trial of a study: number, value, metric, searched params, the full
-    configuration it trained with, and its other attributes (metrics, seed, timings).
+    """The best feasible trial of a study of one objective: number, value, metric, searched
+    params, the full configuration it trained with, and its other attributes (metrics,
+    seed, timings). Of several objectives: the Pareto front, each trial so described under
+    ``front``, with its values by objective.
 
     Raises:
-        HpsearchError: no such study, or no complete trial yet.
+        HpsearchError: no such study, or no complete (feasible) trial yet.
     """
     study = load_study(study_name, url)
+    metrics = objective_names(study)
+    if len(metrics) > 1:
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        if not front:
+            raise HpsearchError(f"study {study_name!r} has no complete feasible trial yet")
+        return {
+            "study": study_name,
+            "metrics": metrics,
+            "directions": [d.name.lower() for d in study.directions],
+            "constraints": study.user_attrs.get("constraints", []),
+            "front": [_record(t, metrics) for t in front],
+        }
     try:
         trial = study.best_trial
     except ValueError:
-        raise HpsearchError(f"study {study_name!r} has no complete trial yet") from None
+        raise HpsearchError(f"study {study_name!r} has no complete feasible trial yet") from None
+    return {"study": study_name, "metric": metrics[0], **_record(trial, metrics)}
+
+
+def _record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict[str, Any]:
     attrs = dict(trial.user_attrs)
-    return {
-        "study": study_name,
-        "trial": trial.number,
-        "value": trial.value,
-        "metric": study.user_attrs.get("metric", "value"),
+    record: dict[str, Any] = {"trial": trial.number}
+    if len(metrics) == 1:
+        record["value"] = trial.value
+    else:
+        record["values"] = dict(zip(metrics, trial.values, strict=True))
+    return record | {
         "params": trial.params,
         "config": attrs.pop("config", dict(trial.params)),
         "metrics": attrs,
@@ -74,13 +112,18 @@ def best_trial(study_name: str, url: str) -> dict[str, Any]:
 
 
 def trials_frame(study_name: str, url: str) -> pd.DataFrame:
-    """A study's trials, one row each: number, value, state, duration, params and user
-    attributes (pandas, through Optuna's ``trials_dataframe``)."""
+    """A study's trials, one row each: number, value(s), state, whether it keeps the
+    study's limits (``feasible``), duration, params and user attributes (pandas, through
+    Optuna's ``trials_dataframe``)."""
     study = load_study(study_name, url)
     frame = study.trials_dataframe(
         attrs=("number", "value", "state", "duration", "params", "user_attrs")
     )
-    return frame.drop(columns=[c for c in frame.columns if c == "user_attrs_config"])
+    frame = frame.drop(columns=[c for c in frame.columns if c == "user_attrs_config"])
+    if study.user_attrs.get("constraints"):
+        feasible = [is_feasible(t) for t in study.get_trials(deepcopy=False)]
+        frame.insert(frame.columns.get_loc("state") + 1, "feasible", feasible)
+    return frame
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

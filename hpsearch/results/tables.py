@@ -78,9 +78,22 @@ def finalize_lines(summary: Mapping[str, Any], metric: str) -> list[str]:
         f"Retrained on {format_value(summary['train_rows'])} rows (train + validation), "
         f"scored once on {format_value(summary['test_rows'])} test rows.",
     ]
+    if summary.get("pick") and summary["pick"] != metric:
+        lines.append(f"Chosen by --pick {summary['pick']}.")
+    if summary.get("costs"):
+        lines.append(costs_line(summary["costs"]))
     if summary.get("calibration"):
         lines.append("sigma x s: the predicted sigma scaled by s, fitted on validation.")
     return lines
+
+
+def costs_line(costs: Mapping[str, Any]) -> str:
+    """A finalized model's costs (``training.costs``), in one sentence."""
+    return (
+        f"The model: {costs['params']:,.0f} parameters, {costs['size_bytes']:,.0f} bytes, "
+        f"{costs['flops']:,.0f} FLOPs "
+        f"and {format_value(costs['latency_ms'])} ms per example on {costs['device']}."
+    )
 
 
 def finalize_note(summary: Mapping[str, Any], metric: str) -> str:

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import optuna
@@ -214,7 +214,10 @@ class Coordinator:
             yield
 
     def _tell(
-        self, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None
+        self,
+        trial: optuna.Trial,
+        value: float | Sequence[float] | None = None,
+        state: TrialState | None = None,
     ) -> FrozenTrial | None:
         """Finish ``trial``; None if another worker already had (it went stale)."""
 
@@ -232,9 +235,12 @@ class Coordinator:
         return told
 
     def finish(
-        self, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None
+        self,
+        trial: optuna.Trial,
+        value: float | Sequence[float] | None = None,
+        state: TrialState | None = None,
     ) -> None:
-        """Tell a trial's result (``value``, or ``state`` PRUNED)."""
+        """Tell a trial's result (``value``, one per objective, or ``state`` PRUNED)."""
         self._tell(trial, value, state)
 
     def fail(

@@ -19,10 +19,13 @@ import optuna
 import torch
 
 from hpsearch.problems.splits import Splits
+from hpsearch.search import constraints
 from hpsearch.search.checkpoints import CheckpointStore
+from hpsearch.search.pareto_pruning import DominatedPruner
 from hpsearch.search.space import suggest_params
 from hpsearch.search.study_file import StudyConfig
 from hpsearch.storage.errors import is_transient_db_error
+from hpsearch.storage.worker_view import CURVE
 from hpsearch.training import (
     EpochResult,
     LossFn,
@@ -34,7 +37,7 @@ from hpsearch.training import (
     seeded,
     train_members,
 )
-from hpsearch.training.models import count_parameters
+from hpsearch.training.costs import model_costs
 from hpsearch.training.stack import stack_capacity
 
 logger = logging.getLogger(__name__)
@@ -74,8 +77,8 @@ class Objective:
         metrics = self.problem.evaluate(model, s.x_val, s.y_val, s)
         return {f"val_{name}": value for name, value in metrics.items()}
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        """Train one trial alone: its validation metric, or ``optuna.TrialPruned``."""
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        """Train one trial alone: its objectives' values, or ``optuna.TrialPruned``."""
         [(_, result)] = self.train([self.start(trial)])
         return result()
 
@@ -107,10 +110,19 @@ class Objective:
         shape = self.splits.x_train.shape[1:]
         model, rng = seeded(lambda: problem.build_model(params, shape), seed)
         model.to(self.device)
-        trial.set_user_attr("n_params", count_parameters(model))
-        return TrialRun(
+        # What the model costs (parameters, bytes, FLOPs, latency) is known before training:
+        # recorded now, and a trial that breaks a limit on one stops here, untrained.
+        costs = model_costs(model, self.splits.x_train[:1])
+        for name, value in costs.items():
+            trial.set_user_attr(name, value)
+        run = TrialRun(
             self, trial, params, series, tag, model, rng, resume, problem.losses[params["loss"]]
         )
+        run.costs = costs
+        if broken := constraints.broken(config.limits, costs):
+            run.record(None, pruned_reason=f"not trained: {', '.join(broken)}")
+            raise optuna.TrialPruned(f"not trained: {', '.join(broken)}")
+        return run
 
     def group_capacity(self, run: TrialRun, limit: int) -> int:
         """How many trials of ``run``'s shape to train as one stack, at most ``limit``
@@ -128,7 +140,9 @@ class Objective:
             if name in shared or name.rsplit("_", 1)[0] in shared
         }
 
-    def train(self, runs: Sequence[TrialRun]) -> Iterator[tuple[optuna.Trial, Callable[[], float]]]:
+    def train(
+        self, runs: Sequence[TrialRun]
+    ) -> Iterator[tuple[optuna.Trial, Callable[[], float | list[float]]]]:
         """Train ``runs``, as one stack where they share a shape (a retry or an enqueued trial
         may not match the rest; a model ``training.stack`` cannot fuse trains alone); yield
         each trial as its training ends, with its result (``trial_value``)."""
@@ -138,9 +152,10 @@ class Objective:
             run = runs[index]
             yield run.trial, functools.partial(self.trial_value, run, outcome)
 
-    def trial_value(self, run: TrialRun, outcome: Outcome) -> float:
-        """The trial's value from its training outcome, or the exception its worker acts on:
-        ``optuna.TrialPruned`` for a pruned or diverged run, else the error as raised."""
+    def trial_value(self, run: TrialRun, outcome: Outcome) -> float | list[float]:
+        """The trial's value (of several objectives, its values) from its training outcome,
+        or the exception its worker acts on: ``optuna.TrialPruned`` for a pruned or diverged
+        run, else the error as raised."""
         trial = run.trial
         if isinstance(outcome, NonFiniteLossError):
             # A diverged run (the lab report's SGD-to-NaN) ends pruned, so the study goes on and
@@ -160,9 +175,11 @@ class Objective:
             raise outcome
         result = run.last
         assert result is not None  # training reports the last epoch
-        run.record(result)
+        values = run.record(result)
         self._forget(run.series)
-        return result.metrics[self.config.metric]
+        if not self.config.multi_objective:
+            return values[self.config.metric]
+        return [values[metric] for metric in self.config.metrics]
 
     def _forget(self, series: int) -> None:
         if self.checkpoints is not None:
@@ -190,17 +207,31 @@ class TrialRun:
         self.config = TrainConfig.from_params(params, seed=int(trial.user_attrs["seed"]))
         self.last: EpochResult | None = None
         self.started = time.perf_counter()
+        self.costs: dict[str, float] = {}  # training.costs.model_costs, set by Objective.start
+        # Several objectives: the learning curve, {"epoch": value} (a retry's copied one too).
+        self.curve: dict[str, float] = dict(trial.user_attrs.get(CURVE, {}))
 
-    def record(self, result: EpochResult | None, **extra: Any) -> None:
+    def record(self, result: EpochResult | None, **extra: Any) -> dict[str, float]:
+        """Store the trial's metrics after ``result`` (its last epoch) and how far each limit
+        is from being broken (``Trial.set_constraint``); return every metric by name."""
         trial = self.trial
-        trial.set_user_attr("train_seconds", round(time.perf_counter() - self.started, 3))
+        values = dict(self.costs)
+        values["train_seconds"] = round(time.perf_counter() - self.started, 3)
+        trial.set_user_attr("train_seconds", values["train_seconds"])
         if result is not None:
+            values |= result.metrics
             trial.set_user_attr("epochs_run", result.epoch)
             trial.set_user_attr("train_loss", result.train_loss)
             for name, value in result.metrics.items():
                 trial.set_user_attr(name, value)
         for name, value in extra.items():
             trial.set_user_attr(name, value)
+        for limit in self.objective.config.limits:
+            # A limit on a metric a stopped trial never reached (its validation metric
+            # before the first epoch) stays unset: Optuna reads no constraint as kept.
+            if limit.metric in values and math.isfinite(values[limit.metric]):
+                trial.set_constraint(limit.key, limit.violation(values[limit.metric]))
+        return values
 
     def on_epoch(self, result: EpochResult) -> None:
         self.last = result
@@ -208,11 +239,23 @@ class TrialRun:
         value = result.metrics[self.objective.config.metric]
         if not math.isfinite(value):
             raise NonFiniteLossError(result.epoch, value)
-        with warnings.catch_warnings():
-            # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
-            warnings.filterwarnings("ignore", message="The reported value is ignored")
-            trial.report(value, result.epoch)
-        if trial.should_prune():
+        if self.objective.config.multi_objective:
+            # Optuna's report and should_prune take one objective: the curve is a user
+            # attribute, which hpsearch's pruner (search.pareto_pruning) judges. A retry keeps
+            # its failed attempt's epochs, as Optuna keeps a first report.
+            self.curve.setdefault(str(result.epoch), value)
+            trial.set_user_attr(CURVE, self.curve)
+            pruner = trial.study.pruner
+            prune = isinstance(pruner, DominatedPruner) and pruner.dominated(
+                trial.study, result.epoch, value, self.costs
+            )
+        else:
+            with warnings.catch_warnings():
+                # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                trial.report(value, result.epoch)
+            prune = trial.should_prune()
+        if prune:
             self.record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
             raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
 

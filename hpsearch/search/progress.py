@@ -1,5 +1,5 @@
-"""A study's progress as the live display reads it: counts by state, the best value, and the
-trials that ended since the last reading."""
+"""A study's progress as the live display reads it: counts by state, the best value (of several
+objectives, the front's size), and the trials that ended since the last reading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.storage.counts import best_value, study_counts
+from hpsearch.storage.counts import best_value, front_size, study_counts
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -22,11 +22,12 @@ class StudyProgress:
     complete: int
     pruned: int
     failed: int
-    best_value: float | None
+    best_value: float | None  # None for a study of several objectives: it has a front
     started_at: float  # time.monotonic() of this run's start
     trials_this_run: int  # finished (complete or pruned) since this run started
     # Trials that finished (complete, pruned or failed) since the last reading, by number.
     new_trials: tuple[FrozenTrial, ...] = ()
+    front: int | None = None  # of several objectives: the feasible Pareto-optimal trials
 
     @property
     def finished(self) -> int:
@@ -70,4 +71,5 @@ class ProgressReader:
             started_at=self.started,
             trials_this_run=finished - self._finished_before,
             new_trials=tuple(new),
+            front=front_size(self.study),
         )

@@ -13,9 +13,15 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.search.pareto_pruning import DominatedPruner
 from hpsearch.search.space import grid_search_space
 from hpsearch.search.study_file import StudyConfig
-from hpsearch.settings import Settings
+from hpsearch.settings import (
+    SAMPLERS,
+    SINGLE_OBJECTIVE_PRUNERS,
+    SINGLE_OBJECTIVE_SAMPLERS,
+    Settings,
+)
 
 # Samplers whose trials run one at a time whatever --group-size says: grid and QMC assign
 # trial n its point n, which a group's shared params would override, and CMA-ES keeps one
@@ -99,6 +105,12 @@ def create_sampler(config: StudyConfig, settings: Settings) -> optuna.samplers.B
         HpsearchError: an option the sampler does not take, or a space it cannot search.
     """
     name = settings.sampler
+    if config.multi_objective and name in SINGLE_OBJECTIVE_SAMPLERS:
+        raise HpsearchError(
+            f"sampler {name} optimizes one objective; {config.name} has "
+            f"{len(config.metrics)} ({', '.join(config.metrics)}): choose "
+            f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}"
+        )
     if name == "grid" and config.sampler != "grid":  # --sampler grid over a file's space
         try:
             grid_search_space(config.space)
@@ -111,6 +123,8 @@ def create_sampler(config: StudyConfig, settings: Settings) -> optuna.samplers.B
         "gp": optuna.samplers.GPSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "qmc": optuna.samplers.QMCSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "nsga3": optuna.samplers.NSGAIIISampler,
     }
 
     def make(seed: int) -> optuna.samplers.BaseSampler:
@@ -138,7 +152,19 @@ def create_pruner(config: StudyConfig, settings: Settings) -> optuna.pruners.Bas
     """
     name = settings.pruner
     options = dict(config.pruner_options if name == config.pruner else {})
+    if config.multi_objective and name in SINGLE_OBJECTIVE_PRUNERS:
+        raise HpsearchError(
+            f"pruner {name} prunes on one objective; {config.name} has "
+            f"{len(config.metrics)}: choose dominated or none"
+        )
+    if not config.multi_objective and name == "dominated":
+        raise HpsearchError(
+            f"pruner dominated prunes studies of several objectives; {config.name} has one: "
+            f"choose {', '.join(SINGLE_OBJECTIVE_PRUNERS)} or none"
+        )
     try:
+        if name == "dominated":
+            return DominatedPruner(config.metrics, config.directions, **options)
         if name == "hyperband":
             options.setdefault("max_resource", config.max_epochs)
             return optuna.pruners.HyperbandPruner(**options)

@@ -108,16 +108,18 @@ def open_study(
                 study_name=study_name,
                 sampler=sampler,
                 pruner=pruner,
-                direction=config.direction,  # type: ignore[arg-type]
+                directions=config.directions,  # type: ignore[arg-type]
                 load_if_exists=True,
             )
             check_same_study(study, config)
             if "problem" not in study.user_attrs:
                 with warnings.catch_warnings():  # experimental since Optuna 3.2
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.set_metric_names([config.metric])  # the dashboard's axis label
+                    study.set_metric_names(list(config.metrics))  # the dashboard's axes
                 study.set_user_attr("problem", config.problem.name)
-                study.set_user_attr("metric", config.metric)
+                study.set_user_attr("metric", config.metric)  # the learning curve
+                study.set_user_attr("metrics", list(config.metrics))
+                study.set_user_attr("constraints", [limit.describe() for limit in config.limits])
                 study.set_user_attr("study_file", config.source)
                 study.set_user_attr("data", dict(config.data))  # to rebuild the splits
                 for params in config.enqueue:
@@ -128,19 +130,31 @@ def open_study(
 
 
 def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
-    """Refuse to add ``config``'s trials to a study of another problem, metric or direction.
+    """Refuse to add ``config``'s trials to a study of another problem, objectives,
+    directions or limits.
 
     Raises:
         HpsearchError: naming what the stored study holds.
     """
     attrs = study.user_attrs
-    stored = (attrs.get("problem", config.problem.name), attrs.get("metric", config.metric))
-    if stored != (config.problem.name, config.metric):
+    mine = ", ".join(config.metrics)
+    # A study of one objective made before several were possible holds only "metric".
+    stored_metrics = attrs.get(
+        "metrics", [attrs["metric"]] if "metric" in attrs else config.metrics
+    )
+    stored = (attrs.get("problem", config.problem.name), ", ".join(stored_metrics))
+    if stored != (config.problem.name, mine):
         raise HpsearchError(
             f"study {study.study_name!r} holds {stored[0]} / {stored[1]} trials, not "
-            f"{config.problem.name} / {config.metric}; pick another --study-name"
+            f"{config.problem.name} / {mine}; pick another --study-name"
         )
-    if study.direction.name.lower() != config.direction:
+    directions = [d.name.lower() for d in study.directions]
+    if directions != config.directions:
+        raise HpsearchError(f"study {study.study_name!r} has directions {', '.join(directions)}")
+    limits = [limit.describe() for limit in config.limits]
+    stored_limits = attrs.get("constraints", [])
+    if "problem" in attrs and stored_limits != limits:
         raise HpsearchError(
-            f"study {study.study_name!r} has direction {study.direction.name.lower()}"
+            f"study {study.study_name!r} has limits {', '.join(stored_limits) or 'none'}, "
+            f"not {', '.join(limits) or 'none'}; pick another --study-name"
         )

@@ -1,5 +1,5 @@
-"""Study files (``studies/*.toml``): the problem, metric, sampler, pruner, data options, fixed
-hyperparameters and search space of a study.
+"""Study files (``studies/*.toml``): the problem, objectives and limits, sampler, pruner, data
+options, fixed hyperparameters and search space of a study.
 
 The file's shape is a declarative schema (pydantic); its values are checked against the
 problem's registry entry (its metrics, data options and hyperparameter types). Every error
@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,8 +21,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hpsearch.errors import HpsearchError
+from hpsearch.search.constraints import Limit, limits_of
 from hpsearch.search.space import ParamSpec, grid_search_space
-from hpsearch.settings import DEFAULTS, PRUNERS, SAMPLERS
+from hpsearch.settings import DEFAULTS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_PRUNERS
 
 if TYPE_CHECKING:
     from hpsearch.problems.registry import Problem
@@ -37,10 +39,16 @@ class _Study(_Table):
     problem: str
     name: str | None = None  # default: the file's name
     metric: str | None = None  # default: the problem's first metric
+    metrics: list[str] | None = None  # several objectives, in place of metric
     description: str = ""
     seed: Annotated[int, Field(ge=0)] = DEFAULTS.seed
     trials: Annotated[int, Field(ge=1)] = DEFAULTS.trials
     eval_every: Annotated[int, Field(ge=1)] = 1  # epochs between validation reports
+
+
+class _Bound(_Table):
+    min: float | int | None = None
+    max: float | int | None = None
 
 
 class _StudyFile(_Table):
@@ -51,6 +59,7 @@ class _StudyFile(_Table):
     fixed: dict[str, Any] = {}
     space: dict[str, ParamSpec] = {}
     enqueue: list[dict[str, Any]] = []  # configurations to try first
+    constraints: dict[str, _Bound] = {}  # metric -> its hard limits
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,9 @@ class StudyConfig:
     name: str
     source: str
     problem: Problem
-    metric: str
+    # The objectives; the first validation metric among them is ``metric``, the learning
+    # curve that is reported every evaluated epoch and pruned on.
+    metrics: tuple[str, ...]
     sampler: str
     sampler_options: dict[str, Any]
     pruner: str
@@ -72,10 +83,23 @@ class StudyConfig:
     fixed: dict[str, Any]
     space: dict[str, ParamSpec]
     enqueue: tuple[dict[str, Any], ...]
+    limits: tuple[Limit, ...] = ()
+
+    @property
+    def metric(self) -> str:
+        return next(m for m in self.metrics if m in self.problem.metrics)
 
     @property
     def direction(self) -> str:
         return str(self.problem.metrics[self.metric])
+
+    @property
+    def directions(self) -> list[str]:
+        return [metric_direction(self.problem, metric) for metric in self.metrics]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     @property
     def base_params(self) -> dict[str, Any]:
@@ -88,6 +112,13 @@ class StudyConfig:
         if spec is None:
             return int(self.base_params["epochs"])
         return int(max(spec.choices) if spec.type == "categorical" else spec.high)  # type: ignore[arg-type]
+
+
+def metric_direction(problem: Problem, metric: str) -> str:
+    """A validation metric's direction is its problem's; every cost is minimized."""
+    from hpsearch.training.costs import COST_METRICS
+
+    return str(problem.metrics.get(metric) or COST_METRICS[metric])
 
 
 def packaged_studies() -> dict[str, Path]:
@@ -111,10 +142,15 @@ def find_study_file(target: str) -> Path:
 
 
 def load_study_file(
-    path: str | Path, *, data: dict[str, Any] | None = None, name: str | None = None
+    path: str | Path,
+    *,
+    data: dict[str, Any] | None = None,
+    name: str | None = None,
+    metrics: list[str] | None = None,
 ) -> StudyConfig:
     """Read and validate one study file; ``data`` overrides keys of its ``[data]`` (a
-    table given on the command line), ``name`` its study name.
+    table given on the command line), ``name`` its study name, ``metrics`` its objectives
+    (``--metric``, repeated).
 
     Raises:
         HpsearchError: naming the file and the table or key at fault.
@@ -137,6 +173,12 @@ def load_study_file(
             raw.setdefault("data", {})[key] = value
     if name is not None and isinstance(raw.get("study"), dict):
         raw["study"]["name"] = name
+    if metrics and isinstance(raw.get("study"), dict):
+        raw["study"].pop("metric", None)
+        raw["study"]["metrics"] = list(metrics)
+        pruner = raw.get("pruner", {})
+        if len(metrics) > 1 and pruner.get("name") in SINGLE_OBJECTIVE_PRUNERS:
+            raw["pruner"] = {}  # the file's pruner takes one objective: the default for several
     return parse_study(raw, source=str(path), default_name=path.stem)
 
 
@@ -180,12 +222,18 @@ def table_study(path: str, target: str | None, task: str | None = None) -> tuple
     return table, target, task
 
 
-def study_for_table(path: str, target: str | None, task: str | None = None) -> StudyConfig:
+def study_for_table(
+    path: str, target: str | None, task: str | None = None, metrics: list[str] | None = None
+) -> StudyConfig:
     """The study ``hpsearch run --data PATH --target COLUMN`` runs (``table_study``): the
-    shipped ``tabular-<task>`` study on that table, named after the file and the task."""
+    shipped ``tabular-<task>`` study on that table, named after the file and the task
+    (``metrics``: its objectives, in place of the task's)."""
     table, target, task = table_study(path, target, task)
     return load_study_file(
-        _task_study(task), data=_data_keys(table, target, task), name=f"{table.stem}-{task}"
+        _task_study(task),
+        data=_data_keys(table, target, task),
+        name=f"{table.stem}-{task}",
+        metrics=metrics,
     )
 
 
@@ -273,12 +321,11 @@ def parse_study(raw: dict[str, Any], *, source: str, default_name: str) -> Study
         problem = get_problem(parsed.study.problem)
     except HpsearchError as error:
         raise fail("study", str(error)) from None
-    metric = parsed.study.metric or problem.default_metric
-    if metric not in problem.metrics:
-        raise fail("study", f"metric {metric!r} is not one of {', '.join(problem.metrics)}")
+    metrics, limits = _objectives(parsed, problem, fail)
     sampler_options, pruner_options = dict(parsed.sampler), dict(parsed.pruner)
     sampler = sampler_options.pop("name", DEFAULTS.sampler)
-    pruner = pruner_options.pop("name", DEFAULTS.pruner)
+    # Optuna's pruners take one objective; a study of several is pruned by hpsearch's own.
+    pruner = pruner_options.pop("name", "dominated" if len(metrics) > 1 else DEFAULTS.pruner)
     for table, name, choices in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS)):
         if name not in choices:
             raise fail(table, f"name {name!r} is not one of {', '.join(choices)}")
@@ -339,7 +386,7 @@ def parse_study(raw: dict[str, Any], *, source: str, default_name: str) -> Study
         name=parsed.study.name or default_name,
         source=source,
         problem=problem,
-        metric=metric,
+        metrics=metrics,
         sampler=sampler,
         sampler_options=sampler_options,
         pruner=pruner,
@@ -351,4 +398,47 @@ def parse_study(raw: dict[str, Any], *, source: str, default_name: str) -> Study
         fixed=dict(parsed.fixed),
         space=dict(parsed.space),
         enqueue=tuple(dict(entry) for entry in parsed.enqueue),
+        limits=limits,
     )
+
+
+def _objectives(
+    parsed: _StudyFile, problem: Problem, fail: Callable[[str, str], HpsearchError]
+) -> tuple[tuple[str, ...], tuple[Limit, ...]]:
+    """The study's objectives (``metric``, or ``metrics``) and limits, checked: each names a
+    validation metric of the problem or a cost (``training.costs``), and at least one
+    objective is a validation metric, the learning curve that training reports.
+
+    Raises:
+        HpsearchError: through ``fail``.
+    """
+    from hpsearch.training.costs import COST_METRICS
+
+    known = [*problem.metrics, *COST_METRICS]
+    study = parsed.study
+    if study.metric is not None and study.metrics is not None:
+        raise fail("study", "give metric or metrics, not both")
+    given = study.metrics if study.metrics is not None else [study.metric or problem.default_metric]
+    metrics = tuple(given)
+    if not metrics:
+        raise fail("study", "metrics is empty")
+    for metric in metrics:
+        if metric not in known:
+            raise fail("study", f"metric {metric!r} is not one of {', '.join(known)}")
+    if len(set(metrics)) < len(metrics):
+        raise fail("study", f"metrics {', '.join(metrics)} name one metric twice")
+    if not any(m in problem.metrics for m in metrics):
+        validation = ", ".join(problem.metrics)
+        raise fail("study", f"metrics need one validation metric ({validation}) to train on")
+    bounds: dict[str, tuple[float | None, float | None]] = {}
+    for metric, bound in parsed.constraints.items():
+        if metric not in known:
+            raise fail("constraints", f"unknown metric {metric!r}; known: {', '.join(known)}")
+        if bound.min is None and bound.max is None:
+            raise fail(f"constraints.{metric}", "give min, max or both")
+        if bound.min is not None and bound.max is not None and bound.min > bound.max:
+            raise fail(f"constraints.{metric}", f"min {bound.min} > max {bound.max}")
+        low = None if bound.min is None else float(bound.min)
+        high = None if bound.max is None else float(bound.max)
+        bounds[metric] = (low, high)
+    return metrics, limits_of(bounds)

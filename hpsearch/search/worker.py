@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 5
 
 Run = TypeVar("Run")
-# A trial's value, or what ended it: computed when the worker tells the trial.
-Result = Callable[[], float]
+# A trial's value (one per objective), or what ended it: computed when the worker tells it.
+Result = Callable[[], float | Sequence[float]]
 
 
 class TrialObjective(Protocol[Run]):
@@ -68,7 +68,7 @@ class TrialObjective(Protocol[Run]):
 class FunctionObjective:
     """A plain ``objective(trial) -> float`` as a ``TrialObjective``: one trial at a time."""
 
-    def __init__(self, objective: Callable[[optuna.Trial], float]) -> None:
+    def __init__(self, objective: Callable[[optuna.Trial], float | Sequence[float]]) -> None:
         self.objective = objective
 
     def start(self, trial: optuna.Trial) -> optuna.Trial:

@@ -1,5 +1,6 @@
 """Reading a study without its trials: finished trials counted by the database (exact across
-workers, whose trial caches lag), the study loaded by name, its best value."""
+workers, whose trial caches lag), the study loaded by name, its best value, which trials
+keep its limits."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpsearch.errors import HpsearchError
@@ -65,8 +66,25 @@ def study_counts(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` keeps every limit of its study (Optuna's rule: every constraint
+    value <= 0; a trial checked against none is feasible)."""
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
+def front_size(study: optuna.Study) -> int | None:
+    """How many feasible trials a study of several objectives has on its Pareto front; None
+    for a study of one."""
+    if len(study.directions) == 1:
+        return None
+    return len(study.best_trials)
+
+
 def best_value(study: optuna.Study) -> float | None:
-    """The study's best value, None before its first complete trial."""
+    """The best value of a single-objective study's feasible trials, None before its first
+    complete one (a study of several objectives has a front, not a value: None)."""
+    if len(study.directions) > 1:
+        return None
     try:
         return float(study.best_value)
     except ValueError:

@@ -20,6 +20,9 @@ from hpsearch.storage.errors import with_db_retries
 # The longest a running trial's reports wait before they reach the database (and the
 # dashboard); the first report and the tell are written at once.
 FLUSH_S = 2.0
+# The user attribute that holds the learning curve of a study of several objectives, which
+# Optuna's reports do not take (``search.pareto_pruning``): written as reports are.
+CURVE = "curve"
 
 
 @dataclass
@@ -81,16 +84,25 @@ class WorkerStorage(optuna.storages.BaseStorage):
     ) -> list[FrozenTrial]:
         if study_id not in self._trials:
             self.refresh(study_id)
+        trials = self._with_own(study_id)
+        if trials and trials[-1].number != len(trials) - 1:
+            # Other workers' trials numbered below this worker's newest are missing: read
+            # them, so that trial n is the list's n-th (Optuna's GA samplers index it so).
+            self.refresh(study_id)
+            trials = self._with_own(study_id)
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def _with_own(self, study_id: int) -> list[FrozenTrial]:
+        """The snapshot, as this worker has its own trials, plus those created since it."""
         snapshot = self._trials[study_id]
-        # This worker's trials created since the last refresh are not in the snapshot.
         known = {internals.trial_id(t) for t in snapshot}
         own = [*self._finished.values(), *self._running.values()]
         trials = [self._view(t) for t in snapshot]
         trials += [t for t in own if internals.trial_id(t) not in known]
         trials.sort(key=lambda t: t.number)
-        if states is not None:
-            trials = [t for t in trials if t.state in states]
-        return copy.deepcopy(trials) if deepcopy else trials
+        return trials
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         mine = self._own(trial_id) or self._finished.get(trial_id)
@@ -136,10 +148,8 @@ class WorkerStorage(optuna.storages.BaseStorage):
             self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
             return
         running.intermediate_values[step] = intermediate_value
-        pending = self._pending[trial_id]
-        pending.values[step] = intermediate_value
-        if pending.flushed_at is None or time.monotonic() - pending.flushed_at >= self.flush_s:
-            self.flush(trial_id)
+        self._pending[trial_id].values[step] = intermediate_value
+        self._flush_if_due(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         running = self._own(trial_id)
@@ -148,6 +158,14 @@ class WorkerStorage(optuna.storages.BaseStorage):
             return
         running.user_attrs[key] = value
         self._pending[trial_id].attrs[key] = value
+        if key == CURVE:
+            self._flush_if_due(trial_id)
+
+    def _flush_if_due(self, trial_id: int) -> None:
+        """A report: written at once if it is the trial's first, else every ``flush_s``."""
+        flushed_at = self._pending[trial_id].flushed_at
+        if flushed_at is None or time.monotonic() - flushed_at >= self.flush_s:
+            self.flush(trial_id)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         # Rare (the successive-halving pruner's rungs), and read by other workers: at once.

@@ -197,7 +197,7 @@ def test_curves_zoom_keeps_every_complete_trial(tmp_path: Path) -> None:
     study = _study()
     trials = study.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
     fig, ax = plt.subplots()
-    _focus(ax, trials, maximize=False)
+    _focus(ax, trials, maximize=False, score=lambda t: t.value)
     low, high = ax.get_ylim()
     plt.close(fig)
     finals = [t.value for t in trials if t.value is not None]

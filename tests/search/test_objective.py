@@ -28,7 +28,11 @@ def test_usps_objective_with_fixed_trial(tiny_usps_file: Path) -> None:
     assert attrs["val_accuracy"] == value
     assert attrs["epochs_run"] == 2
     assert attrs["seed"] == 13  # study seed + trial number
-    assert attrs["n_params"] > 0 and attrs["train_seconds"] > 0
+    assert attrs["params"] > 0 and attrs["train_seconds"] > 0
+    # the model's costs, measured before training: 4 bytes per float32 value at least
+    assert attrs["size_bytes"] >= 4 * attrs["params"]
+    assert attrs["flops"] > attrs["params"]  # each conv weight is used at many positions
+    assert attrs["latency_ms"] > 0
     assert attrs["train_loss"] > 0
     assert attrs["config"]["channels"] == 8 and attrs["config"]["n_conv_layers"] == 2
 

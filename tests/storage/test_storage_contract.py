@@ -84,8 +84,11 @@ def wait_for(predicate: object, what: str, timeout: float = 120) -> None:
 
 
 def running_reports(url: str, name: str) -> int:
+    """The running trial's reports so far (of several objectives: its stored curve)."""
     running = [t for t in load(url, name).trials if t.state == TrialState.RUNNING]
-    return len(running[0].intermediate_values) if running else 0
+    if not running:
+        return 0
+    return len(running[0].intermediate_values) or len(running[0].user_attrs.get("curve", {}))
 
 
 def test_exact_total_with_concurrent_workers(backend_url: str) -> None:
@@ -100,6 +103,23 @@ def test_exact_total_with_concurrent_workers(backend_url: str) -> None:
     assert len({(t.params["x"], t.params["y"]) for t in study.trials}) == len(study.trials)
     # A worker joining the full study runs nothing.
     assert "ran 0 trials" in finish(spawn(backend_url, "cheap", 36, 1))[0]
+
+
+def test_exact_total_of_a_study_of_two_objectives_with_a_limit(backend_url: str) -> None:
+    # Four workers on a study of two objectives (NSGA-II) with a limit: the same exact total,
+    # every trial's values as computed, its limit recorded, and the front feasible.
+    finish(spawn(backend_url, "front", 24, 4, seconds=0.02, sampler="nsga2"))
+    study = load(backend_url, "front")
+    states = [t.state for t in study.trials]
+    assert sum(s in FINISHED for s in states) == 24 and TrialState.RUNNING not in states
+    for trial in study.trials:
+        if trial.state == TrialState.COMPLETE:
+            x, y = trial.params["x"], trial.params["y"]
+            assert trial.values == pytest.approx([x**2 + y, (x - 2) ** 2])
+            assert trial.constraints == {"y<=": pytest.approx((y - 3) / 3)}
+            assert sorted(trial.user_attrs["curve"]) == ["0", "1", "2"]
+    assert study.best_trials
+    assert all(t.params["y"] <= 3 for t in study.best_trials)
 
 
 def test_same_draws_with_one_or_four_workers(backend_url: str) -> None:
@@ -117,17 +137,20 @@ def test_ten_processes_create_one_study(backend_url: str) -> None:
     check_exact(backend_url, "race", 10)
 
 
-def test_sigkill_stale_trial_retried_once_from_checkpoint(backend_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])  # nsga2: a study of two objectives
+def test_sigkill_stale_trial_retried_once_from_checkpoint(
+    backend_url: str, tmp_path: Path, sampler: str
+) -> None:
     ckpt = tmp_path / "ckpt"
-    [victim] = spawn(backend_url, "kill", 1, 1, seconds=0.2, steps=20, ckpt=ckpt)
+    [victim] = spawn(backend_url, "kill", 1, 1, seconds=0.2, steps=20, ckpt=ckpt, sampler=sampler)
     wait_for(lambda: running_reports(backend_url, "kill") >= 3, "three reports")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     [killed] = load(backend_url, "kill").trials
     assert killed.state == TrialState.RUNNING  # until its heartbeat goes stale
-    reported = len(killed.intermediate_values)
+    reported = running_reports(backend_url, "kill")
 
-    finish(spawn(backend_url, "kill", 1, 1, seconds=0.01, steps=20, ckpt=ckpt))
+    finish(spawn(backend_url, "kill", 1, 1, seconds=0.01, steps=20, ckpt=ckpt, sampler=sampler))
     study = load(backend_url, "kill")
     original, *retries = study.trials
     assert original.state == TrialState.FAIL
@@ -135,6 +158,11 @@ def test_sigkill_stale_trial_retried_once_from_checkpoint(backend_url: str, tmp_
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == 0
     assert retry.params == original.params
     assert retry.user_attrs["resumed_from_step"] >= reported
+    if sampler == "nsga2":  # the retry's curve: the killed attempt's, then its own
+        # (a kill loses up to FLUSH_S of reports; the checkpoint has the steps)
+        resumed = retry.user_attrs["resumed_from_step"]
+        steps = {*range(reported), *range(resumed, 20)}
+        assert steps <= {int(step) for step in retry.user_attrs["curve"]}
 
 
 def test_sigstop_past_grace_then_sigcont(backend_url: str) -> None:

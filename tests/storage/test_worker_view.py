@@ -47,10 +47,14 @@ def test_the_study_is_read_at_a_refresh_and_own_trials_always_show(sqlite_url: s
     assert isinstance(view, WorkerStorage)
     assert worker.trials == []
     reader.optimize(lambda t: 1.0, n_trials=2)  # another worker's trials
+    assert worker.trials == []  # as at the last refresh
     mine = worker.ask()  # created since the last refresh: in the view anyway
-    assert [t.number for t in worker.trials] == [mine.number]
-    view.refresh(internals.study_id(worker))
+    # and with it the trials numbered below it: trial n is the n-th (GA samplers index so)
+    assert [t.number for t in worker.trials] == [0, 1, mine.number]
+    reader.optimize(lambda t: 1.0, n_trials=1)  # numbered after this worker's newest
     assert [t.number for t in worker.trials] == [0, 1, 2]
+    view.refresh(internals.study_id(worker))
+    assert [t.number for t in worker.trials] == [0, 1, 2, 3]
     worker.tell(mine, 2.0)
     # Finished by this worker: finished in its view, whatever its cache last read.
     assert worker.trials[2].state == TrialState.COMPLETE
