@@ -250,3 +250,21 @@ def test_tpe_learns_from_trials_the_dominated_pruner_stopped(
     ]
     assert stopped  # and TPE sampled the trials after them
     assert min(t.number for t in stopped) < max(t.number for t in study.trials)
+
+
+def test_a_trial_group_of_two_objectives_tells_each_trial_its_own_values(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hpsearch.training.stack.CPU_STACK_FLOATS", 10**9)  # no cache cap here
+    config = load_study_file(_write(tmp_path, LIMITED))
+    settings = resolve_settings(config, workers=1, storage=sqlite_url, trials=8, group_size=3)
+    study, progress = run_study(config, settings)
+    assert progress.finished == 8
+    grouped = [t for t in study.trials if "group" in t.user_attrs]
+    assert grouped  # trained as one stack, told one by one
+    for trial in study.trials:
+        if trial.state == TrialState.COMPLETE:
+            assert trial.values == [trial.user_attrs["val_accuracy"], 1986]
+            assert sorted(trial.user_attrs["curve"]) == ["1", "2"]
+        else:  # the shape of 5,226 parameters breaks the limit, alone or in a group
+            assert trial.params["n_conv_layers"] == 1
