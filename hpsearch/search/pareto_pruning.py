@@ -33,8 +33,8 @@ class DominatedPruner(optuna.pruners.BasePruner):
     and more than ``fraction`` of them had a better learning-curve value at ``e``: there,
     it is dominated by them.
 
-    ``metrics``/``directions`` are the study's objectives; the first that is not a cost is
-    the learning curve. Objectives known only after training (another validation metric,
+    ``metrics``/``directions`` are the study's objectives, ``curve`` the one reported every
+    epoch (``StudyConfig.metric``: the first validation metric). Objectives known only after training (another validation metric,
     training seconds) take no part. With no cost among the objectives, the rule is a
     median rule on the learning curve (``fraction`` 0.5).
     """
@@ -43,6 +43,7 @@ class DominatedPruner(optuna.pruners.BasePruner):
         self,
         metrics: Sequence[str],
         directions: Sequence[str],
+        curve: str,
         *,
         n_startup_trials: int = 5,
         n_warmup_steps: int = 1,
@@ -53,9 +54,8 @@ class DominatedPruner(optuna.pruners.BasePruner):
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
         if min(n_startup_trials, n_warmup_steps, min_peers) < 0:
             raise ValueError("n_startup_trials, n_warmup_steps and min_peers must be >= 0")
-        curve = next(i for i, m in enumerate(metrics) if m not in KNOWN_BEFORE_TRAINING)
-        self.curve = metrics[curve]
-        self.maximize = directions[curve] == "maximize"
+        self.curve = curve
+        self.maximize = directions[list(metrics).index(curve)] == "maximize"
         self.costs = [
             (m, d == "maximize")
             for m, d in zip(metrics, directions, strict=True)

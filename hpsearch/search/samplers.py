@@ -164,7 +164,7 @@ def create_pruner(config: StudyConfig, settings: Settings) -> optuna.pruners.Bas
         )
     try:
         if name == "dominated":
-            return DominatedPruner(config.metrics, config.directions, **options)
+            return DominatedPruner(config.metrics, config.directions, config.metric, **options)
         if name == "hyperband":
             options.setdefault("max_resource", config.max_epochs)
             return optuna.pruners.HyperbandPruner(**options)

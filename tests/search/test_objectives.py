@@ -133,7 +133,11 @@ def _finished(
 
 def test_a_trial_is_pruned_only_when_trials_no_costlier_were_better() -> None:
     pruner = DominatedPruner(
-        ["val_accuracy", "params"], ["maximize", "minimize"], n_startup_trials=2, min_peers=2
+        ["val_accuracy", "params"],
+        ["maximize", "minimize"],
+        "val_accuracy",
+        n_startup_trials=2,
+        min_peers=2,
     )
     study = optuna.create_study(directions=["maximize", "minimize"])
     # Two small trials that learned well, one big that learned badly.
@@ -158,9 +162,15 @@ def test_a_trial_is_pruned_only_when_trials_no_costlier_were_better() -> None:
     assert not at({1: 0.5, 2: 0.99}, 9000)
     assert not at({}, 9000)  # no epoch reported yet
     early = DominatedPruner(
-        ["val_accuracy", "params"], ["maximize", "minimize"], n_startup_trials=3
+        ["val_accuracy", "params"], ["maximize", "minimize"], "val_accuracy", n_startup_trials=3
     )
     assert not early.prune(study, study.trials[0])  # 2 complete trials, 3 to start
+    # The curve is the study's validation metric wherever it stands among the objectives
+    # (training seconds, first here, are known only after training).
+    later = DominatedPruner(
+        ["train_seconds", "val_accuracy"], ["minimize", "maximize"], "val_accuracy"
+    )
+    assert later.curve == "val_accuracy" and later.maximize and later.costs == []
 
 
 def test_every_view_shows_the_front_and_finalize_picks_from_it(
