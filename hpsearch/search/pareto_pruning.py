@@ -34,9 +34,10 @@ class DominatedPruner(optuna.pruners.BasePruner):
     it is dominated by them.
 
     ``metrics``/``directions`` are the study's objectives, ``curve`` the one reported every
-    epoch (``StudyConfig.metric``: the first validation metric). Objectives known only after training (another validation metric,
-    training seconds) take no part. With no cost among the objectives, the rule is a
-    median rule on the learning curve (``fraction`` 0.5).
+    epoch (``StudyConfig.metric``: the first validation metric). Objectives known only
+    after training (another validation metric, training seconds) take no part. With no cost
+    among the objectives, the rule is a median rule on the learning curve (``fraction``
+    0.5).
     """
 
     def __init__(
