@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.results.summaries import curve_index, objective_names
 from hpsearch.storage.counts import is_feasible
 
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
@@ -82,10 +83,9 @@ def parse_pick(rule: str, directions: Mapping[str, str]) -> Pick:
 
 def study_pick(study: optuna.Study) -> Pick:
     """The default: the study's learning-curve metric (its objective, if it has one)."""
-    metrics = study.user_attrs.get("metrics", [study.user_attrs.get("metric", "value")])
-    metric = str(study.user_attrs.get("metric", metrics[0]))
-    direction = study.directions[metrics.index(metric)]
-    return Pick(metric, direction == optuna.study.StudyDirection.MAXIMIZE)
+    curve = curve_index(study)
+    direction = study.directions[curve]
+    return Pick(objective_names(study)[curve], direction == optuna.study.StudyDirection.MAXIMIZE)
 
 
 def top_configurations(

@@ -36,7 +36,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
-from hpsearch.results.summaries import objective_names
+from hpsearch.results.summaries import curve_index, objective_names
 from hpsearch.results.tables import (
     finalize_lines,
     finalize_test_table,
@@ -99,22 +99,15 @@ def _groups(trials: Sequence[FrozenTrial], name: str) -> dict[str, list[FrozenTr
     return {label: groups[label] for label in sorted(groups, key=lambda k: (order[k], k))}
 
 
-def _curve(study: optuna.Study) -> int:
-    """Which objective is the learning curve, the validation metric reported every epoch
-    (the first, unless a study of several objectives names another)."""
-    metrics = objective_names(study)
-    return metrics.index(study.user_attrs["metric"]) if "metric" in study.user_attrs else 0
-
-
 def _maximize(study: optuna.Study) -> bool:
-    return study.directions[_curve(study)] == optuna.study.StudyDirection.MAXIMIZE
+    return study.directions[curve_index(study)] == optuna.study.StudyDirection.MAXIMIZE
 
 
-def _score(study: optuna.Study, trial: FrozenTrial) -> float | None:
-    """A complete trial's final learning-curve value (of several objectives, that one)."""
+def _score(trial: FrozenTrial, curve: int) -> float | None:
+    """A complete trial's final value of objective ``curve``, the learning curve's."""
     if trial.values is None:
         return None
-    value = trial.values[_curve(study)]
+    value = trial.values[curve]
     return value if math.isfinite(value) else None
 
 
@@ -122,6 +115,7 @@ def ablation_tables(study: optuna.Study) -> dict[str, list[Row]]:
     """Per hyperparameter: trials per bucket and the best / median value of complete ones."""
     finished = study.get_trials(deepcopy=False, states=FINISHED)
     choose = max if _maximize(study) else min
+    curve = curve_index(study)
     tables: dict[str, list[Row]] = {}
     for name in sorted({name for trial in finished for name in trial.params}):
         tables[name] = []
@@ -129,7 +123,7 @@ def ablation_tables(study: optuna.Study) -> dict[str, list[Row]]:
             scores = [
                 score
                 for t in trials
-                if t.state == TrialState.COMPLETE and (score := _score(study, t)) is not None
+                if t.state == TrialState.COMPLETE and (score := _score(t, curve)) is not None
             ]
             median = statistics.median(scores) if scores else None
             tables[name].append(
@@ -145,7 +139,7 @@ def _cells(row: Row) -> list[str]:
 
 def tables_markdown(study: optuna.Study, tables: dict[str, list[Row]], metric: str) -> str:
     lines = [
-        f"# {study.study_name}: {metric} ({study.directions[_curve(study)].name.lower()}) "
+        f"# {study.study_name}: {metric} ({study.directions[curve_index(study)].name.lower()}) "
         "by hyperparameter",
         "",
         "Best and median over complete trials; trials counts pruned ones too.",
@@ -201,7 +195,8 @@ def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> b
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{study.study_name}: validation curves by {param} (bold: median)")
-    _focus(ax, trials, _maximize(study), lambda t: _score(study, t))
+    objective = curve_index(study)
+    _focus(ax, trials, _maximize(study), lambda t: _score(t, objective))
     ax.legend(fontsize=8, title=param)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -249,7 +244,7 @@ def _optuna_figure(
         warnings.simplefilter("ignore", ExperimentalWarning)
         of_front = plot in ("plot_pareto_front", "plot_hypervolume_history")
         if len(study.directions) > 1 and not of_front:
-            curve = _curve(study)
+            curve = curve_index(study)
             options = {"target": lambda t: t.values[curve], "target_name": metric} | options
         elif not of_front:
             options = {"target_name": metric} | options

@@ -68,6 +68,14 @@ def objective_names(study: optuna.Study) -> list[str]:
     return [f"values_{i}" for i in range(len(study.directions))]
 
 
+def curve_index(study: optuna.Study) -> int:
+    """Which objective is the learning curve, the validation metric reported every epoch
+    (``metric``; the first objective of a study not made by hpsearch)."""
+    metric = study.user_attrs.get("metric")
+    names = objective_names(study)
+    return names.index(metric) if metric in names else 0
+
+
 def best_trial(study_name: str, url: str) -> dict[str, Any]:
     """The best feasible trial of a study of one objective: number, value, metric, searched
     params, the full configuration it trained with, and its other attributes (metrics,
