@@ -234,6 +234,14 @@ def _maximize(study: optuna.Study, objective: int) -> bool:
     return study.directions[objective].name == "MAXIMIZE"
 
 
+def _objectives(metrics: Sequence[str], directions: Sequence[str]) -> str:
+    """``max val_accuracy, min params``."""
+    return ", ".join(
+        f"{'max' if d == 'maximize' else 'min'} {m}"
+        for m, d in zip(metrics, directions, strict=True)
+    )
+
+
 def studies_table(summaries: list[StudySummary]) -> Group:
     """One row per study: its problem and objective, trials by state, best value."""
     table = Table()
@@ -242,10 +250,7 @@ def studies_table(summaries: list[StudySummary]) -> Group:
     table.add_column("trials", overflow="fold")
     table.add_column("best", justify="right", no_wrap=True)
     for s in summaries:
-        objective = ", ".join(
-            f"{'max' if d == 'maximize' else 'min'} {m}"
-            for m, d in zip(s.metrics, s.directions, strict=True)
-        )
+        objective = _objectives(s.metrics, s.directions)
         trials = f"{s.counts['COMPLETE']} complete, {s.counts['PRUNED']} pruned"
         for state in ("FAIL", "RUNNING", "WAITING"):
             if s.counts.get(state):
@@ -267,10 +272,7 @@ def front_table(record: Mapping[str, Any]) -> Group:
     for r in front:
         values = [format_value(r["values"][m]) for m in metrics]
         table.add_row(str(r["trial"]), *values, format_params(r["params"]))
-    objectives = ", ".join(
-        f"{'max' if d == 'maximize' else 'min'} {m}"
-        for m, d in zip(metrics, record["directions"], strict=True)
-    )
+    objectives = _objectives(metrics, record["directions"])
     limits = f" within {', '.join(record['constraints'])}" if record["constraints"] else ""
     title = f"{record['study']}: Pareto front of {len(front)} trials ({objectives}){limits}"
     return _titled(title, table, "finalize one: hpsearch finalize STUDY --pick METRIC or --trial N")
