@@ -37,6 +37,7 @@ from hpsearch.training import (
     seeded,
     train_members,
 )
+from hpsearch.training.costs import COST_METRICS
 
 Evaluate = Callable[[nn.Module, torch.Tensor, torch.Tensor, Splits], Metrics]
 ENTRY_POINT_GROUP = "hpsearch.problems"
@@ -101,6 +102,12 @@ class Problem:
     @property
     def default_metric(self) -> str:
         return next(iter(self.metrics))
+
+    @property
+    def recorded_metrics(self) -> dict[str, str]:
+        """Every metric a trial records -> its direction: the validation metrics, then the
+        model's costs (``training.costs``), each minimized."""
+        return {**self.metrics, **COST_METRICS}
 
     @property
     def hyperparameters(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from hpsearch.results.pick import Pick, parse_pick, top_configurations
 from hpsearch.settings import Settings
 from hpsearch.storage.counts import load_study
 from hpsearch.training import NonFiniteLossError
-from hpsearch.training.costs import COST_METRICS, model_costs
+from hpsearch.training.costs import model_costs
 from hpsearch.training.devices import default_group_size, resolve_device
 from hpsearch.training.models import Ensemble
 
@@ -63,7 +63,7 @@ def finalize_study(
     problem = get_problem(attrs["problem"])
     pick = None
     if settings.pick is not None:
-        pick = parse_pick(settings.pick, {**problem.metrics, **COST_METRICS})
+        pick = parse_pick(settings.pick, problem.recorded_metrics)
     splits = problem.load_data(settings.data_dir, **attrs["data"])
     out = Path(settings.out or f"final-{study_name}")
     result = finalize(

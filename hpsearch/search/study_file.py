@@ -95,7 +95,7 @@ class StudyConfig:
 
     @property
     def directions(self) -> list[str]:
-        return [metric_direction(self.problem, metric) for metric in self.metrics]
+        return [self.problem.recorded_metrics[metric] for metric in self.metrics]
 
     @property
     def multi_objective(self) -> bool:
@@ -112,13 +112,6 @@ class StudyConfig:
         if spec is None:
             return int(self.base_params["epochs"])
         return int(max(spec.choices) if spec.type == "categorical" else spec.high)  # type: ignore[arg-type]
-
-
-def metric_direction(problem: Problem, metric: str) -> str:
-    """A validation metric's direction is its problem's; every cost is minimized."""
-    from hpsearch.training.costs import COST_METRICS
-
-    return str(problem.metrics.get(metric) or COST_METRICS[metric])
 
 
 def packaged_studies() -> dict[str, Path]:
@@ -412,9 +405,7 @@ def _objectives(
     Raises:
         HpsearchError: through ``fail``.
     """
-    from hpsearch.training.costs import COST_METRICS
-
-    known = [*problem.metrics, *COST_METRICS]
+    known = list(problem.recorded_metrics)
     study = parsed.study
     if study.metric is not None and study.metrics is not None:
         raise fail("study", "give metric or metrics, not both")
