@@ -119,7 +119,7 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HPSEARCH_WORKERS", "1")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The test server's URL; skip when it is down, except under CI=true where that fails."""
     import sqlalchemy

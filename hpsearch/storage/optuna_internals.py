@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -96,6 +97,14 @@ def running_without_heartbeat(
         return [int(row[0]) for row in rows]
 
 
+def study_of_trial(engine: sqlalchemy.Engine, trial_id: int) -> int:
+    """The id of the study that holds the trial ``trial_id``."""
+    trials = TrialModel.__table__
+    query = sqlalchemy.select(trials.c.study_id).where(trials.c.trial_id == trial_id)
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
 def new_trial(engine: sqlalchemy.Engine, trial_id: int) -> FrozenTrial:
     """The trial ``trial_id`` just created by ``Study.ask``, read in one query (Optuna's
     ``get_trial`` makes six to fetch what a new trial cannot have yet)."""
@@ -127,9 +136,12 @@ def write_trial_rows(
     params: dict[str, tuple[float, BaseDistribution]],
     intermediate_values: dict[int, float],
     user_attrs: dict[str, Any],
+    replace_params: Collection[str] = (),
+    replace_steps: Collection[int] = (),
 ) -> bool:
     """Write a running trial's new params (internal value, distribution), reports and user
-    attributes in one transaction; False (nothing written) if the trial has finished.
+    attributes in one transaction; False (nothing written) if the trial has finished. The
+    rows of ``replace_params`` and ``replace_steps``, written before, are replaced.
 
     Optuna writes each of these in a transaction of its own (three to five statements);
     one batch per flush is what makes 30 reports cost milliseconds instead of a hundred.
@@ -143,6 +155,16 @@ def write_trial_rows(
         ).scalar_one()
         if getattr(state, "name", state) != TrialState.RUNNING.name:
             return False
+        for table, column, replaced in (
+            (TrialParamModel.__table__, "param_name", replace_params),
+            (TrialIntermediateValueModel.__table__, "step", replace_steps),
+        ):
+            if replaced:
+                connection.execute(
+                    sqlalchemy.delete(table).where(
+                        table.c.trial_id == trial_id, table.c[column].in_(list(replaced))
+                    )
+                )
         if params:
             connection.execute(
                 sqlalchemy.insert(TrialParamModel.__table__),

@@ -27,12 +27,25 @@ CURVE = "curve"
 
 @dataclass
 class _Pending:
-    """A running trial's rows not yet written, and when they last were."""
+    """A running trial's rows not yet written, those already written (a second write of a
+    param or a step replaces its row), and when they last were."""
 
     params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
     values: dict[int, float] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    written_params: set[str] = field(default_factory=set)
+    written_steps: set[int] = field(default_factory=set)
     flushed_at: float | None = None
+
+
+@dataclass
+class _Own:
+    """A trial this worker started: its study, the trial as this worker has it, and its
+    pending rows (None once this worker has finished it)."""
+
+    study_id: int
+    trial: FrozenTrial
+    pending: _Pending | None
 
 
 class WorkerStorage(optuna.storages.BaseStorage):
@@ -50,6 +63,13 @@ class WorkerStorage(optuna.storages.BaseStorage):
     - Trials this worker finished stay finished in its view (Optuna 5.0's trial cache can
       keep showing them RUNNING once a later trial has finished).
 
+    Otherwise it keeps Optuna's storage contract (``optuna.testing.pytest_storages``, run
+    in tests/storage/test_optuna_conformance.py): what is written through the view reads
+    back through it at once, a param's distribution must agree with the study's, a second
+    report of a step replaces the first. The one deviation, by design: other processes'
+    writes show at the next ``refresh``, not at once (tests/storage/test_worker_view.py
+    shows the claim refreshes whenever a trial has ended elsewhere).
+
     Every other call passes straight to ``backend``; readers (the dashboard, ``optuna``)
     see ordinary Optuna rows.
     """
@@ -62,19 +82,29 @@ class WorkerStorage(optuna.storages.BaseStorage):
         self.rdb = rdb
         self.flush_s = flush_s
         self._trials: dict[int, list[FrozenTrial]] = {}  # study id -> trials at last refresh
-        self._finished: dict[int, FrozenTrial] = {}  # trial id -> as this worker told it
-        self._running: dict[int, FrozenTrial] = {}  # trial id -> as this worker has it
-        self._pending: dict[int, _Pending] = {}
+        self._own: dict[int, _Own] = {}  # trial id -> a trial this worker started
+        # study id -> each param's distribution in the study (built when first needed)
+        self._distributions: dict[int, dict[str, BaseDistribution]] = {}
 
     # Reading the study.
 
     def refresh(self, study_id: int) -> None:
         """Read the study's trials (only those changed since the last read)."""
         self._trials[study_id] = self.backend.get_all_trials(study_id, deepcopy=False)
+        self._distributions.pop(study_id, None)
+        # Finished trials the read shows finished need no copy of this worker's any more.
+        ended = {internals.trial_id(t) for t in self._trials[study_id] if t.state.is_finished()}
+        for id_ in [i for i, own in self._own.items() if own.pending is None and i in ended]:
+            del self._own[id_]
 
-    def _view(self, trial: FrozenTrial) -> FrozenTrial:
-        id_ = internals.trial_id(trial)
-        return self._own(id_) or self._finished.get(id_, trial)
+    def _forget(self, study_id: int | None = None) -> None:
+        """Drop the snapshot of ``study_id`` (of every study if None): written through this
+        view, it is read again when next needed."""
+        for cache in (self._trials, self._distributions):
+            if study_id is None:
+                cache.clear()
+            else:
+                cache.pop(study_id, None)
 
     def get_all_trials(
         self,
@@ -95,34 +125,62 @@ class WorkerStorage(optuna.storages.BaseStorage):
         return copy.deepcopy(trials) if deepcopy else trials
 
     def _with_own(self, study_id: int) -> list[FrozenTrial]:
-        """The snapshot, as this worker has its own trials, plus those created since it."""
+        """The snapshot, as this worker has its own trials, plus those created since it.
+        Running trials are copies: later writes must not change a list handed out."""
+
+        def mine(trial: FrozenTrial) -> FrozenTrial:
+            own = self._own.get(internals.trial_id(trial))
+            if own is None:
+                return trial
+            return copy.deepcopy(own.trial) if own.pending is not None else own.trial
+
         snapshot = self._trials[study_id]
         known = {internals.trial_id(t) for t in snapshot}
-        own = [*self._finished.values(), *self._running.values()]
-        trials = [self._view(t) for t in snapshot]
-        trials += [t for t in own if internals.trial_id(t) not in known]
+        trials = [mine(t) for t in snapshot]
+        trials += [
+            mine(own.trial)
+            for id_, own in self._own.items()
+            if own.study_id == study_id and id_ not in known
+        ]
         trials.sort(key=lambda t: t.number)
         return trials
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        mine = self._own(trial_id) or self._finished.get(trial_id)
-        return copy.deepcopy(mine) if mine is not None else self.backend.get_trial(trial_id)
+        own = self._own.get(trial_id)
+        return copy.deepcopy(own.trial) if own is not None else self.backend.get_trial(trial_id)
+
+    def _study_distributions(self, study_id: int) -> dict[str, BaseDistribution]:
+        """Each param's distribution in the study, as the first trial that has it set it."""
+        if study_id not in self._distributions:
+            known: dict[str, BaseDistribution] = {}
+            for trial in self.get_all_trials(study_id, deepcopy=False):
+                for name, distribution in trial.distributions.items():
+                    known.setdefault(name, distribution)
+            self._distributions[study_id] = known
+        return self._distributions[study_id]
 
     # The running trials: kept here, written in batches.
 
-    def _start(self, trial: FrozenTrial) -> None:
-        id_ = internals.trial_id(trial)
-        self._running[id_] = trial
-        self._pending[id_] = _Pending()
+    def _start(self, study_id: int, trial: FrozenTrial) -> None:
+        # A trial taken from the queue (a retry) may have rows already: those are replaced.
+        pending = _Pending(
+            written_params=set(trial.params), written_steps=set(trial.intermediate_values)
+        )
+        self._own[internals.trial_id(trial)] = _Own(study_id, trial, pending)
 
-    def _own(self, id_: int) -> FrozenTrial | None:
-        """This worker's running trial ``id_``, if it is one."""
-        return self._running.get(id_)
+    def _running(self, trial_id: int) -> tuple[FrozenTrial, _Pending] | None:
+        """This worker's running trial ``trial_id`` and its pending rows, if it is one."""
+        own = self._own.get(trial_id)
+        if own is None or own.pending is None:
+            return None
+        return own.trial, own.pending
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         created = self.backend.create_new_trial(study_id, template_trial)
         if template_trial is None:  # Study.ask: a RUNNING trial for this worker
-            self._start(internals.new_trial(self.rdb.engine, created))
+            self._start(study_id, internals.new_trial(self.rdb.engine, created))
+        else:  # Study.add_trial, enqueue_trial: read with the study next time
+            self._forget(study_id)
         return created
 
     def set_trial_param(
@@ -132,47 +190,61 @@ class WorkerStorage(optuna.storages.BaseStorage):
         param_value_internal: float,
         distribution: BaseDistribution,
     ) -> None:
-        running = self._own(trial_id)
+        running = self._running(trial_id)
         if running is None:
             self.backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            self._forget()
             return
-        running.params[param_name] = distribution.to_external_repr(param_value_internal)
-        running.distributions[param_name] = distribution
-        self._pending[trial_id].params[param_name] = (param_value_internal, distribution)
+        trial, pending = running
+        known = self._study_distributions(self._own[trial_id].study_id)
+        if param_name in known:  # raises ValueError, as Optuna's storages do
+            optuna.distributions.check_distribution_compatibility(known[param_name], distribution)
+        else:
+            known[param_name] = distribution
+        trial.params[param_name] = distribution.to_external_repr(param_value_internal)
+        trial.distributions[param_name] = distribution
+        pending.params[param_name] = (param_value_internal, distribution)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
     ) -> None:
-        running = self._own(trial_id)
+        running = self._running(trial_id)
         if running is None:
             self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
+            self._forget()
             return
-        running.intermediate_values[step] = intermediate_value
-        self._pending[trial_id].values[step] = intermediate_value
+        trial, pending = running
+        trial.intermediate_values[step] = intermediate_value
+        pending.values[step] = intermediate_value
         self._flush_if_due(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        running = self._own(trial_id)
+        running = self._running(trial_id)
         if running is None:
             self.backend.set_trial_user_attr(trial_id, key, value)
+            self._forget()
             return
-        running.user_attrs[key] = value
-        self._pending[trial_id].attrs[key] = value
+        trial, pending = running
+        trial.user_attrs[key] = value
+        pending.attrs[key] = value
         if key == CURVE:
             self._flush_if_due(trial_id)
 
     def _flush_if_due(self, trial_id: int) -> None:
         """A report: written at once if it is the trial's first, else every ``flush_s``."""
-        flushed_at = self._pending[trial_id].flushed_at
+        running = self._running(trial_id)
+        flushed_at = running[1].flushed_at if running else None
         if flushed_at is None or time.monotonic() - flushed_at >= self.flush_s:
             self.flush(trial_id)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         # Rare (the successive-halving pruner's rungs), and read by other workers: at once.
         self.backend.set_trial_system_attr(trial_id, key, value)
-        running = self._own(trial_id)
-        if running is not None:
-            running.system_attrs[key] = value
+        running = self._running(trial_id)
+        if running is None:
+            self._forget()
+        else:
+            running[0].system_attrs[key] = value
 
     def flush(self, trial_id: int) -> None:
         """Write the running trial ``trial_id``'s pending rows in one transaction.
@@ -180,45 +252,53 @@ class WorkerStorage(optuna.storages.BaseStorage):
         Raises:
             UpdateFinishedTrialError: another worker has failed the trial (it went stale).
         """
-        running, pending = self._running.get(trial_id), self._pending.get(trial_id)
-        if running is None or pending is None:
+        running = self._running(trial_id)
+        if running is None:
             return
-        rows = (pending.params, pending.values, pending.attrs)
-        if any(rows):
+        trial, pending = running
+        if pending.params or pending.values or pending.attrs:
             engine = self.rdb.engine
-            written = with_db_retries(
-                lambda: internals.write_trial_rows(engine, trial_id, *rows), "writing reports"
-            )
-            if not written:
-                raise optuna.exceptions.UpdateFinishedTrialError(
-                    f"trial {running.number} was finished by another worker"
+            replace = (pending.written_params & set(pending.params),
+                       pending.written_steps & set(pending.values))  # fmt: skip
+
+            def write() -> bool:
+                return internals.write_trial_rows(
+                    engine, trial_id, pending.params, pending.values, pending.attrs, *replace
                 )
-            for written_rows in rows:
-                written_rows.clear()
+
+            if not with_db_retries(write, "writing reports"):
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {trial.number} was finished by another worker"
+                )
+            pending.written_params.update(pending.params)
+            pending.written_steps.update(pending.values)
+            for rows in (pending.params, pending.values, pending.attrs):
+                rows.clear()
         pending.flushed_at = time.monotonic()
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        running = self._own(trial_id)
+        running = self._running(trial_id)
         if running is None:
             changed = self.backend.set_trial_state_values(trial_id, state, values)
+            self._forget()
             if changed and state == TrialState.RUNNING:  # Study.ask took a waiting trial
-                self._start(self.backend.get_trial(trial_id))
+                study_id = internals.study_of_trial(self.rdb.engine, trial_id)
+                self._start(study_id, self.backend.get_trial(trial_id))
             return changed
         try:
             self.flush(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
-            del self._running[trial_id], self._pending[trial_id]  # another worker failed it
+            del self._own[trial_id]  # another worker failed it
             raise
         changed = self.backend.set_trial_state_values(trial_id, state, values)
         if changed and state.is_finished():
-            finished = copy.deepcopy(running)
-            finished.state = state
-            finished.values = list(values) if values is not None else None
-            finished.datetime_complete = datetime.datetime.now()
-            self._finished[trial_id] = finished
-            del self._running[trial_id], self._pending[trial_id]
+            trial = running[0]
+            trial.state = state
+            trial.values = list(values) if values is not None else None
+            trial.datetime_complete = datetime.datetime.now()
+            self._own[trial_id].pending = None
         return changed
 
     # Everything else: straight through.
@@ -230,6 +310,9 @@ class WorkerStorage(optuna.storages.BaseStorage):
 
     def delete_study(self, study_id: int) -> None:
         self.backend.delete_study(study_id)
+        self._forget(study_id)  # the id may be reused by a new study
+        for id_ in [i for i, own in self._own.items() if own.study_id == study_id]:
+            del self._own[id_]
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self.backend.set_study_user_attr(study_id, key, value)
