@@ -1,37 +1,49 @@
-"""Storage overhead per trial and multi-worker throughput, SQLite vs PostgreSQL, in one run.
+"""Storage overhead per trial, and how a study scales with workers on PostgreSQL, direct and
+through PgBouncer, in one run.
 
-    python benchmarks/storage.py [--postgres URL] [--trials 40] [--workers 1 8 32]
+    python benchmarks/storage.py [--postgres URL] [--trials 40] [--workers 1 8 32 64 128]
+                                 [--trial-seconds 0.3 5] [--per-worker 12] [--pool 20]
 
 Part 1 times what hpsearch adds around one trial on each backend, in one process: the claim
-(study lock, stale-trial check, count, ask), one report and pruning check per epoch, and the
-tell, next to Optuna's in-memory storage. Part 2 runs W real worker processes
-(tests/cheap_worker.py: three 0.1 s steps, no CPU, random sampling) and prints finished
-trials per second once every worker is running (the start-up of W processes excluded)
-against the ideal W / 0.3 s.
+(stale-trial check, count, ask, the check of the trials before it), one report and pruning
+check per epoch, and the tell, next to Optuna's in-memory storage. Part 2 runs W real worker
+processes (tests/cheap_worker.py: three sleeping steps, one report each, random sampling)
+on PostgreSQL directly and through PgBouncer in transaction mode (Debian's pgbouncer, started
+here as tests/servers.py does), and prints trials finished per second while all W run (each
+trial counted by its share inside that window, which leaves out the W processes' start-up and
+the end, when slots run out), its share of the ideal W / trial length, the server's peak
+connections to the study's database, and the CPU a trial costs the workers and the servers.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import optuna
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hpsearch.search.coordinator import Coordinator  # noqa: E402
+from hpsearch.search.worker import FunctionObjective, run_trials  # noqa: E402
+from hpsearch.settings import Settings  # noqa: E402
 from hpsearch.storage.database import open_storage  # noqa: E402
 from tests.cheap_worker import spawn  # noqa: E402
-from tests.servers import fresh_database  # noqa: E402
+from tests.servers import fresh_database, pgbouncer, sampled_connections, server_cpu_s  # noqa: E402
 
 EPOCHS = 30
-STEP_S = 0.1
+STEPS = 3
+ROUTES = ("postgresql", "pgbouncer")
 
 
 def overhead(url: str | None, trials: int) -> dict[str, float]:
@@ -58,7 +70,6 @@ def overhead(url: str | None, trials: int) -> dict[str, float]:
         claim_ms.append((t1 - t0) * 1e3)
         report_ms.append((t2 - t1) * 1e3)
         tell_ms.append((t3 - t2) * 1e3)
-    coordinator.close()
     return {
         "claim": statistics.median(claim_ms),
         "reports": statistics.median(report_ms),
@@ -66,35 +77,115 @@ def overhead(url: str | None, trials: int) -> dict[str, float]:
     }
 
 
-def throughput(url: str, workers: int, per_worker: int) -> float:
-    """Finished trials per second with ``workers`` processes, counted from the moment the
-    last worker started its first trial to the last finish."""
-    total = workers * per_worker
-    name = f"tp{workers}"
-    processes = spawn(url, name, total, workers, STEP_S, sampler="random")
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
-        if process.returncode != 0:
-            raise SystemExit(f"worker failed: {output}")
-    trials = optuna.load_study(study_name=name, storage=url).trials
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == total
+def tiny_trial(trial: optuna.Trial) -> float:
+    """A whole tiny trial: a one-layer model, 30 epochs of one 64-row batch, one report and
+    pruning check each."""
+    torch.manual_seed(trial.number)
+    model = torch.nn.Linear(16, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=trial.suggest_float("lr", 1e-3, 1e-1))
+    x, y = torch.randn(64, 16), torch.randn(64, 1)
+    for epoch in range(EPOCHS):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trial.report(loss.item(), epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return loss.item()
+
+
+def tiny_trials(url: str, trials: int, rounds: int) -> tuple[float, float]:
+    """Median ms per tiny trial through Optuna's own optimize and through hpsearch's worker
+    loop, each on a new study of the same storage, ``rounds`` rounds taken in turn."""
+    plain_ms, hpsearch_ms = [], []
+    storage = open_storage(url, heartbeat_interval=10)
+    for round_ in range(rounds):
+        sampler = optuna.samplers.RandomSampler(seed=round_)
+        plain = optuna.create_study(storage=url, study_name=f"plain{round_}", sampler=sampler)
+        t0 = time.perf_counter()
+        plain.optimize(tiny_trial, n_trials=trials)
+        plain_ms.append((time.perf_counter() - t0) / trials * 1e3)
+        name = f"hpsearch{round_}"
+        ours = optuna.create_study(storage=storage, study_name=name, sampler=sampler)
+        settings = Settings(storage=url, study_name=name, trials=trials)
+        t0 = time.perf_counter()
+        run_trials(ours, FunctionObjective(tiny_trial), settings)
+        hpsearch_ms.append((time.perf_counter() - t0) / trials * 1e3)
+    return statistics.median(plain_ms), statistics.median(hpsearch_ms)
+
+
+@dataclass
+class Scale:
+    """One run of W cheap worker processes on one study."""
+
+    rate: float  # trials finished per second while every worker was running
+    share: float  # of the ideal W / trial length
+    peak: int  # the server's most connections to the database
+    cpu_ms: float  # CPU per trial, workers' and servers' together, start-up excluded
+
+
+def startup_cpu_s(url: str) -> float:
+    """CPU seconds of one worker that starts, opens the study and finds it done."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    (process,) = spawn(url, "startup", 0, 1, 0.0, sampler="random")
+    process.communicate(timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def scale(url: str, direct: str, workers: int, per_worker: int, trial_s: float) -> Scale:
+    """Run ``workers`` processes on a new study of ``per_worker`` trials each (through
+    ``url``, maybe a pooler; ``direct`` is the server itself)."""
+    total, steps = workers * per_worker, STEPS
+    name = f"scale{workers}-{time.monotonic_ns()}"
+    startup = startup_cpu_s(url)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = server_cpu_s()
+    with sampled_connections(direct) as peaks:
+        processes = spawn(url, name, total, workers, trial_s / steps, steps, sampler="random")
+        for process in processes:
+            output, _ = process.communicate(timeout=1800)
+            if process.returncode != 0:
+                raise SystemExit(f"worker failed: {output}")
+    server = server_cpu_s() - server_before
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    trials = optuna.load_study(study_name=name, storage=direct).trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == total, f"{len(done)} of {total} trials finished"
+    # The window: from the last worker's first trial (all running) to the last claim (after
+    # it, slots run out and workers stop). Trials count by the share of them inside it.
     first: dict[int, datetime.datetime] = {}
-    for trial in trials:
-        pid = trial.user_attrs["pid"]
-        if trial.datetime_start and (pid not in first or trial.datetime_start < first[pid]):
-            first[pid] = trial.datetime_start
+    for trial in done:
+        pid, started = trial.user_attrs["pid"], trial.datetime_start
+        assert started is not None
+        first[pid] = min(first.get(pid, started), started)
     start = max(first.values())
-    end = max(t.datetime_complete for t in trials if t.datetime_complete)
-    counted = sum(1 for t in trials if t.datetime_start and t.datetime_start >= start)
-    return counted / (end - start).total_seconds()
+    end = max(t.datetime_start for t in done if t.datetime_start)
+    window = (end - start).total_seconds()
+    inside = 0.0
+    for trial in done:
+        assert trial.datetime_start and trial.datetime_complete
+        span = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        overlap = min(trial.datetime_complete, end) - max(trial.datetime_start, start)
+        inside += max(overlap.total_seconds(), 0.0) / span
+    rate = inside / window
+    cpu = workers_cpu - workers * startup + server
+    return Scale(rate, rate * trial_s / workers, peaks.overall, cpu / total * 1e3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--per-worker", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    parser.add_argument(
+        "--trial-seconds", type=float, nargs="+", default=[0.3, 5.0], help="trial lengths"
+    )
+    parser.add_argument("--per-worker", type=int, default=12)
+    parser.add_argument("--pool", type=int, default=20, help="PgBouncer's server connections")
+    parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
 
     with (
@@ -103,37 +194,55 @@ def main() -> None:
     ):
         sqlite_url = f"sqlite:///{Path(folder) / 'bench.db'}"
         backends = {"in-memory": None, "sqlite": sqlite_url, "postgresql": pg_url}
-        print(
-            f"Per-trial storage overhead, median of {args.trials} trials, {EPOCHS} reports "
-            "each (ms; ratio to in-memory)"
-        )
-        print(f"{'backend':<12}{'claim':>16}{f'{EPOCHS} reports':>18}{'tell':>16}{'total':>16}")
-        base = overhead(None, args.trials)
-        base_total = sum(base.values())
-        for backend, url in backends.items():
-            ms = base if url is None else overhead(url, args.trials)
-            total = sum(ms.values())
-            cells = [f"{ms[k]:8.2f} x{ms[k] / base[k]:5.1f}" for k in ("claim", "reports", "tell")]
+        if not args.skip_overhead:
+            print_overhead(backends, args.trials)
             print(
-                f"{backend:<12}"
-                + "".join(f"{c:>16}" for c in cells[:1])
-                + f"{cells[1]:>18}{cells[2]:>16}{total:9.1f} x{total / base_total:5.1f}"
+                f"\nA tiny trial ({EPOCHS} one-batch epochs, one report each), {args.trials} "
+                "trials a round, median of 3 rounds in turn (ms a trial)"
             )
-
-        print(
-            f"\nThroughput: trials of 3 x {STEP_S}s waiting steps, {args.per_worker} per worker"
-            " (trials/s; share of the ideal W / 0.3 s)"
-        )
-        print(f"{'workers':<10}" + "".join(f"{b:>22}" for b in ("sqlite", "postgresql")))
-        for workers in args.workers:
-            ideal = workers / (3 * STEP_S)
-            cells = []
+            print(f"{'backend':<12}{'Optuna optimize':>18}{'hpsearch':>12}{'ratio':>8}")
             for backend in ("sqlite", "postgresql"):
                 url = backends[backend]
                 assert url is not None
-                rate = throughput(url, workers, args.per_worker)
-                cells.append(f"{rate:7.2f}/s ({rate / ideal:4.0%})")
-            print(f"{workers:<10}" + "".join(f"{c:>22}" for c in cells))
+                plain, ours = tiny_trials(url, args.trials, rounds=3)
+                print(f"{backend:<12}{plain:18.1f}{ours:12.1f}{ours / plain:8.2f}")
+        with pgbouncer(pg_url, pool_size=args.pool) as pooled:
+            print(
+                f"\nScale: W workers, {args.per_worker} trials each of {STEPS} sleeping steps "
+                f"(one report each), random sampling; trials/s while all W run, share of the "
+                f"ideal W / trial length, the server's peak connections, CPU per trial (workers "
+                f"and server, start-up excluded; {os.cpu_count()} cores)"
+            )
+            print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>36}" for r in ROUTES))
+            for trial_s in args.trial_seconds:
+                for workers in args.workers:
+                    cells = []
+                    for route in ROUTES:
+                        url = pg_url if route == "postgresql" else pooled
+                        r = scale(url, pg_url, workers, args.per_worker, trial_s)
+                        cells.append(
+                            f"{r.rate:7.1f}/s {r.share:4.0%} {r.peak:4d} conn {r.cpu_ms:5.1f} ms"
+                        )
+                    print(f"{trial_s:<8g}{workers:<9}" + "".join(f"{c:>36}" for c in cells))
+
+
+def print_overhead(backends: dict[str, str | None], trials: int) -> None:
+    print(
+        f"Per-trial storage overhead, median of {trials} trials, {EPOCHS} reports "
+        "each (ms; ratio to in-memory)"
+    )
+    print(f"{'backend':<12}{'claim':>16}{f'{EPOCHS} reports':>18}{'tell':>16}{'total':>16}")
+    base = overhead(None, trials)
+    base_total = sum(base.values())
+    for backend, url in backends.items():
+        ms = base if url is None else overhead(url, trials)
+        total = sum(ms.values())
+        cells = [f"{ms[k]:8.2f} x{ms[k] / base[k]:5.1f}" for k in ("claim", "reports", "tell")]
+        print(
+            f"{backend:<12}"
+            + "".join(f"{c:>16}" for c in cells[:1])
+            + f"{cells[1]:>18}{cells[2]:>16}{total:9.1f} x{total / base_total:5.1f}"
+        )
 
 
 if __name__ == "__main__":

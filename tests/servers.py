@@ -1,14 +1,17 @@
 """Throw-away servers for tests and benchmarks: an empty PostgreSQL database, a PostgreSQL
-server of a test's own, and an S3-compatible server (moto's standalone server, a real HTTP
-endpoint) with a fresh bucket."""
+server of a test's own, PgBouncer in front of one, and an S3-compatible server (moto's
+standalone server, a real HTTP endpoint) with a fresh bucket; and what a server used
+(connections sampled, CPU)."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -20,7 +23,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+import yaml
 
+REPO = Path(__file__).resolve().parent.parent
 # moto accepts any keys; these are what the workers' environment carries.
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -147,3 +152,150 @@ def new_bucket(endpoint: str) -> Bucket:
     name = f"hpsearch-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     return Bucket(name, client)
+
+
+# The PgBouncer settings shipped for Kubernetes: tests run workers through the same ones.
+PGBOUNCER_MANIFEST = REPO / "deploy" / "kubernetes" / "pgbouncer" / "pgbouncer.yaml"
+
+
+def shipped_pgbouncer_ini() -> configparser.ConfigParser:
+    (config_map,) = [
+        doc
+        for doc in yaml.safe_load_all(PGBOUNCER_MANIFEST.read_text())
+        if doc["kind"] == "ConfigMap"
+    ]
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read_string(config_map["data"]["pgbouncer.ini"])
+    return ini
+
+
+@contextmanager
+def pgbouncer(server_url: str, pool_size: int = 20) -> Iterator[str]:
+    """PgBouncer with the shipped settings (transaction mode) in front of the server of
+    ``server_url``, on loopback, trusting clients, at most ``pool_size`` server connections
+    per database: yield the URL that goes through it (same database), stop it. It refuses to
+    run as root, so it runs as the postgres user."""
+    exe = _require("pgbouncer", "Debian's pgbouncer package")
+    server = sqlalchemy.make_url(server_url)
+    folder = Path(tempfile.mkdtemp(prefix="hpsearch-pgbouncer-"))
+    shutil.chown(folder, "postgres")
+    port = free_port()
+    ini = shipped_pgbouncer_ini()
+    ini["databases"] = {"*": f"host={server.host} port={server.port or 5432}"}
+    ini["pgbouncer"].update(
+        listen_addr="127.0.0.1",
+        listen_port=str(port),
+        auth_type="trust",
+        auth_file=str(folder / "users.txt"),
+        default_pool_size=str(pool_size),
+        max_db_connections=str(pool_size),
+        logfile=str(folder / "log"),
+    )
+    with open(folder / "pgbouncer.ini", "w") as file:
+        ini.write(file)
+    (folder / "users.txt").write_text(f'"{server.username or "postgres"}" ""\n')
+    for path in folder.iterdir():
+        shutil.chown(path, "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    process = subprocess.Popen(
+        [*as_postgres, exe, str(folder / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = folder / "log"
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    raise RuntimeError(f"pgbouncer did not start on port {port}: {tail}") from None
+                time.sleep(0.05)
+        yield server.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def server_connections(server_url: str, database: str) -> int:
+    """Client connections the server of ``server_url`` has open to ``database`` now."""
+    engine = sqlalchemy.create_engine(server_url, poolclass=sqlalchemy.NullPool)
+    try:
+        with engine.connect() as connection:
+            query = sqlalchemy.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND backend_type = "
+                "'client backend' AND pid <> pg_backend_pid()"
+            )
+            return int(connection.execute(query, {"d": database}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+class ConnectionPeaks:
+    """The most client connections a PostgreSQL server had open to one database while
+    sampled: over the whole time, and while at least ``busy`` of its trials were RUNNING (every
+    worker past its start-up)."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.overall = 0
+        self.running = 0
+
+
+@contextmanager
+def sampled_connections(database_url: str, busy: int = 1) -> Iterator[ConnectionPeaks]:
+    """Sample the server's connections to the database of ``database_url`` (direct, not
+    through a pooler) every 20 ms in a thread, on one connection of its own (not counted)."""
+    peaks, stop = ConnectionPeaks(busy), threading.Event()
+    engine = sqlalchemy.create_engine(database_url, poolclass=sqlalchemy.NullPool)
+    query = sqlalchemy.text(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()), "
+        "(SELECT count(*) FROM information_schema.tables WHERE table_name = 'trials')"
+    )
+    running = sqlalchemy.text("SELECT count(*) FROM trials WHERE state = 'RUNNING'")
+
+    def sample() -> None:
+        with engine.connect() as connection:
+            while not stop.wait(0.02):
+                connections, has_trials = connection.execute(query).one()
+                peaks.overall = max(peaks.overall, connections)
+                if has_trials and connection.execute(running).scalar_one() >= busy:
+                    peaks.running = max(peaks.running, connections)
+                connection.rollback()
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        engine.dispose()
+
+
+def server_cpu_s() -> float:
+    """CPU seconds (user + system) that this machine's PostgreSQL servers and PgBouncers have
+    used: live processes, plus what each postmaster has collected from exited backends."""
+    tick = os.sysconf("SC_CLK_TCK")
+    processes = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        processes[int(stat.parent.name)] = (name, int(fields[1]), [int(f) for f in fields[11:15]])
+    total = 0
+    for name, parent, (utime, stime, cutime, cstime) in processes.values():
+        if name not in ("postgres", "pgbouncer"):
+            continue
+        total += utime + stime
+        if name == "postgres" and processes.get(parent, ("",))[0] != "postgres":
+            total += cutime + cstime  # the postmaster: its exited backends
+    return total / tick

@@ -23,10 +23,11 @@ from hpsearch.cli import app
 from hpsearch.search.study_file import packaged_studies
 from hpsearch.settings import ENVIRONMENT
 from hpsearch.storage.urls import PASSWORD_ENV
+from tests import servers
 
 REPO = Path(__file__).parent.parent
 KUBE = REPO / "deploy" / "kubernetes"
-BASE, GPU = KUBE / "base", KUBE / "gpu"
+BASE, GPU, PGBOUNCER = KUBE / "base", KUBE / "gpu", KUBE / "pgbouncer"
 DOCS = (REPO / "docs" / "cluster.md").read_text()
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -86,7 +87,22 @@ def gpu_objects() -> list[dict[str, Any]]:
     return [merge(o, patches.get((o["kind"], o["metadata"]["name"]), {})) for o in objects]
 
 
-VARIANTS = {"base": base_objects(), "gpu": gpu_objects()}
+def pgbouncer_objects() -> list[dict[str, Any]]:
+    """The PgBouncer kustomization's objects: the base with its settings patch merged in,
+    then PgBouncer's own."""
+    kustom = kustomization(PGBOUNCER)
+    patches = {
+        (p["kind"], p["metadata"]["name"]): p
+        for patch in kustom["patches"]
+        for p in load(PGBOUNCER / patch["path"])
+    }
+    objects = [
+        merge(o, patches.get((o["kind"], o["metadata"]["name"]), {})) for o in base_objects()
+    ]
+    return objects + [doc for name in kustom["resources"][1:] for doc in load(PGBOUNCER / name)]
+
+
+VARIANTS = {"base": base_objects(), "gpu": gpu_objects(), "pgbouncer": pgbouncer_objects()}
 OBJECTS = VARIANTS["base"]
 
 
@@ -158,7 +174,11 @@ def test_kustomizations_list_every_manifest() -> None:
 def test_every_object_validates_strictly(version: str) -> None:
     gpu_only = [obj for obj in VARIANTS["gpu"] if obj not in VARIANTS["base"]]
     assert [obj["metadata"]["name"] for obj in gpu_only] == ["hpsearch-workers"]
-    for obj in VARIANTS["base"] + gpu_only:
+    pgbouncer_only = [obj for obj in VARIANTS["pgbouncer"] if obj not in VARIANTS["base"]]
+    assert sorted(obj["metadata"]["name"] for obj in pgbouncer_only) == [
+        "hpsearch-pgbouncer", "hpsearch-settings", "pgbouncer", "pgbouncer"
+    ]  # fmt: skip
+    for obj in VARIANTS["base"] + gpu_only + pgbouncer_only:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -194,13 +214,14 @@ def canonical(value: Any) -> Any:
 
 
 def test_kustomize_renders_what_the_tests_read() -> None:
-    """kubectl's kustomize renders both variants into the objects validated above (the GPU
-    patch merged as ``merge`` does). Needs kubectl; the rest of this file does not."""
+    """kubectl's kustomize renders every variant into the objects validated above (the GPU
+    and PgBouncer patches merged as ``merge`` does). Needs kubectl; the rest of this file
+    does not."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (the other tests read the files directly)")
     image = kustomization(BASE)["images"][0]
-    for variant, folder in (("base", BASE), ("gpu", GPU)):
+    for variant, folder in (("base", BASE), ("gpu", GPU), ("pgbouncer", PGBOUNCER)):
         result = subprocess.run(
             [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=30
         )
@@ -210,7 +231,11 @@ def test_kustomize_renders_what_the_tests_read() -> None:
         def key(obj: dict[str, Any]) -> tuple[str, str]:
             return obj["kind"], obj["metadata"]["name"]
 
-        expected = sorted(VARIANTS[variant], key=key)
+        expected = copy.deepcopy(sorted(VARIANTS[variant], key=key))
+        for container in containers(expected):  # the overlay's own images: entries
+            for entry in kustomization(folder).get("images", []) if folder != BASE else []:
+                if container["image"] == entry["name"]:
+                    container["image"] = f"{entry['newName']}:{entry['newTag']}"
         assert canonical(sorted(rendered, key=key)) == canonical(expected), variant
         for container in containers(rendered):  # the images: entry finds every hpsearch pod
             if container["image"].split(":")[0] == image["name"]:
@@ -291,10 +316,11 @@ def test_docs_commands_exist() -> None:
     # Objects the page names (job/x, service/x, ...) are the manifests'.
     kinds = {"job": "Job", "service": "Service", "deployment": "Deployment"}
     kinds |= {"statefulset": "StatefulSet", "configmap": "ConfigMap"}
+    every = [obj for objects in VARIANTS.values() for obj in objects]
     for kind, name in re.findall(
         r"\b(job|service|deployment|statefulset|configmap)/([\w-]+)", DOCS
     ):
-        find(kinds[kind], name)
+        assert [o for o in every if o["kind"] == kinds[kind] and o["metadata"]["name"] == name]
     for name in re.findall(r"kubectl patch job ([\w-]+)", DOCS):
         assert find("Job", name)["spec"]["suspend"] is True
 
@@ -503,7 +529,7 @@ def test_pods_run_as_the_images_non_root_user() -> None:
             context = pod["securityContext"]
             assert context["runAsNonRoot"] is True, name
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
-            if name != "postgres":
+            if name not in ("postgres", "pgbouncer"):  # their images' own users
                 assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid)), name
         for container in containers(objects):
             assert container["securityContext"] == {
@@ -513,3 +539,60 @@ def test_pods_run_as_the_images_non_root_user() -> None:
             resources = container["resources"]
             assert {"cpu", "memory"} <= set(resources["requests"]), (variant, container["name"])
             assert "memory" in resources["limits"], (variant, container["name"])
+
+
+# -- PgBouncer between the workers and PostgreSQL ----------------------------------------------
+
+
+def test_pgbouncer_overlay_lists_its_files() -> None:
+    kustom = kustomization(PGBOUNCER)
+    files = {p.name for p in PGBOUNCER.glob("*.yaml")} - {"kustomization.yaml"}
+    assert kustom["resources"][0] == "../base"
+    assert set(kustom["resources"][1:]) | {p["path"] for p in kustom["patches"]} == files
+    (image,) = kustom["images"]
+    (pgbouncer,) = find("Deployment", "pgbouncer", VARIANTS["pgbouncer"])["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert pgbouncer["image"] == image["name"]
+
+
+def test_pgbouncer_sits_between_the_workers_and_postgres() -> None:
+    objects = VARIANTS["pgbouncer"]
+    url = make_url(find("ConfigMap", "hpsearch-settings", objects)["data"]["HPSEARCH_STORAGE"])
+    service = find("Service", str(url.host), objects)
+    assert url.port == service["spec"]["ports"][0]["port"]
+    deployment = find("Deployment", "pgbouncer", objects)
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    (port,) = container["ports"]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    ini = servers.shipped_pgbouncer_ini()
+    assert int(ini["pgbouncer"]["listen_port"]) == port["containerPort"]
+    assert container["command"][-1] in {m["mountPath"] for m in container["volumeMounts"]}
+    # Its one database is the base's PostgreSQL, under the name the workers' URL uses.
+    target = dict(part.split("=") for part in ini["databases"][str(url.database)].split())
+    postgres = find("Service", "postgres")
+    assert (target["host"], int(target["port"])) == (
+        "postgres",
+        postgres["spec"]["ports"][0]["port"],
+    )
+    (server,) = find("StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"]
+    assert target["dbname"] == env_value(server, "POSTGRES_DB")
+    # Transaction mode, a pool that leaves room in PostgreSQL's default max_connections (100),
+    # and hpsearch's `options` ignored, its limits set in PgBouncer instead.
+    settings = ini["pgbouncer"]
+    assert settings["pool_mode"] == "transaction"
+    assert int(settings["max_db_connections"]) <= 50
+    assert "options" in settings["ignore_startup_parameters"].split(",")
+    assert settings["tcp_keepalive"] == "1" and int(settings["idle_transaction_timeout"]) > 0
+    # The auth file is the secret the docs create.
+    (auth,) = [v for v in pod["spec"]["volumes"] if v["name"] == "auth"]
+    secret = auth["secret"]["secretName"]
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["auth"]
+    assert settings["auth_file"].startswith(mount + "/")
+    created = [
+        line for line in docs_commands() if f"kubectl create secret generic {secret}" in line
+    ]
+    (command,) = created
+    assert f"--from-literal={Path(settings['auth_file']).name}=" in command

@@ -2,10 +2,11 @@
 
 ``Coordinator`` is what a worker's loop (``search.worker.run_trials``) calls:
 
-- ``claim()``: under a study-wide lock, fail the trials of dead workers (and queue each
-  again once), count, and start a trial only while ``finished + running < trials``, so the
-  study ends with exactly ``trials`` finished trials however many workers join, and
-  whenever (Optuna's ``MaxTrialsCallback`` overshoots by up to workers - 1);
+- ``claim()``: fail the trials of dead workers (and queue each again once), and start a
+  trial only while the trials created before it leave a slot, so the study ends with exactly
+  ``trials`` finished trials however many workers join, and whenever (Optuna's
+  ``MaxTrialsCallback`` overshoots by up to workers - 1); no lock, so claims scale with
+  workers;
 - ``heartbeat(trial)``: a thread that keeps the trial alive for the other workers;
 - ``finish(trial, ...)`` and ``fail(trial, reason, retry=...)``: tell, unless another
   worker already failed the trial as stale (its late result is dropped, not counted twice).
@@ -33,14 +34,14 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.storage import optuna_internals as internals
 from hpsearch.storage.counts import study_counts
 from hpsearch.storage.errors import with_db_retries
-from hpsearch.storage.lock import StudyLock
-from hpsearch.storage.urls import parse_url
 from hpsearch.storage.worker_view import WorkerStorage
 
 logger = logging.getLogger(__name__)
 
 # A crashed or interrupted trial runs once more with the same params (attempt 2).
 MAX_ATTEMPTS = 2
+# The fail_reason of a trial that lost the race for the study's last slot.
+YIELDED = "yielded: another worker took the study's last slot"
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial, *, quiet: bool = False) -> None:
@@ -88,7 +89,6 @@ class Coordinator:
         self.study = study
         self._plain = study
         self.view: WorkerStorage | None = None
-        self.lock: StudyLock | None = None
         self.heartbeat_s: int | None = None
         self._stale_checked = -float("inf")
         self._ended_seen = -1  # trials ended (finished or failed) when the view last read
@@ -105,11 +105,6 @@ class Coordinator:
         # Optuna's stale-trial check needs a study over its own (heartbeat-aware) storage.
         self._plain = optuna.load_study(study_name=study.study_name, storage=self.view.backend)
         self.heartbeat_s = self.rdb.heartbeat_interval
-        self.lock = StudyLock(parse_url(self.rdb.url), study.study_name)
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.close()
 
     def claim(self, member: bool = False) -> optuna.Trial | Literal["done", "wait"]:
         """Start a trial if the study still needs one: the trial, else ``"done"`` (the
@@ -135,43 +130,38 @@ class Coordinator:
             self.study.sampler = sampler
 
     def _claim(self, member: bool) -> optuna.Trial | Literal["done", "wait"]:
-        # Outside the lock, which every worker waits for: failing stale trials (each is
-        # failed by one worker only) and reading the study for the sampler.
-        self.fail_stale_trials()
+        # No lock: the count below only spares the ask; the check after it keeps the total.
+        self.fail_stale_trials()  # each stale trial is failed by one worker only
         counts = study_counts(self._plain)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         if finished >= self.target:
             return "done"  # finished trials only ever grow
+        if finished + counts[TrialState.RUNNING] >= self.target:
+            return "wait"
+        if member and counts[TrialState.WAITING]:
+            return "wait"
         ended = finished + counts[TrialState.FAIL]
         if self.view is not None and (ended != self._ended_seen or counts[TrialState.WAITING]):
             self.view.refresh(internals.study_id(self.study))
             self._ended_seen = ended
-        with self.lock.hold() if self.lock is not None else contextlib.nullcontext():
-            counts = study_counts(self._plain)
-            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-            if finished >= self.target:
-                return "done"
-            if finished + counts[TrialState.RUNNING] >= self.target:
-                return "wait"
-            if member and counts[TrialState.WAITING]:
-                return "wait"
-            with warnings.catch_warnings():
-                # Optuna warns that heartbeats expect Study.optimize; this loop beats itself.
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = self.study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats expect Study.optimize; this loop beats itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.study.ask()
         if self.rdb is None:
             return trial
-        # Only if the lock was lost with its connection (a database restart) can two workers
-        # both pass the count; the later trial yields, so the total stays exact. (Trials
-        # created after this one do not change the count, so it needs no lock.)
-        # A worker dying before the trial's first heartbeat leaves a RUNNING trial without
-        # one; fail_stale_trials finds those too.
+        # Optuna creates a trial with its study's row locked (SELECT ... FOR UPDATE), so trial
+        # ids follow commit order: of two workers racing for the last slot, the later trial
+        # sees the earlier one here and yields. Counting waiting trials leaves a queued retry
+        # its slot. A worker dying before the trial's first heartbeat leaves a RUNNING trial
+        # without one; fail_stale_trials finds those too.
         before = internals.trials_before(
             self.rdb.engine, internals.study_id(self.study), internals.trial_id(trial)
         )
         if before >= self.target:
+            trial.set_user_attr("fail_reason", YIELDED)
             self._tell(trial, state=TrialState.FAIL)
-            logger.warning("trial %d yielded: another worker took the last slot", trial.number)
+            logger.info("trial %d yielded: another worker took the last slot", trial.number)
             return "wait"
         return trial
 

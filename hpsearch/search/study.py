@@ -100,32 +100,28 @@ def open_study(
     Raises:
         HpsearchError: the study exists with another problem, metric or direction.
     """
-    lock = StudyLock(parse_url(storage.url), study_name)
-    with lock.hold():
-        try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=study_name,
-                sampler=sampler,
-                pruner=pruner,
-                directions=config.directions,  # type: ignore[arg-type]
-                load_if_exists=True,
-            )
-            check_same_study(study, config)
-            if "problem" not in study.user_attrs:
-                with warnings.catch_warnings():  # experimental since Optuna 3.2
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.set_metric_names(list(config.metrics))  # the dashboard's axes
-                study.set_user_attr("problem", config.problem.name)
-                study.set_user_attr("metric", config.metric)  # the learning curve
-                study.set_user_attr("metrics", list(config.metrics))
-                study.set_user_attr("constraints", [limit.describe() for limit in config.limits])
-                study.set_user_attr("study_file", config.source)
-                study.set_user_attr("data", dict(config.data))  # to rebuild the splits
-                for params in config.enqueue:
-                    study.enqueue_trial(params, skip_if_exists=True)
-        finally:
-            lock.close()
+    with StudyLock(parse_url(storage.url), study_name).hold():
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            sampler=sampler,
+            pruner=pruner,
+            directions=config.directions,  # type: ignore[arg-type]
+            load_if_exists=True,
+        )
+        check_same_study(study, config)
+        if "problem" not in study.user_attrs:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(config.metrics))  # the dashboard's axes
+            study.set_user_attr("problem", config.problem.name)
+            study.set_user_attr("metric", config.metric)  # the learning curve
+            study.set_user_attr("metrics", list(config.metrics))
+            study.set_user_attr("constraints", [limit.describe() for limit in config.limits])
+            study.set_user_attr("study_file", config.source)
+            study.set_user_attr("data", dict(config.data))  # to rebuild the splits
+            for params in config.enqueue:
+                study.enqueue_trial(params, skip_if_exists=True)
     return study
 
 

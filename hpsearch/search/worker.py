@@ -260,7 +260,7 @@ def run_trials(
 
     if report() is None:
         with_db_retries(read_progress, "reading progress")  # the counts before this run
-    with signals_interrupt(), contextlib.closing(coordinator):
+    with signals_interrupt():
         while True:
             if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
                 logger.info("timeout of %ss reached", settings.timeout)

@@ -72,11 +72,11 @@ def open_storage(
             # Test each pooled connection before use: a database restart or an idle
             # connection dropped by a firewall costs a reconnect, not a crashed worker.
             "pool_pre_ping": True,
-            # One connection kept open, more for heartbeat threads while they beat (one per
-            # running trial: a trial group has several), plus the study lock's: about 3 per
-            # worker in use against the server's max_connections (100 by default).
+            # One server connection per worker, heartbeat threads included (they wait their
+            # turn for a moment), so a server's max_connections (100 by default) or a
+            # pooler's pool bounds the workers, not a multiple of them (docs/workers.md).
             "pool_size": 1,
-            "max_overflow": 4,
+            "max_overflow": 0,
             "pool_recycle": 300,
             "connect_args": connect_args(parsed),
         }
@@ -90,22 +90,19 @@ def open_storage(
             "grace_period": 3 * heartbeat_interval,
             "heartbeat_stale_trial_callback": on_stale_trial,
         }
+    rendered = parsed.render_as_string(hide_password=False)
 
     def connect() -> optuna.storages.RDBStorage:
-        # Workers starting together on a new database would race to create its tables;
-        # a reader (create=False) creates none.
-        lock = StudyLock(parsed, "__schema__")
-        try:
-            with lock.hold() if create else contextlib.nullcontext(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    parsed.render_as_string(hide_password=False),
-                    engine_kwargs=engine_kwargs,
-                    skip_table_creation=not create,
-                    **heartbeat,  # type: ignore[arg-type]
-                )
-        finally:
-            lock.close()
+        _prepare_tables(parsed, create, engine_kwargs["connect_args"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                rendered,
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=True,
+                skip_compatibility_check=True,
+                **heartbeat,  # type: ignore[arg-type]
+            )
 
     try:
         storage = with_db_retries(
@@ -126,6 +123,31 @@ def open_storage(
     if parsed.get_backend_name() == "sqlite":
         _relax_sqlite_sync(storage.engine)
     return storage
+
+
+def _prepare_tables(parsed: URL, create: bool, driver_args: object) -> None:
+    """Create Optuna's tables if they are missing (under the schema lock: workers starting
+    together on a new database would race), and check their schema version.
+
+    Done by a storage of its own without a pool, because Optuna's set-up and schema check
+    each hold two connections at once and the worker's storage has one.
+    """
+    engine_kwargs = {"poolclass": sqlalchemy.NullPool, "connect_args": driver_args}
+    engine = sqlalchemy.create_engine(parsed, **engine_kwargs)
+    try:
+        # Optuna stamps alembic_version last: once it is there, the tables are complete.
+        missing = create and not sqlalchemy.inspect(engine).has_table("alembic_version")
+    finally:
+        engine.dispose()
+    with StudyLock(parsed, "__schema__").hold() if missing else contextlib.nullcontext():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            setup = optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False),
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=not missing,
+            )
+        setup.engine.dispose()
 
 
 def _relax_sqlite_sync(engine: sqlalchemy.Engine) -> None:

@@ -1,13 +1,17 @@
-"""The study lock: one lock per study that every worker of a storage shares, a lock file beside
-a SQLite database or an advisory lock of the database server."""
+"""The set-up lock: serialises creating a storage's tables and a study once when workers start
+together. A lock file beside a SQLite database, an advisory lock of the database server.
+
+Claims do not take it: the exact total comes from the trial ids' order (``search.coordinator``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import filelock
 import sqlalchemy
@@ -15,9 +19,12 @@ from sqlalchemy.engine import URL
 
 from hpsearch.storage.urls import connect_args
 
+# Between tries of a held lock: a waiter holds no server connection in between.
+POLL_S = (0.05, 0.25)
+
 
 class StudyLock:
-    """A lock around claiming a trial, shared by every worker of a storage."""
+    """A lock named after a study (or ``__schema__``), shared by every worker of a storage."""
 
     def __init__(self, url: URL, study_name: str) -> None:
         self.url = url
@@ -26,58 +33,68 @@ class StudyLock:
         self.key = int.from_bytes(
             hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True
         )
-        self._engine: sqlalchemy.Engine | None = None
-
-    def close(self) -> None:
-        """Return the lock's database connection, if it has one."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         backend = self.url.get_backend_name()
         if backend == "sqlite":
-            with self._file_lock():
+            # SQLite is local: a lock file beside the database serialises its processes.
+            path = Path(str(self.url.database)).expanduser()
+            with filelock.FileLock(f"{path}.hpsearch-lock"):
                 yield
-        else:
-            with self._advisory_lock(backend):
-                yield
+            return
+        engine = sqlalchemy.create_engine(
+            self.url, poolclass=sqlalchemy.NullPool, connect_args=connect_args(self.url)
+        )
+        try:
+            if backend == "postgresql":
+                with _postgres_lock(engine, self.key):
+                    yield
+            else:
+                with _mysql_lock(engine, self.name):
+                    yield
+        finally:
+            engine.dispose()
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        # SQLite is local: a lock file beside the database serialises its processes.
-        path = Path(str(self.url.database)).expanduser()
-        with filelock.FileLock(f"{path}.hpsearch-lock"):
-            yield
 
-    @contextlib.contextmanager
-    def _advisory_lock(self, backend: str) -> Iterator[None]:
-        # A session-level lock on a connection of its own: the server releases it if the
-        # worker dies while holding it. One pooled connection; if the server dropped it,
-        # the claim fails with a transient error and is retried on a new one.
-        if self._engine is None:
-            self._engine = sqlalchemy.create_engine(
-                self.url, pool_size=1, max_overflow=0, connect_args=connect_args(self.url)
-            )
-        params: dict[str, Any]
-        if backend == "postgresql":
-            lock = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
-            unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
-            params = {"k": self.key}
-        else:
-            lock = sqlalchemy.text("SELECT GET_LOCK(:n, 600)")
-            unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:n)")
-            params = {"n": self.name}
-        with self._engine.connect() as connection:
-            connection.execute(lock, params)
+@contextlib.contextmanager
+def _postgres_lock(engine: sqlalchemy.Engine, key: int) -> Iterator[None]:
+    # A transaction-level lock, tried and not waited for: it works through PgBouncer in
+    # transaction mode (a session lock would stay on a server connection other clients then
+    # share), and the server releases it when the transaction ends, the worker dies or the
+    # link is cut (idle_in_transaction_session_timeout, keepalives).
+    try_lock = sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)")
+    while True:
+        connection = engine.connect()
+        try:
+            if connection.execute(try_lock, {"k": key}).scalar_one():
+                break
+            connection.rollback()
+        except BaseException:
+            connection.close()
+            raise
+        connection.close()
+        time.sleep(random.uniform(*POLL_S))
+    try:
+        yield
+    finally:
+        try:
             connection.commit()
+        except Exception:
+            connection.invalidate()  # its transaction, and the lock, ended with the link
+        connection.close()
+
+
+@contextlib.contextmanager
+def _mysql_lock(engine: sqlalchemy.Engine, name: str) -> Iterator[None]:
+    # MySQL has no transaction-level lock: a session lock on a connection of its own, which
+    # the server releases if the worker dies holding it.
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT GET_LOCK(:n, 600)"), {"n": name})
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
-                try:
-                    connection.execute(unlock, params)
-                    connection.commit()
-                except Exception:
-                    # A lock whose connection died is released by the server already.
-                    connection.invalidate()
+                connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            except Exception:
+                connection.invalidate()

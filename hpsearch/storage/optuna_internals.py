@@ -71,10 +71,11 @@ def state_counts(
 
 
 def trials_before(engine: sqlalchemy.Engine, study_id: int, trial_id: int) -> int:
-    """Finished or running trials of the study created before the trial ``trial_id``."""
+    """Finished, running or waiting trials of the study created before the trial
+    ``trial_id``: the slots taken before it."""
     query = sqlalchemy.text(
         "SELECT COUNT(*) FROM trials WHERE study_id = :study_id AND trial_id < :trial_id "
-        "AND state IN ('COMPLETE', 'PRUNED', 'RUNNING')"
+        "AND state IN ('COMPLETE', 'PRUNED', 'RUNNING', 'WAITING')"
     )
     with engine.connect() as connection:
         params = {"study_id": study_id, "trial_id": trial_id}

@@ -1,5 +1,6 @@
 """Storage URLs: parsing and checking one, the password kept out of it, its redacted form for
-logs and errors, and the driver's connection options (timeouts, TCP keepalives)."""
+logs and errors, and the driver's connection options (timeouts, TCP keepalives, no
+prepared statements)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def connect_args(url: URL) -> dict[str, object]:
     args: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
     if url.get_backend_name() == "postgresql":
         args.update(POSTGRES_TCP)
+    if url.drivername == "postgresql+psycopg":
+        # psycopg prepares a statement run five times on a connection; behind PgBouncer in
+        # transaction mode (before 1.21, or without max_prepared_statements) the next
+        # transaction may land on a server connection that has it already, or lacks it.
+        args["prepare_threshold"] = None
     # SQLAlchemy lets these override the URL's query: keep what the user wrote.
     return {name: value for name, value in args.items() if name not in url.query}
 

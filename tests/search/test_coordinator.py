@@ -48,8 +48,6 @@ def test_two_workers_claim_exactly_the_total(sqlite_url: str) -> None:
     a.finish(third, state=TrialState.PRUNED)  # pruned counts as finished
     b.finish(fourth, 2.0)
     assert a.claim() == "done" and b.claim() == "done"
-    a.close()
-    b.close()
 
 
 def test_a_failure_with_retry_is_queued_once(sqlite_url: str) -> None:
