@@ -70,6 +70,8 @@ def overhead(url: str | None, trials: int) -> dict[str, float]:
         claim_ms.append((t1 - t0) * 1e3)
         report_ms.append((t2 - t1) * 1e3)
         tell_ms.append((t3 - t2) * 1e3)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.engine.dispose()  # its connection would count in the scale runs' peaks
     return {
         "claim": statistics.median(claim_ms),
         "reports": statistics.median(report_ms),
@@ -100,9 +102,12 @@ def tiny_trials(url: str, trials: int, rounds: int) -> tuple[float, float]:
     loop, each on a new study of the same storage, ``rounds`` rounds taken in turn."""
     plain_ms, hpsearch_ms = [], []
     storage = open_storage(url, heartbeat_interval=10)
+    optuna_storage = optuna.storages.RDBStorage(url)  # Optuna's defaults
     for round_ in range(rounds):
         sampler = optuna.samplers.RandomSampler(seed=round_)
-        plain = optuna.create_study(storage=url, study_name=f"plain{round_}", sampler=sampler)
+        plain = optuna.create_study(
+            storage=optuna_storage, study_name=f"plain{round_}", sampler=sampler
+        )
         t0 = time.perf_counter()
         plain.optimize(tiny_trial, n_trials=trials)
         plain_ms.append((time.perf_counter() - t0) / trials * 1e3)
@@ -112,67 +117,74 @@ def tiny_trials(url: str, trials: int, rounds: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         run_trials(ours, FunctionObjective(tiny_trial), settings)
         hpsearch_ms.append((time.perf_counter() - t0) / trials * 1e3)
+    storage.engine.dispose()
+    optuna_storage.engine.dispose()
     return statistics.median(plain_ms), statistics.median(hpsearch_ms)
 
 
 @dataclass
 class Scale:
-    """One run of W cheap worker processes on one study."""
+    """One run of W cheap worker processes on one study, from the moment all were ready."""
 
-    rate: float  # trials finished per second while every worker was running
+    rate: float  # trials finished per second while all W ran
     share: float  # of the ideal W / trial length
-    peak: int  # the server's most connections to the database
+    peak: int  # the server's most connections to the database, start-up included
     cpu_ms: float  # CPU per trial, workers' and servers' together, start-up excluded
+    refused: int  # workers that exited with an error (a server out of connections)
 
 
-def startup_cpu_s(url: str) -> float:
-    """CPU seconds of one worker that starts, opens the study and finds it done."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    (process,) = spawn(url, "startup", 0, 1, 0.0, sampler="random")
-    process.communicate(timeout=120)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scale(url: str, direct: str, workers: int, per_worker: int, trial_s: float) -> Scale:
     """Run ``workers`` processes on a new study of ``per_worker`` trials each (through
-    ``url``, maybe a pooler; ``direct`` is the server itself)."""
-    total, steps = workers * per_worker, STEPS
+    ``url``, maybe a pooler; ``direct`` is the server itself), all claiming from one moment."""
+    total = workers * per_worker
     name = f"scale{workers}-{time.monotonic_ns()}"
-    startup = startup_cpu_s(url)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = server_cpu_s()
-    with sampled_connections(direct) as peaks:
-        processes = spawn(url, name, total, workers, trial_s / steps, steps, sampler="random")
+    with TemporaryDirectory() as barrier, sampled_connections(direct) as peaks:
+        env = {"CHEAP_WORKER_BARRIER": barrier, "CHEAP_WORKER_HEARTBEAT_S": "10"}
+        processes = spawn(
+            url, name, total, workers, trial_s / STEPS, STEPS, sampler="random", env=env
+        )
+        # Ready, or exited (refused by a server out of connections, or failed).
+        while (
+            len(list(Path(barrier).glob("ready-*"))) + sum(p.poll() is not None for p in processes)
+            < workers
+        ):
+            time.sleep(0.1)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        startup = sum(process_cpu_s(p.pid) for p in processes if p.poll() is None)
+        server_before = server_cpu_s()
+        go = datetime.datetime.now()
+        (Path(barrier) / "go").touch()
+        refused = 0
         for process in processes:
-            output, _ = process.communicate(timeout=1800)
-            if process.returncode != 0:
-                raise SystemExit(f"worker failed: {output}")
-    server = server_cpu_s() - server_before
+            output, _ = process.communicate(timeout=3600)
+            refused += process.returncode != 0
+        server = server_cpu_s() - server_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     workers_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    trials = optuna.load_study(study_name=name, storage=direct).trials
+    storage = optuna.storages.RDBStorage(direct)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    storage.engine.dispose()
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == total, f"{len(done)} of {total} trials finished"
-    # The window: from the last worker's first trial (all running) to the last claim (after
-    # it, slots run out and workers stop). Trials count by the share of them inside it.
-    first: dict[int, datetime.datetime] = {}
-    for trial in done:
-        pid, started = trial.user_attrs["pid"], trial.datetime_start
-        assert started is not None
-        first[pid] = min(first.get(pid, started), started)
-    start = max(first.values())
+    # The window: from the go to the last claim (after it, slots run out and workers stop).
+    # Trials count by their share inside it.
     end = max(t.datetime_start for t in done if t.datetime_start)
-    window = (end - start).total_seconds()
+    window = (end - go).total_seconds()
     inside = 0.0
     for trial in done:
         assert trial.datetime_start and trial.datetime_complete
         span = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        overlap = min(trial.datetime_complete, end) - max(trial.datetime_start, start)
+        overlap = min(trial.datetime_complete, end) - max(trial.datetime_start, go)
         inside += max(overlap.total_seconds(), 0.0) / span
     rate = inside / window
-    cpu = workers_cpu - workers * startup + server
-    return Scale(rate, rate * trial_s / workers, peaks.overall, cpu / total * 1e3)
+    running = workers - refused
+    cpu = workers_cpu - startup + server
+    return Scale(rate, rate * trial_s / running, peaks.overall, cpu / total * 1e3, refused)
 
 
 def main() -> None:
@@ -213,17 +225,18 @@ def main() -> None:
                 f"ideal W / trial length, the server's peak connections, CPU per trial (workers "
                 f"and server, start-up excluded; {os.cpu_count()} cores)"
             )
-            print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>36}" for r in ROUTES))
+            print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in ROUTES))
             for trial_s in args.trial_seconds:
                 for workers in args.workers:
                     cells = []
                     for route in ROUTES:
                         url = pg_url if route == "postgresql" else pooled
                         r = scale(url, pg_url, workers, args.per_worker, trial_s)
-                        cells.append(
-                            f"{r.rate:7.1f}/s {r.share:4.0%} {r.peak:4d} conn {r.cpu_ms:5.1f} ms"
-                        )
-                    print(f"{trial_s:<8g}{workers:<9}" + "".join(f"{c:>36}" for c in cells))
+                        cell = f"{r.rate:7.1f}/s {r.share:4.0%} {r.peak:4d} conn {r.cpu_ms:5.1f} ms"
+                        if r.refused:
+                            cell += f" ({r.refused} refused)"
+                        cells.append(cell)
+                    print(f"{trial_s:<8g}{workers:<9}" + "".join(f"{c:>48}" for c in cells))
 
 
 def print_overhead(backends: dict[str, str | None], trials: int) -> None:
@@ -231,7 +244,10 @@ def print_overhead(backends: dict[str, str | None], trials: int) -> None:
         f"Per-trial storage overhead, median of {trials} trials, {EPOCHS} reports "
         "each (ms; ratio to in-memory)"
     )
-    print(f"{'backend':<12}{'claim':>16}{f'{EPOCHS} reports':>18}{'tell':>16}{'total':>16}")
+    print(
+        f"{'backend':<12}{'claim':>16}{f'{EPOCHS} reports':>18}{'tell':>16}{'total':>16}"
+        f"{'a report':>10}"
+    )
     base = overhead(None, trials)
     base_total = sum(base.values())
     for backend, url in backends.items():
@@ -242,6 +258,7 @@ def print_overhead(backends: dict[str, str | None], trials: int) -> None:
             f"{backend:<12}"
             + "".join(f"{c:>16}" for c in cells[:1])
             + f"{cells[1]:>18}{cells[2]:>16}{total:9.1f} x{total / base_total:5.1f}"
+            + f"{ms['reports'] / EPOCHS:10.2f}"
         )
 
 

@@ -9,6 +9,10 @@ SAMPLER=random, whose draws cost nothing) seeded per trial from seed 7
 (``search.TrialSeededSampler``), as ``hpsearch run`` does. SAMPLER=nsga2 makes a study of
 two objectives, (x**2 + y, (x - 2)**2), with the limit y <= 3, its curve recorded as
 hpsearch's objective records one (the ``curve`` user attribute).
+
+For benchmarks: CHEAP_WORKER_HEARTBEAT_S sets the heartbeat interval (1 s by default, so that
+the tests' stale trials go stale fast), and with CHEAP_WORKER_BARRIER=FOLDER each worker
+opens the study, touches FOLDER/ready-PID and claims nothing before FOLDER/go exists.
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ def spawn(
     steps: int = 3,
     ckpt: Path | None = None,
     sampler: str = "tpe",
+    env: dict[str, str] | None = None,
 ) -> list[subprocess.Popen[str]]:
-    """Start ``count`` cheap worker processes on one study; output merged into stdout."""
+    """Start ``count`` cheap worker processes on one study; output merged into stdout;
+    ``env``: variables added to this process's environment."""
     args = [url, name, str(trials), str(seconds), str(steps), str(ckpt or ""), sampler]
     return [
         subprocess.Popen(
@@ -87,6 +93,7 @@ def spawn(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         for _ in range(count)
     ]
@@ -106,7 +113,8 @@ def main() -> None:
     directions = ["minimize"] * (2 if name_of_sampler == "nsga2" else 1)
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url, heartbeat_interval=1, on_stale_trial=retry_trial)
+    heartbeat = int(os.environ.get("CHEAP_WORKER_HEARTBEAT_S", "1"))
+    storage = open_storage(url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial)
     with StudyLock(parse_url(url), name).hold():
         study = optuna.create_study(
             storage=storage,
@@ -115,6 +123,11 @@ def main() -> None:
             directions=directions,
             sampler=TrialSeededSampler(lambda seed: sampler(seed=seed), SEED),
         )
+    if barrier := os.environ.get("CHEAP_WORKER_BARRIER"):
+        # Start claiming together: say this worker is ready, wait for the go.
+        (Path(barrier) / f"ready-{os.getpid()}").touch()
+        while not (Path(barrier) / "go").exists():
+            time.sleep(0.05)
     settings = Settings(storage=url, study_name=name, trials=trials)
     ran = []  # the trials this worker claimed and ran, whatever their end
     completed = []  # the trials whose objective returned
