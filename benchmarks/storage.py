@@ -129,7 +129,8 @@ class Scale:
     rate: float  # trials finished per second while all W ran
     share: float  # of the ideal W / trial length
     peak: int  # the server's most connections to the database, start-up included
-    cpu_ms: float  # CPU per trial, workers' and servers' together, start-up excluded
+    worker_ms: float  # workers' CPU per trial, start-up excluded
+    server_ms: float  # PostgreSQL's (and PgBouncer's) CPU per trial
     refused: int  # workers that exited with an error (a server out of connections)
 
 
@@ -183,8 +184,15 @@ def scale(url: str, direct: str, workers: int, per_worker: int, trial_s: float) 
         inside += max(overlap.total_seconds(), 0.0) / span
     rate = inside / window
     running = workers - refused
-    cpu = workers_cpu - startup + server
-    return Scale(rate, rate * trial_s / running, peaks.overall, cpu / total * 1e3, refused)
+    per_trial = 1e3 / total
+    return Scale(
+        rate,
+        rate * trial_s / running,
+        peaks.overall,
+        (workers_cpu - startup) * per_trial,
+        server * per_trial,
+        refused,
+    )
 
 
 def main() -> None:
@@ -222,8 +230,8 @@ def main() -> None:
             print(
                 f"\nScale: W workers, {args.per_worker} trials each of {STEPS} sleeping steps "
                 f"(one report each), random sampling; trials/s while all W run, share of the "
-                f"ideal W / trial length, the server's peak connections, CPU per trial (workers "
-                f"and server, start-up excluded; {os.cpu_count()} cores)"
+                f"ideal W / trial length, the server's peak connections, CPU per trial: workers' "
+                f"(start-up excluded) + the server's; {os.cpu_count()} cores"
             )
             print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in ROUTES))
             for trial_s in args.trial_seconds:
@@ -232,7 +240,10 @@ def main() -> None:
                     for route in ROUTES:
                         url = pg_url if route == "postgresql" else pooled
                         r = scale(url, pg_url, workers, args.per_worker, trial_s)
-                        cell = f"{r.rate:7.1f}/s {r.share:4.0%} {r.peak:4d} conn {r.cpu_ms:5.1f} ms"
+                        cell = (
+                            f"{r.rate:7.1f}/s {r.share:4.0%} {r.peak:4d} conn "
+                            f"{r.worker_ms:5.1f} + {r.server_ms:4.1f} ms"
+                        )
                         if r.refused:
                             cell += f" ({r.refused} refused)"
                         cells.append(cell)

@@ -67,8 +67,11 @@ class WorkerStorage(optuna.storages.BaseStorage):
     in tests/storage/test_optuna_conformance.py): what is written through the view reads
     back through it at once, a param's distribution must agree with the study's, a second
     report of a step replaces the first. The one deviation, by design: other processes'
-    writes show at the next ``refresh``, not at once (tests/storage/test_worker_view.py
-    shows the claim refreshes whenever a trial has ended elsewhere).
+    writes show at the next ``refresh``, not at once. The claim refreshes whenever a trial
+    has ended elsewhere, and Optuna's samplers read the study only at the ask, so each sees
+    every trial finished until then; a pruner judges a running trial against the others as
+    they were at its claim (tests/search/test_coordinator.py,
+    ``test_a_claim_shows_the_sampler_every_trial_finished_elsewhere``).
 
     Every other call passes straight to ``backend``; readers (the dashboard, ``optuna``)
     see ordinary Optuna rows.
@@ -90,8 +93,8 @@ class WorkerStorage(optuna.storages.BaseStorage):
 
     def refresh(self, study_id: int) -> None:
         """Read the study's trials (only those changed since the last read)."""
+        self._forget(study_id)
         self._trials[study_id] = self.backend.get_all_trials(study_id, deepcopy=False)
-        self._distributions.pop(study_id, None)
         # Finished trials the read shows finished need no copy of this worker's any more.
         ended = {internals.trial_id(t) for t in self._trials[study_id] if t.state.is_finished()}
         for id_ in [i for i, own in self._own.items() if own.pending is None and i in ended]:
@@ -216,7 +219,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
         trial, pending = running
         trial.intermediate_values[step] = intermediate_value
         pending.values[step] = intermediate_value
-        self._flush_if_due(trial_id)
+        self._flush_if_due(trial_id, pending)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         running = self._running(trial_id)
@@ -228,12 +231,11 @@ class WorkerStorage(optuna.storages.BaseStorage):
         trial.user_attrs[key] = value
         pending.attrs[key] = value
         if key == CURVE:
-            self._flush_if_due(trial_id)
+            self._flush_if_due(trial_id, pending)
 
-    def _flush_if_due(self, trial_id: int) -> None:
+    def _flush_if_due(self, trial_id: int, pending: _Pending) -> None:
         """A report: written at once if it is the trial's first, else every ``flush_s``."""
-        running = self._running(trial_id)
-        flushed_at = running[1].flushed_at if running else None
+        flushed_at = pending.flushed_at
         if flushed_at is None or time.monotonic() - flushed_at >= self.flush_s:
             self.flush(trial_id)
 

@@ -15,14 +15,19 @@ from hpsearch.storage import optuna_internals as internals
 from hpsearch.storage.database import open_storage
 
 
-def worker(url: str, target: int, heartbeat: int | None = None) -> Coordinator:
+def worker(
+    url: str,
+    target: int,
+    heartbeat: int | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> Coordinator:
     """One worker's coordinator over a storage of its own (as a separate process has)."""
     storage = open_storage(url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial)
     study = optuna.create_study(
         storage=storage,
         study_name="s",
         load_if_exists=True,
-        sampler=optuna.samplers.RandomSampler(0),
+        sampler=sampler or optuna.samplers.RandomSampler(0),
     )
     return Coordinator(study, target)
 
@@ -114,3 +119,57 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retr
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[1].user_attrs["retry_of"] == 0
     assert claimed.number == 1  # the retry, claimed first
+
+
+class FinishedSeen(optuna.samplers.RandomSampler):
+    """Random sampling that records, at each ask, the finished trials a sampler reads."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.seen: list[dict[int, float | None]] = []
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        self.seen.append({t.number: t.value for t in finished})
+        super().before_trial(study, trial)
+
+
+def test_a_claim_shows_the_sampler_every_trial_finished_elsewhere(sqlite_url: str) -> None:
+    """The worker's view reads other workers' writes at a claim, not at once (by design,
+    ``WorkerStorage``): Optuna's samplers read the study only when a trial is asked for, at
+    the claim, so each sees every trial finished until then, as on a plain storage. A pruner
+    judges a running trial against the other trials as they were at its claim, as it would
+    on a plain storage had the other workers been that much slower."""
+    spy = FinishedSeen()
+    a, b = worker(sqlite_url, 10), worker(sqlite_url, 10, sampler=spy)
+    mine = b.claim()
+    assert isinstance(mine, optuna.Trial) and spy.seen == [{}]
+    first, second = a.claim(), a.claim()
+    assert isinstance(first, optuna.Trial) and isinstance(second, optuna.Trial)
+    second.report(0.5, 0)
+    a.finish(first, 1.0)
+    a.finish(second, state=TrialState.PRUNED)
+    b.finish(mine, 2.0)
+    running = b.claim()
+    assert isinstance(running, optuna.Trial)
+    assert spy.seen[-1] == {
+        0: 2.0,
+        1: 1.0,
+        2: 0.5,
+    }  # its own, and both of a's (pruned: its last report)
+    view = b.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    database = optuna.load_study(study_name="s", storage=sqlite_url).get_trials(
+        states=(TrialState.COMPLETE, TrialState.PRUNED)
+    )
+    assert [(t.number, t.values, t.intermediate_values) for t in view] == [
+        (t.number, t.values, t.intermediate_values) for t in database
+    ]
+    # While b's trial runs, a trial finished elsewhere shows at b's next claim, not before.
+    later = a.claim()
+    assert isinstance(later, optuna.Trial)
+    a.finish(later, 3.0)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    assert [t.number for t in b.study.get_trials(states=finished)] == [0, 1, 2]
+    b.finish(running, 4.0)
+    assert isinstance(b.claim(), optuna.Trial)
+    assert spy.seen[-1] == {0: 2.0, 1: 1.0, 2: 0.5, 3: 4.0, 4: 3.0}
