@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import resource
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -129,14 +131,39 @@ class Scale:
     rate: float  # trials finished per second while all W ran
     share: float  # of the ideal W / trial length
     peak: int  # the server's most connections to the database, start-up included
-    worker_ms: float  # workers' CPU per trial, start-up excluded
-    server_ms: float  # PostgreSQL's (and PgBouncer's) CPU per trial
+    worker_ms: float  # workers' CPU per trial inside the window
+    server_ms: float  # PostgreSQL's (and PgBouncer's) CPU per trial inside the window
     refused: int  # workers that exited with an error (a server out of connections)
 
 
 def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def sampled_cpu(pids: list[int]) -> Iterator[list[tuple[datetime.datetime, float, float]]]:
+    """Every 0.25 s in a thread: (time, CPU seconds of the live ``pids``, the servers')."""
+    samples: list[tuple[datetime.datetime, float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            workers = 0.0
+            for pid in pids:
+                with suppress(OSError, ValueError):
+                    workers += process_cpu_s(pid)
+            samples.append((datetime.datetime.now(), workers, server_cpu_s()))
+            if stop.wait(0.25):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
 
 
 def scale(url: str, direct: str, workers: int, per_worker: int, trial_s: float) -> Scale:
@@ -155,18 +182,14 @@ def scale(url: str, direct: str, workers: int, per_worker: int, trial_s: float) 
             < workers
         ):
             time.sleep(0.1)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        startup = sum(process_cpu_s(p.pid) for p in processes if p.poll() is None)
-        server_before = server_cpu_s()
-        go = datetime.datetime.now()
-        (Path(barrier) / "go").touch()
-        refused = 0
-        for process in processes:
-            output, _ = process.communicate(timeout=3600)
-            refused += process.returncode != 0
-        server = server_cpu_s() - server_before
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    workers_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        live = [p.pid for p in processes if p.poll() is None]
+        with sampled_cpu(live) as cpu:
+            go = datetime.datetime.now()
+            (Path(barrier) / "go").touch()
+            refused = 0
+            for process in processes:
+                process.communicate(timeout=3600)
+                refused += process.returncode != 0
     storage = optuna.storages.RDBStorage(direct)
     trials = optuna.load_study(study_name=name, storage=storage).trials
     storage.engine.dispose()
@@ -182,15 +205,17 @@ def scale(url: str, direct: str, workers: int, per_worker: int, trial_s: float) 
         span = (trial.datetime_complete - trial.datetime_start).total_seconds()
         overlap = min(trial.datetime_complete, end) - max(trial.datetime_start, go)
         inside += max(overlap.total_seconds(), 0.0) / span
+    # CPU over the same window: the samples nearest its two ends.
+    _, workers_start, server_start = cpu[0]
+    _, workers_end, server_end = [sample for sample in cpu if sample[0] <= end][-1]
     rate = inside / window
-    running = workers - refused
-    per_trial = 1e3 / total
+    per_trial = 1e3 / inside
     return Scale(
         rate,
-        rate * trial_s / running,
+        rate * trial_s / len(live),
         peaks.overall,
-        (workers_cpu - startup) * per_trial,
-        server * per_trial,
+        (workers_end - workers_start) * per_trial,
+        (server_end - server_start) * per_trial,
         refused,
     )
 
@@ -230,8 +255,8 @@ def main() -> None:
             print(
                 f"\nScale: W workers, {args.per_worker} trials each of {STEPS} sleeping steps "
                 f"(one report each), random sampling; trials/s while all W run, share of the "
-                f"ideal W / trial length, the server's peak connections, CPU per trial: workers' "
-                f"(start-up excluded) + the server's; {os.cpu_count()} cores"
+                f"ideal W / trial length, the server's peak connections, CPU per trial in the "
+                f"same window: workers' + the server's; {os.cpu_count()} cores"
             )
             print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in ROUTES))
             for trial_s in args.trial_seconds:

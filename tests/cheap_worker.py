@@ -31,8 +31,6 @@ from hpsearch.search.samplers import TrialSeededSampler
 from hpsearch.search.worker import FunctionObjective, run_trials
 from hpsearch.settings import Settings
 from hpsearch.storage.database import open_storage
-from hpsearch.storage.lock import StudyLock
-from hpsearch.storage.urls import parse_url
 
 SEED = 7
 
@@ -115,14 +113,15 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     heartbeat = int(os.environ.get("CHEAP_WORKER_HEARTBEAT_S", "1"))
     storage = open_storage(url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial)
-    with StudyLock(parse_url(url), name).hold():
-        study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            load_if_exists=True,
-            directions=directions,
-            sampler=TrialSeededSampler(lambda seed: sampler(seed=seed), SEED),
-        )
+    # Optuna's own create-or-load is safe when workers race (its study has no set-up to
+    # finish, unlike hpsearch's study.open_study).
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        load_if_exists=True,
+        directions=directions,
+        sampler=TrialSeededSampler(lambda seed: sampler(seed=seed), SEED),
+    )
     if barrier := os.environ.get("CHEAP_WORKER_BARRIER"):
         # Start claiming together: say this worker is ready, wait for the go.
         (Path(barrier) / f"ready-{os.getpid()}").touch()

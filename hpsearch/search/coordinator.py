@@ -155,9 +155,12 @@ class Coordinator:
         # sees the earlier one here and yields. Counting waiting trials leaves a queued retry
         # its slot. A worker dying before the trial's first heartbeat leaves a RUNNING trial
         # without one; fail_stale_trials finds those too.
-        before = internals.trials_before(
-            self.rdb.engine, internals.study_id(self.study), internals.trial_id(trial)
-        )
+        trial_id = internals.trial_id(trial)
+        before = self.view.taken_before(trial_id) if self.view is not None else None
+        if before is None:  # taken from the queue: not counted when it was created
+            before = internals.trials_before(
+                self.rdb.engine, internals.study_id(self.study), trial_id
+            )
         if before >= self.target:
             trial.set_user_attr("fail_reason", YIELDED)
             self._tell(trial, state=TrialState.FAIL)
@@ -268,8 +271,11 @@ class Heartbeat:
         self._thread.join(timeout=self.interval + 5)
 
     def _run(self) -> None:
+        # The first beat after one interval, not at once: a trial with no beat is failed only
+        # past the grace period (fail_stale_trials), and a trial shorter than an interval
+        # then costs no heartbeat writes.
         wait = self.interval
-        while not self._stop.is_set():
+        while not self._stop.wait(wait * random.uniform(0.9, 1.0)):
             try:
                 self.storage.record_heartbeat(self.trial_id)
                 wait = self.interval
@@ -280,4 +286,3 @@ class Heartbeat:
                     str(error).splitlines()[0],
                 )
                 wait = min(1.0, self.interval)
-            self._stop.wait(wait * random.uniform(0.9, 1.0))

@@ -94,12 +94,23 @@ def open_study(
 ) -> optuna.Study:
     """Create the study, or load it if it exists; refuse a study of another problem.
 
-    Runs under the study lock, so workers starting together create one study and enqueue
-    the study file's first trials once.
+    Creating it runs under the set-up lock, so workers starting together create one study
+    and enqueue the study file's first trials once; a study already set up (the usual case,
+    for every worker but the first) is loaded without the lock, which costs a waiter a
+    second server connection while it polls.
 
     Raises:
         HpsearchError: the study exists with another problem, metric or direction.
     """
+    try:
+        study = optuna.load_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        if "problem" in study.user_attrs:  # the last of the set-up's writes is done
+            check_same_study(study, config)
+            return study
+    except KeyError:  # no such study yet
+        pass
     with StudyLock(parse_url(storage.url), study_name).hold():
         study = optuna.create_study(
             storage=storage,
@@ -114,7 +125,6 @@ def open_study(
             with warnings.catch_warnings():  # experimental since Optuna 3.2
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(list(config.metrics))  # the dashboard's axes
-            study.set_user_attr("problem", config.problem.name)
             study.set_user_attr("metric", config.metric)  # the learning curve
             study.set_user_attr("metrics", list(config.metrics))
             study.set_user_attr("constraints", [limit.describe() for limit in config.limits])
@@ -122,6 +132,8 @@ def open_study(
             study.set_user_attr("data", dict(config.data))  # to rebuild the splits
             for params in config.enqueue:
                 study.enqueue_trial(params, skip_if_exists=True)
+            # Last: its presence tells later workers the set-up is complete.
+            study.set_user_attr("problem", config.problem.name)
     return study
 
 

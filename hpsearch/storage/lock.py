@@ -19,8 +19,9 @@ from sqlalchemy.engine import URL
 
 from hpsearch.storage.urls import connect_args
 
-# Between tries of a held lock: a waiter holds no server connection in between.
-POLL_S = (0.05, 0.25)
+# Between tries of a held lock, growing: a waiter holds no server connection in between
+# (through PgBouncer), and many waiters do not swamp the server.
+POLL_S = (0.05, 1.0)
 
 
 class StudyLock:
@@ -43,8 +44,9 @@ class StudyLock:
             with filelock.FileLock(f"{path}.hpsearch-lock"):
                 yield
             return
+        # One connection for the whole wait: a try is a query, not a new connection.
         engine = sqlalchemy.create_engine(
-            self.url, poolclass=sqlalchemy.NullPool, connect_args=connect_args(self.url)
+            self.url, pool_size=1, max_overflow=0, connect_args=connect_args(self.url)
         )
         try:
             if backend == "postgresql":
@@ -64,6 +66,7 @@ def _postgres_lock(engine: sqlalchemy.Engine, key: int) -> Iterator[None]:
     # share), and the server releases it when the transaction ends, the worker dies or the
     # link is cut (idle_in_transaction_session_timeout, keepalives).
     try_lock = sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)")
+    pause = POLL_S[0]
     while True:
         connection = engine.connect()
         try:
@@ -74,7 +77,8 @@ def _postgres_lock(engine: sqlalchemy.Engine, key: int) -> Iterator[None]:
             connection.close()
             raise
         connection.close()
-        time.sleep(random.uniform(*POLL_S))
+        time.sleep(pause * random.uniform(0.5, 1.0))
+        pause = min(pause * 1.5, POLL_S[1])
     try:
         yield
     finally:

@@ -70,16 +70,21 @@ def state_counts(
     return counts
 
 
+# The states of trials that hold one of a study's slots: finished, running or waiting.
+SLOT_STATES = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING]
+
+
 def trials_before(engine: sqlalchemy.Engine, study_id: int, trial_id: int) -> int:
     """Finished, running or waiting trials of the study created before the trial
     ``trial_id``: the slots taken before it."""
-    query = sqlalchemy.text(
-        "SELECT COUNT(*) FROM trials WHERE study_id = :study_id AND trial_id < :trial_id "
-        "AND state IN ('COMPLETE', 'PRUNED', 'RUNNING', 'WAITING')"
+    trials = TrialModel.__table__
+    query = sqlalchemy.select(sqlalchemy.func.count()).where(
+        trials.c.study_id == study_id,
+        trials.c.trial_id < trial_id,
+        trials.c.state.in_(SLOT_STATES),
     )
     with engine.connect() as connection:
-        params = {"study_id": study_id, "trial_id": trial_id}
-        return int(connection.execute(query, params).scalar_one())
+        return int(connection.execute(query).scalar_one())
 
 
 def running_without_heartbeat(
@@ -106,17 +111,28 @@ def study_of_trial(engine: sqlalchemy.Engine, trial_id: int) -> int:
         return int(connection.execute(query).scalar_one())
 
 
-def new_trial(engine: sqlalchemy.Engine, trial_id: int) -> FrozenTrial:
-    """The trial ``trial_id`` just created by ``Study.ask``, read in one query (Optuna's
-    ``get_trial`` makes six to fetch what a new trial cannot have yet)."""
+def new_trial(engine: sqlalchemy.Engine, trial_id: int) -> tuple[FrozenTrial, int]:
+    """The trial ``trial_id`` just created by ``Study.ask``, and the slots taken before it
+    (``trials_before``), read in one query (Optuna's ``get_trial`` makes six to fetch what a
+    new trial cannot have yet)."""
     trials = TrialModel.__table__
+    earlier = trials.alias("earlier")
+    taken = (
+        sqlalchemy.select(sqlalchemy.func.count())
+        .where(
+            earlier.c.study_id == trials.c.study_id,
+            earlier.c.trial_id < trials.c.trial_id,
+            earlier.c.state.in_(SLOT_STATES),
+        )
+        .scalar_subquery()
+    )
     with engine.connect() as connection:
-        number, started = connection.execute(
-            sqlalchemy.select(trials.c.number, trials.c.datetime_start).where(
+        number, started, before = connection.execute(
+            sqlalchemy.select(trials.c.number, trials.c.datetime_start, taken).where(
                 trials.c.trial_id == trial_id
             )
         ).one()
-    return FrozenTrial(
+    trial = FrozenTrial(
         number=number,
         state=TrialState.RUNNING,
         value=None,
@@ -129,6 +145,7 @@ def new_trial(engine: sqlalchemy.Engine, trial_id: int) -> FrozenTrial:
         intermediate_values={},
         trial_id=trial_id,
     )
+    return trial, int(before)
 
 
 def write_trial_rows(

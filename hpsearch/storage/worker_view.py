@@ -40,12 +40,14 @@ class _Pending:
 
 @dataclass
 class _Own:
-    """A trial this worker started: its study, the trial as this worker has it, and its
-    pending rows (None once this worker has finished it)."""
+    """A trial this worker started: its study, the trial as this worker has it, its pending
+    rows (None once this worker has finished it), and for a new trial the study's slots
+    taken before it when it was created (``optuna_internals.trials_before``)."""
 
     study_id: int
     trial: FrozenTrial
     pending: _Pending | None
+    taken_before: int | None = None
 
 
 class WorkerStorage(optuna.storages.BaseStorage):
@@ -164,12 +166,19 @@ class WorkerStorage(optuna.storages.BaseStorage):
 
     # The running trials: kept here, written in batches.
 
-    def _start(self, study_id: int, trial: FrozenTrial) -> None:
+    def _start(self, study_id: int, trial: FrozenTrial, taken_before: int | None = None) -> None:
         # A trial taken from the queue (a retry) may have rows already: those are replaced.
         pending = _Pending(
             written_params=set(trial.params), written_steps=set(trial.intermediate_values)
         )
-        self._own[internals.trial_id(trial)] = _Own(study_id, trial, pending)
+        self._own[internals.trial_id(trial)] = _Own(study_id, trial, pending, taken_before)
+
+    def taken_before(self, trial_id: int) -> int | None:
+        """The slots of its study taken before the trial ``trial_id`` when this worker created
+        it (read with the new trial, for the claim's check); None for a trial taken from the
+        queue."""
+        own = self._own.get(trial_id)
+        return own.taken_before if own is not None else None
 
     def _running(self, trial_id: int) -> tuple[FrozenTrial, _Pending] | None:
         """This worker's running trial ``trial_id`` and its pending rows, if it is one."""
@@ -181,7 +190,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         created = self.backend.create_new_trial(study_id, template_trial)
         if template_trial is None:  # Study.ask: a RUNNING trial for this worker
-            self._start(study_id, internals.new_trial(self.rdb.engine, created))
+            self._start(study_id, *internals.new_trial(self.rdb.engine, created))
         else:  # Study.add_trial, enqueue_trial: read with the study next time
             self._forget(study_id)
         return created

@@ -79,11 +79,14 @@ def test_ids_counts_and_orphans(rdb: optuna.storages.RDBStorage) -> None:
 
 def test_new_trial_matches_optunas_own_reading(rdb: optuna.storages.RDBStorage) -> None:
     study = optuna.create_study(storage=rdb, study_name="new")
-    study.optimize(lambda t: 1.0, n_trials=2)
-    trial = study.ask()
-    assert internals.new_trial(rdb.engine, internals.trial_id(trial)) == rdb.get_trial(
-        internals.trial_id(trial)
-    )
+    study.optimize(lambda t: 1.0, n_trials=2)  # two finished: slots taken
+    study.tell(study.ask(), state=TrialState.FAIL)  # a failed one holds none
+    study.enqueue_trial({})  # a waiting one holds one
+    optuna.create_study(storage=rdb, study_name="other").ask()  # another study's: none
+    trial_id = rdb.create_new_trial(internals.study_id(study))  # as Study.ask creates one
+    read, before = internals.new_trial(rdb.engine, trial_id)
+    assert read == rdb.get_trial(trial_id)
+    assert before == 3 == internals.trials_before(rdb.engine, internals.study_id(study), trial_id)
 
 
 def test_batched_rows_read_back_as_optunas_own(rdb: optuna.storages.RDBStorage) -> None:
