@@ -112,7 +112,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     heartbeat = int(os.environ.get("CHEAP_WORKER_HEARTBEAT_S", "1"))
-    storage = open_storage(url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial)
+    storage = open_storage(
+        url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial, pre_ping=False
+    )
     # Optuna's own create-or-load is safe when workers race (its study has no set-up to
     # finish, unlike hpsearch's study.open_study).
     study = optuna.create_study(

@@ -65,6 +65,7 @@ def open_run(config: StudyConfig, settings: Settings) -> OpenRun:
         settings.storage,
         heartbeat_interval=settings.heartbeat_interval,
         on_stale_trial=retry_trial,
+        pre_ping=False,  # run_trials retries every call on a dropped connection
     )
     study = with_db_retries(
         lambda: open_study(storage, config, settings.study_name, sampler, pruner),

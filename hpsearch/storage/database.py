@@ -50,6 +50,7 @@ def open_storage(
     create: bool = True,
     heartbeat_interval: int | None = None,
     on_stale_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    pre_ping: bool = True,
 ) -> optuna.storages.RDBStorage:
     """Open the storage at ``url``, creating Optuna's tables if they are missing (unless
     ``create`` is false: a reader creates nothing).
@@ -57,6 +58,10 @@ def open_storage(
     Args:
         heartbeat_interval: seconds between running trials' heartbeats; a trial silent for
             three intervals is failed, and ``on_stale_trial`` called on it.
+        pre_ping: test a pooled server connection before each use. A worker, which retries
+            every database call on a dropped connection (``errors.with_db_retries``), turns
+            it off: a stale connection then costs one retry, not a round trip before every
+            transaction (a fifth of a trial's).
 
     Raises:
         HpsearchError: bad URL, missing SQLite file (unless ``create``), unreachable
@@ -70,8 +75,8 @@ def open_storage(
     else:
         engine_kwargs = {
             # Test each pooled connection before use: a database restart or an idle
-            # connection dropped by a firewall costs a reconnect, not a crashed worker.
-            "pool_pre_ping": True,
+            # connection dropped by a firewall costs a reconnect, not a failed command.
+            "pool_pre_ping": pre_ping,
             # One server connection per worker, heartbeat threads included (they wait their
             # turn for a moment), so a server's max_connections (100 by default) or a
             # pooler's pool bounds the workers, not a multiple of them (docs/workers.md).
