@@ -13,6 +13,8 @@ hpsearch's objective records one (the ``curve`` user attribute).
 For benchmarks: CHEAP_WORKER_HEARTBEAT_S sets the heartbeat interval (1 s by default, so that
 the tests' stale trials go stale fast), and with CHEAP_WORKER_BARRIER=FOLDER each worker
 opens the study, touches FOLDER/ready-PID and claims nothing before FOLDER/go exists.
+CHEAP_WORKER_PLAIN=1 runs plain Optuna instead (its RDBStorage and ``Study.optimize``, the
+total kept by ``MaxTrialsCallback``, which overshoots by up to workers - 1): the baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from hpsearch.search.coordinator import retry_trial
 from hpsearch.search.samplers import TrialSeededSampler
@@ -112,9 +115,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     heartbeat = int(os.environ.get("CHEAP_WORKER_HEARTBEAT_S", "1"))
-    storage = open_storage(
-        url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial, pre_ping=False
-    )
+    plain = os.environ.get("CHEAP_WORKER_PLAIN") == "1"
+    storage: optuna.storages.BaseStorage
+    if plain:  # Optuna's own storage, with its heartbeats
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat)
+    else:
+        storage = open_storage(
+            url, heartbeat_interval=heartbeat, on_stale_trial=retry_trial, pre_ping=False
+        )
     # Optuna's own create-or-load is safe when workers race (its study has no set-up to
     # finish, unlike hpsearch's study.open_study).
     study = optuna.create_study(
@@ -140,7 +148,12 @@ def main() -> None:
         return value
 
     try:
-        run_trials(study, FunctionObjective(counted), settings)
+        if plain:
+            finished = (TrialState.COMPLETE, TrialState.PRUNED)
+            until = optuna.study.MaxTrialsCallback(trials, states=finished)
+            study.optimize(counted, callbacks=[until])
+        else:
+            run_trials(study, FunctionObjective(counted), settings)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         raise SystemExit(130) from None
