@@ -134,7 +134,7 @@ class Scale:
     share: float  # of the ideal W / trial length
     peak: int  # the server's most connections to the database, start-up included
     worker_ms: float  # workers' CPU per trial inside the window
-    server_ms: float  # PostgreSQL's (and PgBouncer's) CPU per trial inside the window
+    server_ms: float  # PostgreSQL's (and PgBouncer's) CPU per trial inside it, idle use off
     refused: int  # workers that exited with an error (a server out of connections)
     over: int  # trials finished beyond the total
 
@@ -190,6 +190,11 @@ def scale(
         ):
             time.sleep(0.1)
         live = [p.pid for p in processes if p.poll() is None]
+        # The servers' CPU while no worker claims (this benchmark's own sampling, PostgreSQL's
+        # background work), taken off what the trials cost them.
+        idle_start, idle_cpu = time.monotonic(), server_cpu_s()
+        time.sleep(3)
+        idle_rate = (server_cpu_s() - idle_cpu) / (time.monotonic() - idle_start)
         with sampled_cpu(live) as cpu:
             go = datetime.datetime.now()
             (Path(barrier) / "go").touch()
@@ -214,8 +219,9 @@ def scale(
         overlap = min(trial.datetime_complete, end) - max(trial.datetime_start, go)
         inside += max(overlap.total_seconds(), 0.0) / span
     # CPU over the same window: the samples nearest its two ends.
-    _, workers_start, server_start = cpu[0]
-    _, workers_end, server_end = [sample for sample in cpu if sample[0] <= end][-1]
+    started, workers_start, server_start = cpu[0]
+    ended, workers_end, server_end = [sample for sample in cpu if sample[0] <= end][-1]
+    server_end -= idle_rate * (ended - started).total_seconds()
     rate = inside / window
     per_trial = 1e3 / inside
     return Scale(
@@ -265,7 +271,7 @@ def main() -> None:
                 f"\nScale: W workers, {args.per_worker} trials each of {STEPS} sleeping steps "
                 f"(one report each), random sampling; trials/s while all W run, share of the "
                 f"ideal W / trial length, the server's peak connections, CPU per trial in the "
-                f"same window: workers' + the server's; {os.cpu_count()} cores"
+                f"same window: workers' + the server's (its idle use taken off); {os.cpu_count()} cores"
             )
             print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in ROUTES))
             for trial_s in args.trial_seconds:
