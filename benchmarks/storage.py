@@ -271,7 +271,8 @@ def main() -> None:
                 f"\nScale: W workers, {args.per_worker} trials each of {STEPS} sleeping steps "
                 f"(one report each), random sampling; trials/s while all W run, share of the "
                 f"ideal W / trial length, the server's peak connections, CPU per trial in the "
-                f"same window: workers' + the server's (its idle use taken off); {os.cpu_count()} cores"
+                f"same window: workers' + the server's (its idle use taken off); "
+                f"{os.cpu_count()} cores"
             )
             print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in ROUTES))
             for trial_s in args.trial_seconds:
