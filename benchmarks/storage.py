@@ -200,11 +200,20 @@ def scale(
             (Path(barrier) / "go").touch()
             refused = 0
             for process in processes:
-                process.communicate(timeout=3600)
-                refused += process.returncode != 0
+                output, _ = process.communicate(timeout=3600)
+                if process.returncode != 0:
+                    refused += 1
+                    if refused == 1:  # why, once a run
+                        print(
+                            f"worker exited {process.returncode}: {output[-600:]}", file=sys.stderr
+                        )
     storage = optuna.storages.RDBStorage(direct)
-    trials = optuna.load_study(study_name=name, storage=storage).trials
-    storage.engine.dispose()
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+    except KeyError:  # every worker refused before it made the study
+        return Scale(0.0, 0.0, peaks.overall, 0.0, 0.0, refused, 0)
+    finally:
+        storage.engine.dispose()
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     # Exact with hpsearch; plain Optuna's callback overshoots by up to workers - 1.
     assert len(done) == total or (plain and total <= len(done) < total + workers), len(done)
@@ -246,6 +255,7 @@ def main() -> None:
     parser.add_argument("--per-worker", type=int, default=12)
     parser.add_argument("--pool", type=int, default=20, help="PgBouncer's server connections")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     args = parser.parse_args()
 
     with (
@@ -274,11 +284,11 @@ def main() -> None:
                 f"same window: workers' + the server's (its idle use taken off); "
                 f"{os.cpu_count()} cores"
             )
-            print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in ROUTES))
+            print(f"{'trial':<8}{'workers':<9}" + "".join(f"{r:>48}" for r in args.routes))
             for trial_s in args.trial_seconds:
                 for workers in args.workers:
                     cells = []
-                    for route in ROUTES:
+                    for route in args.routes:
                         url = pooled if route == "pgbouncer" else pg_url
                         plain = route == "optuna"
                         r = scale(url, pg_url, workers, args.per_worker, trial_s, plain)
