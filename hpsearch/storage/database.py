@@ -20,7 +20,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpsearch.errors import HpsearchError, Unavailable
-from hpsearch.storage.errors import is_schema_race, is_transient_db_error, with_db_retries
+from hpsearch.storage.errors import (
+    database_error,
+    is_schema_race,
+    is_transient_db_error,
+    with_db_retries,
+)
 from hpsearch.storage.lock import StudyLock
 from hpsearch.storage.urls import connect_args, parse_url, redact, scrub
 
@@ -122,9 +127,12 @@ def open_storage(
                 f"storage {redact(url)} has an older Optuna schema; back it up, then run: "
                 f"optuna storage upgrade --storage '{redact(url)}'"
             ) from None
-        raise HpsearchError(
-            f"cannot open storage {redact(url)}: {scrub(str(error), parsed)}"
-        ) from None
+        # Optuna's wrapper says only "an exception is raised during the commit": name the
+        # cause, and exit 75 when it may pass (a server out of connections, say).
+        found = database_error(error)
+        kind = type(found) if found is not None else HpsearchError
+        reason = str(found) if found is not None else str(error)
+        raise kind(f"cannot open storage {redact(url)}: {scrub(reason, parsed)}") from None
     if parsed.get_backend_name() == "sqlite":
         _relax_sqlite_sync(storage.engine)
     return storage
