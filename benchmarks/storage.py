@@ -41,7 +41,13 @@ from hpsearch.search.worker import FunctionObjective, run_trials  # noqa: E402
 from hpsearch.settings import Settings  # noqa: E402
 from hpsearch.storage.database import open_storage  # noqa: E402
 from tests.cheap_worker import spawn  # noqa: E402
-from tests.servers import fresh_database, pgbouncer, sampled_connections, server_cpu_s  # noqa: E402
+from tests.servers import (  # noqa: E402
+    fresh_database,
+    pgbouncer,
+    process_cpu_s,
+    sampled_connections,
+    server_cpu_s,
+)
 
 EPOCHS = 30
 STEPS = 3
@@ -137,11 +143,6 @@ class Scale:
     server_ms: float  # PostgreSQL's (and PgBouncer's) CPU per trial inside it, idle use off
     refused: int  # workers that exited with an error (a server out of connections)
     over: int  # trials finished beyond the total
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

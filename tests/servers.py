@@ -278,24 +278,48 @@ def sampled_connections(database_url: str, busy: int = 1) -> Iterator[Connection
         engine.dispose()
 
 
+@dataclass
+class ProcStat:
+    """What /proc/PID/stat says of one process: its name, parent, and CPU clock ticks (its
+    own user and system, and its reaped children's)."""
+
+    name: str
+    parent: int
+    utime: int
+    stime: int
+    cutime: int
+    cstime: int
+
+
+def proc_stat(pid: int | str) -> ProcStat:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # The name, in parentheses, may hold spaces and parentheses itself.
+    fields = text[text.rindex(")") + 2 :].split()
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    return ProcStat(name, int(fields[1]), *(int(f) for f in fields[11:15]))
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) that the live process ``pid`` has used."""
+    stat = proc_stat(pid)
+    return (stat.utime + stat.stime) / os.sysconf("SC_CLK_TCK")
+
+
 def server_cpu_s() -> float:
     """CPU seconds (user + system) that this machine's PostgreSQL servers and PgBouncers have
     used: live processes, plus what each postmaster has collected from exited backends."""
-    tick = os.sysconf("SC_CLK_TCK")
     processes = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for folder in Path("/proc").glob("[0-9]*"):
         try:
-            text = stat.read_text()
-        except OSError:
+            processes[int(folder.name)] = proc_stat(folder.name)
+        except (OSError, ValueError):  # exited meanwhile
             continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
-        processes[int(stat.parent.name)] = (name, int(fields[1]), [int(f) for f in fields[11:15]])
     total = 0
-    for name, parent, (utime, stime, cutime, cstime) in processes.values():
-        if name not in ("postgres", "pgbouncer"):
+    for stat in processes.values():
+        if stat.name not in ("postgres", "pgbouncer"):
             continue
-        total += utime + stime
-        if name == "postgres" and processes.get(parent, ("",))[0] != "postgres":
-            total += cutime + cstime  # the postmaster: its exited backends
-    return total / tick
+        total += stat.utime + stat.stime
+        parent = processes.get(stat.parent)
+        if stat.name == "postgres" and (parent is None or parent.name != "postgres"):
+            total += stat.cutime + stat.cstime  # the postmaster: its exited backends
+    return total / os.sysconf("SC_CLK_TCK")
