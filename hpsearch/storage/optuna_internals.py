@@ -77,14 +77,19 @@ SLOT_STATES = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, Trial
 def trials_before(engine: sqlalchemy.Engine, study_id: int, trial_id: int) -> int:
     """Finished, running or waiting trials of the study created before the trial
     ``trial_id``: the slots taken before it."""
-    trials = TrialModel.__table__
-    query = sqlalchemy.select(sqlalchemy.func.count()).where(
-        trials.c.study_id == study_id,
-        trials.c.trial_id < trial_id,
-        trials.c.state.in_(SLOT_STATES),
-    )
     with engine.connect() as connection:
-        return int(connection.execute(query).scalar_one())
+        return int(connection.execute(_slots_before(study_id, trial_id)).scalar_one())
+
+
+def _slots_before(study_id: Any, trial_id: Any) -> sqlalchemy.Select[int]:
+    """The count of ``trials_before``; ``study_id`` and ``trial_id`` are values or columns
+    (``new_trial`` counts for the row it reads)."""
+    earlier = TrialModel.__table__.alias("earlier")
+    return sqlalchemy.select(sqlalchemy.func.count()).where(
+        earlier.c.study_id == study_id,
+        earlier.c.trial_id < trial_id,
+        earlier.c.state.in_(SLOT_STATES),
+    )
 
 
 def running_without_heartbeat(
@@ -116,16 +121,7 @@ def new_trial(engine: sqlalchemy.Engine, trial_id: int) -> tuple[FrozenTrial, in
     (``trials_before``), read in one query (Optuna's ``get_trial`` makes six to fetch what a
     new trial cannot have yet)."""
     trials = TrialModel.__table__
-    earlier = trials.alias("earlier")
-    taken = (
-        sqlalchemy.select(sqlalchemy.func.count())
-        .where(
-            earlier.c.study_id == trials.c.study_id,
-            earlier.c.trial_id < trials.c.trial_id,
-            earlier.c.state.in_(SLOT_STATES),
-        )
-        .scalar_subquery()
-    )
+    taken = _slots_before(trials.c.study_id, trials.c.trial_id).scalar_subquery()
     with engine.connect() as connection:
         number, started, before = connection.execute(
             sqlalchemy.select(trials.c.number, trials.c.datetime_start, taken).where(
