@@ -499,19 +499,16 @@ def dashboard(
     artifacts: ArtifactsOption = None,
 ) -> None:
     """Serve optuna-dashboard on the storage: live plots of every study, finalized models."""
-    import optuna_dashboard
-
+    from hpsearch.results.dashboard import serve_dashboard
     from hpsearch.settings import resolve_settings
-    from hpsearch.storage.artifacts import open_artifact_store
-    from hpsearch.storage.database import open_storage
+    from hpsearch.storage.database import wait_for_database
     from hpsearch.storage.urls import redact
 
     _configure_logging()
     settings = resolve_settings(storage=storage, artifacts=artifacts)
-    store = open_storage(settings.storage, create=False)
-    artifact_store = open_artifact_store(settings.artifacts) if settings.artifacts else None
+    wait_for_database(settings.storage, settings.db_wait)
     err_console.print(
         f"optuna-dashboard for {redact(settings.storage)} at http://{host}:{port}/ "
         "(Ctrl-C stops it)"
     )
-    optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store)
+    serve_dashboard(settings.storage, settings.artifacts, host, port)

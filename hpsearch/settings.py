@@ -32,6 +32,7 @@ ENVIRONMENT = {
     "workers": "HPSEARCH_WORKERS",
     "artifacts": "HPSEARCH_ARTIFACTS",
     "group_size": "HPSEARCH_GROUP_SIZE",
+    "db_wait": "HPSEARCH_DB_WAIT",
 }
 
 
@@ -70,6 +71,9 @@ class Settings:
     # "" turns checkpoints off (and finalize then writes --out only).
     artifacts: str = "hpsearch-artifacts"
     heartbeat_interval: int = 10
+    # Seconds run, create, finalize and the dashboard wait for a database not up yet (a pod
+    # started before its server, a server restarting); the reading commands do not wait.
+    db_wait: float = 300.0
     # Trials trained as one stack of models (training.stack); 1: one at a time; None: by
     # device (training.devices.DEFAULT_GROUP_SIZE).
     group_size: int | None = None
@@ -84,7 +88,8 @@ class Settings:
 
 DEFAULTS = Settings()
 _NAMES = {f.name for f in fields(Settings)}
-_INTEGERS = {"workers", "group_size"}  # of the environment's settings; the rest are text
+_INTEGERS = {"workers", "group_size"}  # of the environment's settings
+_NUMBERS = {"db_wait"}  # the rest are text
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -98,6 +103,11 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[name] = int(text)
             except ValueError:
                 raise HpsearchError(f"${variable} must be an integer, got {text!r}") from None
+        elif name in _NUMBERS:
+            try:
+                values[name] = float(text)
+            except ValueError:
+                raise HpsearchError(f"${variable} must be a number, got {text!r}") from None
         else:
             values[name] = text
     return values
@@ -160,6 +170,8 @@ def _check(settings: Settings) -> None:
     timeout = settings.timeout
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
         raise HpsearchError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if not (settings.db_wait >= 0 and math.isfinite(settings.db_wait)):
+        raise HpsearchError(f"$HPSEARCH_DB_WAIT must be seconds >= 0, got {settings.db_wait}")
     for name, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("device", DEVICES)):
         value = getattr(settings, name)
         if value not in choices:

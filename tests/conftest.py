@@ -10,6 +10,9 @@ from tests.servers import Bucket
 
 # What the user reads must read right on an 80-column terminal: the tests print at that width.
 os.environ["COLUMNS"] = "80"
+# Tests of an unreachable database want its answer now, not after run's default wait for a
+# server still starting (the tests of that wait set their own).
+os.environ["HPSEARCH_DB_WAIT"] = "0"
 
 POSTGRES_URL = os.environ.get(
     "HPSEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -74,11 +74,12 @@ def fresh_database(server_url: str, prefix: str = "hpsearch") -> Iterator[str]:
 
 @contextmanager
 def own_postgres(
-    listen: str = "127.0.0.1", allow: str | None = None
+    listen: str = "127.0.0.1", allow: str | None = None, start: bool = True
 ) -> Iterator[tuple[str, list[str]]]:
     """A PostgreSQL server of the caller's own, listening on ``listen`` and trusting clients
     from the network ``allow`` (CIDR) too: its URL, and the pg_ctl command to stop or start
-    it. initdb and pg_ctl refuse root, so they run as the postgres user."""
+    it (``start=False``: the caller starts it). initdb and pg_ctl refuse root, so they run as
+    the postgres user."""
     for program in ("initdb", "pg_ctl"):
         _require(program, "PostgreSQL's server programs")
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
@@ -92,7 +93,8 @@ def own_postgres(
             hba.write(f"host all all {allow} trust\n")
     ctl = [*as_postgres, "pg_ctl", "-D", str(data), "-w", "-l", str(folder / "log"),
            "-o", f"-p {port} -k {folder} -c listen_addresses={listen}"]  # fmt: skip
-    subprocess.run([*ctl, "start"], check=True, capture_output=True)
+    if start:
+        subprocess.run([*ctl, "start"], check=True, capture_output=True)
     try:
         yield f"postgresql+psycopg://postgres@{listen}:{port}/postgres", ctl
     finally:

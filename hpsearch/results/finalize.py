@@ -28,6 +28,7 @@ from hpsearch.results.model_files import ENSEMBLE_FILE, MODEL_FILE, RESULT_FILE,
 from hpsearch.results.pick import Pick, parse_pick, top_configurations
 from hpsearch.settings import Settings
 from hpsearch.storage.counts import load_study
+from hpsearch.storage.database import wait_for_database
 from hpsearch.training import NonFiniteLossError
 from hpsearch.training.costs import model_costs
 from hpsearch.training.devices import default_group_size, resolve_device
@@ -55,6 +56,7 @@ def finalize_study(
     """
     from hpsearch.storage.artifacts import open_artifact_store, upload_files
 
+    wait_for_database(settings.storage, settings.db_wait)
     study = load_study(study_name, settings.storage)
     attrs = study.user_attrs
     if "problem" not in attrs or "data" not in attrs:

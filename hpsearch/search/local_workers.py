@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from hpsearch.errors import HpsearchError, Unavailable
+from hpsearch.errors import EXIT_CODES, HpsearchError
 from hpsearch.search.interrupts import signals_interrupt
 from hpsearch.search.progress import ProgressReader, StudyProgress
 from hpsearch.search.study_file import StudyConfig, load_study_file
@@ -114,9 +114,9 @@ def run_local_workers(
 
 def workers_failed(codes: list[int | None]) -> HpsearchError:
     """The error of a run whose workers exited with ``codes``: their own exit code when the
-    failed ones agree on an hpsearch error (2 bad input, 75 try again later), else 1 (a
-    crash)."""
+    failed ones agree on an hpsearch error (2 bad input, 69 no device, 70 trials failing,
+    75 try again later), else 1 (a crash)."""
     failed = {code for code in codes if code != 0}
     agreed = failed.pop() if len(failed) == 1 else None
-    code = agreed if agreed in (HpsearchError.exit_code, Unavailable.exit_code) else 1
+    code = agreed if agreed in EXIT_CODES else 1
     return HpsearchError(f"worker exit codes {codes}; see the messages above", exit_code=code)

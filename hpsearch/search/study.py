@@ -16,7 +16,7 @@ from hpsearch.search.samplers import create_pruner, create_sampler
 from hpsearch.search.study_file import StudyConfig
 from hpsearch.settings import Settings
 from hpsearch.storage.counts import count_finished, load_study
-from hpsearch.storage.database import open_storage
+from hpsearch.storage.database import open_storage, wait_for_database
 from hpsearch.storage.errors import with_db_retries
 from hpsearch.storage.lock import StudyLock
 from hpsearch.storage.urls import parse_url
@@ -56,6 +56,7 @@ def open_run(config: StudyConfig, settings: Settings) -> OpenRun:
     pruner = create_pruner(config, settings)
     device = resolve_device(settings.device)
     artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
+    wait_for_database(settings.storage, settings.db_wait)
     if count_finished(settings.storage, settings.study_name) >= settings.trials:
         study = load_study(settings.study_name, settings.storage)
         check_same_study(study, config)
@@ -79,6 +80,7 @@ def create_study(config: StudyConfig, settings: Settings) -> optuna.Study:
     set-up step, before its workers start); an existing study of the same problem is kept."""
     sampler = create_sampler(config, settings)
     pruner = create_pruner(config, settings)
+    wait_for_database(settings.storage, settings.db_wait)
     storage = open_storage(settings.storage)
     return with_db_retries(
         lambda: open_study(storage, config, settings.study_name, sampler, pruner),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import TrialsFailing
 from hpsearch.search.coordinator import Coordinator
 from hpsearch.search.interrupts import signals_interrupt
 from hpsearch.search.progress import ProgressReader, StudyProgress
@@ -190,7 +190,7 @@ def run_trials(
             coordinator.fail(trial, f"{type(error).__name__}: {error}")
             consecutive_failures += 1
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                raise HpsearchError(
+                raise TrialsFailing(
                     f"{consecutive_failures} trials failed in a row, last: "
                     f"{type(error).__name__}: {error}"
                 ) from None

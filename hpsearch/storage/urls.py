@@ -14,6 +14,9 @@ from hpsearch.errors import HpsearchError
 # A password kept out of the URL (and so out of shell history and process lists); any
 # characters work, no URL escaping needed.
 PASSWORD_ENV = "HPSEARCH_DB_PASSWORD"
+# Or a file holding it (a mounted Kubernetes secret, a Docker secret): the password is then in
+# no process's environment. Its last line break is not part of the password.
+PASSWORD_FILE_ENV = "HPSEARCH_DB_PASSWORD_FILE"
 CONNECT_TIMEOUT_S = 10
 # Across machines a link can die without a reset. TCP keepalives on both ends (the server's
 # set per session through libpq's "options") make each side drop a silent peer in about 25 s,
@@ -83,6 +86,23 @@ def parse_url(url: str) -> URL:
         raise HpsearchError("SQLite storage needs a file: sqlite:///path/to/file.db")
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
-    if backend != "sqlite" and parsed.password is None and os.environ.get(PASSWORD_ENV):
-        parsed = parsed.set(password=os.environ[PASSWORD_ENV])
+    if backend != "sqlite" and parsed.password is None:
+        password = _password_from_environment()
+        if password is not None:
+            parsed = parsed.set(password=password)
     return parsed
+
+
+def _password_from_environment() -> str | None:
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    path = os.environ.get(PASSWORD_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().removesuffix("\n").removesuffix("\r")
+    except OSError as error:
+        raise HpsearchError(
+            f"cannot read ${PASSWORD_FILE_ENV} {path}: {error.strerror or error}"
+        ) from None

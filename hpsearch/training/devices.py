@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import DeviceMissing
 
 # A GPU worker's share of device memory: the CUDA context (~0.5 GiB), the data set on the
 # device, and the largest default model's weights, activations and optimizer state.
@@ -25,10 +25,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``.
 
     Raises:
-        HpsearchError: ``cuda`` asked for where no CUDA device is available.
+        DeviceMissing: ``cuda`` asked for where no CUDA device is available.
     """
     if name == "cuda" and not torch.cuda.is_available():
-        raise HpsearchError("--device cuda: no CUDA device is available")
+        raise DeviceMissing("--device cuda: no CUDA device is available")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

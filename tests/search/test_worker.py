@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, TrialsFailing
 from hpsearch.search.progress import StudyProgress
 from hpsearch.search.run import run_study
 from hpsearch.search.study_file import load_study_file
@@ -106,7 +106,7 @@ def test_failing_trials_stop_the_run(
     settings = resolve_settings(
         config, workers=1, storage=sqlite_url, trials=10, group_size=group_size
     )
-    with pytest.raises(HpsearchError, match="5 trials failed in a row, last: RuntimeError: CUDA"):
+    with pytest.raises(TrialsFailing, match="5 trials failed in a row, last: RuntimeError: CUDA"):
         run_study(config, settings)
     study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
     # Alone: five trials, each failed. In groups of three: the fifth failure is in the

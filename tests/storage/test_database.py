@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
 
-from hpsearch.errors import HpsearchError
-from hpsearch.storage.database import open_storage
+from hpsearch.errors import HpsearchError, Unavailable
+from hpsearch.storage.database import open_storage, wait_for_database
+from tests.servers import own_postgres
 
 
 def test_sqlite_uses_wal(sqlite_url: str, tmp_path: Path) -> None:
@@ -76,3 +81,31 @@ def test_readers_create_no_tables(tmp_path: Path) -> None:
         open_storage(f"sqlite:///{path}", create=False)
     with sqlite3.connect(path) as connection:
         assert "studies" not in str(connection.execute("SELECT name FROM sqlite_master").fetchall())
+
+
+@pytest.mark.postgres
+def test_first_contact_waits_for_a_server_started_late() -> None:
+    # A worker pod that starts before its PostgreSQL (or while it restarts) waits for it, up
+    # to $HPSEARCH_DB_WAIT, rather than exiting 75 at once and spending a retry.
+    with own_postgres(start=False) as (url, ctl):
+        env = {**os.environ, "HPSEARCH_DB_WAIT": "120"}
+        create = subprocess.Popen(
+            [sys.executable, "-m", "hpsearch", "create", "usps", "--storage", url],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert create.stderr is not None
+        first = create.stderr.readline()  # blocks until it has tried once and failed
+        assert "waiting for the database" in first and "Connection refused" in first
+        time.sleep(3)
+        assert create.poll() is None  # still waiting
+        subprocess.run([*ctl, "start"], check=True, capture_output=True)
+        _, err = create.communicate(timeout=120)
+        assert create.returncode == 0, first + err
+        assert optuna.get_all_study_names(url) == ["usps"]
+
+
+def test_wait_for_database_gives_up_with_75() -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="cannot reach database"):
+        wait_for_database("postgresql+psycopg://bob@127.0.0.1:1/x", wait_s=2)
+    assert time.monotonic() - started < 30

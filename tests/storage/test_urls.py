@@ -43,3 +43,24 @@ def test_the_urls_own_parameters_win_over_the_keepalives() -> None:
     assert args["keepalives"] == 1 and args["tcp_user_timeout"] == 30_000
     default = connect_args(parse_url("postgresql://u@h/db"))
     assert "-c tcp_keepalives_idle=10" in str(default["options"])
+
+
+def test_password_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A mounted Kubernetes secret: the file's content, without its last line break.
+    secret = tmp_path / "password"
+    secret.write_text("s3cr:et/#1\n")
+    monkeypatch.delenv("HPSEARCH_DB_PASSWORD", raising=False)
+    monkeypatch.setenv("HPSEARCH_DB_PASSWORD_FILE", str(secret))
+    assert parse_url("postgresql+psycopg://bob@db/x").password == "s3cr:et/#1"
+    assert parse_url("postgresql+psycopg://bob:given@db/x").password == "given"  # the URL wins
+    monkeypatch.setenv("HPSEARCH_DB_PASSWORD", "from-env")
+    assert parse_url("postgresql+psycopg://bob@db/x").password == "from-env"
+
+
+def test_missing_password_file_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HPSEARCH_DB_PASSWORD", raising=False)
+    monkeypatch.setenv("HPSEARCH_DB_PASSWORD_FILE", str(tmp_path / "absent"))
+    with pytest.raises(HpsearchError, match=r"cannot read \$HPSEARCH_DB_PASSWORD_FILE .*absent"):
+        parse_url("postgresql+psycopg://bob@db/x")
