@@ -12,6 +12,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# tini as PID 1: it forwards SIGTERM to hpsearch (a pod's stop, so the running trial is
+# failed and queued again) and reaps the worker processes' children; Python as PID 1 would
+# do neither reliably.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch>=2.5,<3" "torchvision>=0.20,<1"; \
     fi
@@ -29,5 +35,5 @@ WORKDIR /home/hpsearch
 
 # hpsearch dashboard --port 8080
 EXPOSE 8080
-ENTRYPOINT ["hpsearch"]
+ENTRYPOINT ["/usr/bin/tini", "--", "hpsearch"]
 CMD ["--help"]

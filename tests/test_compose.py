@@ -102,7 +102,7 @@ def test_dockerfile_installs_the_package_with_hpsearch_entrypoint() -> None:
         assert re.search(rf"^COPY .*\b{copied}\b", dockerfile, re.M), copied
         assert (REPO / copied).exists()
     assert re.search(r"^RUN pip install '\.\[s3\]'", dockerfile, re.M)  # boto3 for s3://
-    assert 'ENTRYPOINT ["hpsearch"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "hpsearch"]' in dockerfile  # tini as PID 1
     assert re.search(r"^USER \d+:\d+$", dockerfile, re.M)  # not root
 
 
