@@ -507,8 +507,13 @@ def dashboard(
     _configure_logging()
     settings = resolve_settings(storage=storage, artifacts=artifacts)
     wait_for_database(settings.storage, settings.db_wait)
-    err_console.print(
-        f"optuna-dashboard for {redact(settings.storage)} at http://{host}:{port}/ "
-        "(Ctrl-C stops it)"
+    serve_dashboard(
+        settings.storage,
+        settings.artifacts,
+        host,
+        port,
+        on_ready=lambda: err_console.print(
+            f"optuna-dashboard for {redact(settings.storage)} at http://{host}:{port}/ "
+            "(Ctrl-C stops it)"
+        ),
     )
-    serve_dashboard(settings.storage, settings.artifacts, host, port)

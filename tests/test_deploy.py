@@ -820,3 +820,10 @@ def test_pgbouncer_sits_between_the_workers_and_postgres() -> None:
     # The rest of the deployment is the base's, with the settings' database URL changed.
     changed = {k for k in settings(objects) if settings(objects)[k] != settings()[k]}
     assert changed == {"HPSEARCH_STORAGE"}
+
+
+def test_the_tests_the_failure_tables_name_exist() -> None:
+    named = re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", DOCS)
+    assert len(named) >= 8
+    for path, test in named:
+        assert re.search(rf"^def {test}\(", (REPO / path).read_text(), re.M), f"{path}::{test}"

@@ -7,6 +7,8 @@ its documentation serves ``optuna_dashboard.wsgi(storage)`` with gunicorn for an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna_dashboard
 from gunicorn.app.base import BaseApplication
 
@@ -43,9 +45,12 @@ class _Dashboard(BaseApplication):
         return optuna_dashboard.wsgi(store, artifact_store=artifact_store)
 
 
-def serve_dashboard(storage: str, artifacts: str, host: str, port: int) -> None:
+def serve_dashboard(
+    storage: str, artifacts: str, host: str, port: int, on_ready: Callable[[], None]
+) -> None:
     """Serve the dashboard of ``storage`` (and the finalized models in ``artifacts``, if not
-    "") on ``host:port`` until SIGINT or SIGTERM.
+    "") on ``host:port`` until SIGINT or SIGTERM; ``on_ready`` is called once both are
+    checked, before the server starts.
 
     Raises:
         HpsearchError: no storage there, or an artifact store that cannot be opened; both are
@@ -55,4 +60,5 @@ def serve_dashboard(storage: str, artifacts: str, host: str, port: int) -> None:
     open_storage(storage, create=False).engine.dispose()
     if artifacts:
         open_artifact_store(artifacts)
+    on_ready()
     _Dashboard(storage, artifacts, f"{host}:{port}").run()
