@@ -7,6 +7,7 @@ them the test is skipped, except under CI=true, where it fails (.ci/run installs
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -220,3 +221,30 @@ def test_dashboard_listens_on_loopback_unless_asked(dashboard: tuple[int, str, P
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_dashboard_serves_probes_and_requests_together_and_stops_on_sigterm(
+    dashboard: tuple[int, str, Path],
+) -> None:
+    """Under gunicorn (hpsearch.results.dashboard): the probe path of deploy/kubernetes
+    answers, several requests are served at once, and SIGTERM (a pod's stop) ends it cleanly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hpsearch.results.dashboard import HEALTH_PATH
+
+    _, _, folder = dashboard
+    server, port = _start_dashboard(folder)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{HEALTH_PATH}", timeout=10) as r:
+            assert r.status == 200 and "artifact_is_available" in json.load(r)
+
+        def get(path: str) -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                return int(r.status)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(get, ["/api/studies", HEALTH_PATH] * 4)) == {200}
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0]
+    assert server.returncode == 0, output
