@@ -8,16 +8,13 @@ Nothing in ``hpsearch.storage`` imports torch: the commands that only read a stu
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-import tenacity
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,8 +28,6 @@ from hpsearch.storage.errors import (
 )
 from hpsearch.storage.lock import StudyLock
 from hpsearch.storage.urls import connect_args, parse_url, redact, scrub
-
-logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
 # How long a starting worker keeps retrying dropped connections before giving up.
@@ -193,8 +188,9 @@ def _has_optuna_tables(parsed: URL) -> bool:
 
 def wait_for_database(url: str, wait_s: float) -> None:
     """A worker's or set-up job's first contact: a server not up yet (still starting,
-    restarting, re-attaching its volume) or full is tried again, with a growing pause up to
-    15 s, for ``wait_s`` seconds. Refused credentials or a missing database fail at once.
+    restarting, re-attaching its volume) or full is tried again, with the growing pause of
+    ``with_db_retries``, for ``wait_s`` seconds. Refused credentials or a missing database
+    fail at once.
 
     Raises:
         HpsearchError: refused, or ``Unavailable`` (exit code 75) once ``wait_s`` is spent.
@@ -202,25 +198,12 @@ def wait_for_database(url: str, wait_s: float) -> None:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" or wait_s <= 0:
         return
-    started = time.monotonic()
-
-    def log(state: tenacity.RetryCallState) -> None:
-        delay = state.next_action.sleep if state.next_action else 0
-        logger.warning(
-            "waiting for the database (%.0f of %.0f s, next try in %.0f s): %s",
-            time.monotonic() - started,
-            wait_s,
-            delay,
-            state.outcome.exception() if state.outcome else "",
-        )
-
-    tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(Unavailable),
-        wait=tenacity.wait_exponential(multiplier=1, max=15),
-        stop=tenacity.stop_after_delay(wait_s),
-        before_sleep=log,
-        reraise=True,
-    )(check_reachable, parsed)
+    with_db_retries(
+        lambda: check_reachable(parsed),
+        "waiting for the database",
+        budget_s=wait_s,
+        transient=lambda error: isinstance(error, Unavailable),
+    )
 
 
 def check_reachable(parsed: URL) -> None:
