@@ -91,13 +91,22 @@ def find(kind: str, name: str, objects: list[dict[str, Any]] = OBJECTS) -> dict[
     return found
 
 
-def pod_specs(objects: list[dict[str, Any]] = OBJECTS) -> Iterator[tuple[str, dict[str, Any]]]:
+def pod_templates(
+    objects: list[dict[str, Any]] = OBJECTS,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(owner's name, pod template) of every object that makes pods; a CronJob's is in its
+    jobTemplate."""
     for obj in objects:
         spec = obj.get("spec", {})
         if obj["kind"] == "CronJob":
             spec = spec["jobTemplate"]["spec"]
         if obj["kind"] in ("Job", "CronJob", "Deployment", "StatefulSet"):
-            yield obj["metadata"]["name"], spec["template"]["spec"]
+            yield obj["metadata"]["name"], spec["template"]
+
+
+def pod_specs(objects: list[dict[str, Any]] = OBJECTS) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, template in pod_templates(objects):
+        yield name, template["spec"]
 
 
 def containers(objects: list[dict[str, Any]] = OBJECTS) -> Iterator[dict[str, Any]]:
@@ -761,20 +770,9 @@ def test_network_policies_allow_only_the_paths_the_study_needs() -> None:
     assert not allowed(objects, OTHER, PGBOUNCER_POD, 6432)
     assert not allowed(objects, PGBOUNCER_POD, None, 443)
     # The pods carry the labels the policies name.
-    pods = {name: labels for name, labels in pod_labels(base).items()}
+    pods = {name: template["metadata"]["labels"] for name, template in pod_templates(base)}
     assert pods["hpsearch-workers"] == HPSEARCH and pods["hpsearch-dashboard"] == DASHBOARD
     assert pods["postgres"] == POSTGRES and pods["hpsearch-backup"] == BACKUP
-
-
-def pod_labels(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    labels = {}
-    for obj in objects:
-        spec = obj.get("spec", {})
-        if obj["kind"] == "CronJob":
-            spec = spec["jobTemplate"]["spec"]
-        if "template" in spec:
-            labels[obj["metadata"]["name"]] = spec["template"]["metadata"]["labels"]
-    return labels
 
 
 # -- PgBouncer between the workers and PostgreSQL ----------------------------------------------
