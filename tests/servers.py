@@ -40,7 +40,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _require(program: str, install: str) -> str:
+def require(program: str, install: str) -> str:
     """The path of ``program``; skip without it, except under CI=true where that fails."""
     path = shutil.which(program)
     if path is None:
@@ -81,7 +81,7 @@ def own_postgres(
     it (``start=False``: the caller starts it). initdb and pg_ctl refuse root, so they run as
     the postgres user."""
     for program in ("initdb", "pg_ctl"):
-        _require(program, "PostgreSQL's server programs")
+        require(program, "PostgreSQL's server programs")
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
     shutil.chown(folder, "postgres")
     data, port = folder / "data", free_port(listen)
@@ -105,7 +105,7 @@ def own_postgres(
 @contextmanager
 def moto_server(host: str = "127.0.0.1") -> Iterator[str]:
     """Start ``moto_server`` on ``host``; yield its endpoint URL; stop it."""
-    exe = _require("moto_server", "pip install 'moto[server]'")
+    exe = require("moto_server", "pip install 'moto[server]'")
     port = free_port(host)
     server = subprocess.Popen(
         [exe, "-H", host, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -177,7 +177,7 @@ def pgbouncer(server_url: str, pool_size: int = 20) -> Iterator[str]:
     ``server_url``, on loopback, trusting clients, at most ``pool_size`` server connections
     per database: yield the URL that goes through it (same database), stop it. It refuses to
     run as root, so it runs as the postgres user."""
-    exe = _require("pgbouncer", "Debian's pgbouncer package")
+    exe = require("pgbouncer", "Debian's pgbouncer package")
     server = sqlalchemy.make_url(server_url)
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-pgbouncer-"))
     shutil.chown(folder, "postgres")

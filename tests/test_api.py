@@ -6,11 +6,18 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 from sklearn.datasets import load_diabetes, load_wine
 
 import hpsearch
 from hpsearch.search.study_file import packaged_studies
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials run to the end: one worker per core may leave a trial that yielded its slot."""
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
 
 
 @pytest.mark.slow
@@ -18,9 +25,10 @@ def test_a_dataframe_runs_finalizes_and_predicts(sqlite_url: str, tmp_path: Path
     frame = load_diabetes(as_frame=True, scaled=False).frame
     study = hpsearch.run(data=frame, target="target", trials=2, storage=sqlite_url)
     assert study.study_name.startswith("frame-") and study.study_name.endswith("-regression")
-    assert len(study.trials) == 2
+    assert finished(study) == 2
     again = hpsearch.run(data=frame, target="target", trials=2, storage=sqlite_url)
-    assert again.study_name == study.study_name and len(again.trials) == 2  # same data: resumed
+    assert again.study_name == study.study_name  # same data: resumed, nothing added
+    assert len(again.trials) == len(study.trials)
     result = hpsearch.finalize(
         study.study_name, storage=sqlite_url, top_k=1, seeds=1, ensemble=False
     )

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -664,6 +665,34 @@ def test_every_hpsearch_pod_waits_for_the_database() -> None:
                 == settings(objects)["HPSEARCH_STORAGE"]
             )
             assert int(env_value(pod["containers"][0], "HPSEARCH_DB_WAIT", objects)) >= 60, name
+
+
+def test_the_wait_for_the_database_ends_when_a_server_started_late_answers() -> None:
+    # The init containers' own command, run by sh against a PostgreSQL that is not up yet:
+    # it waits (no trial started, no retry spent) and ends 0 once the server answers.
+    servers.require("pg_isready", "PostgreSQL's client programs")
+    commands = {
+        tuple(pod["initContainers"][0]["command"])
+        for objects in VARIANTS.values()
+        for pod in hpsearch_pods(objects).values()
+    }
+    (command,) = commands  # one wait, shared by every hpsearch pod of every variant
+    with servers.own_postgres(start=False) as (url, ctl):
+        wait = subprocess.Popen(
+            list(command),
+            env={**os.environ, "HPSEARCH_STORAGE": url},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert wait.stdout is not None
+            assert wait.stdout.readline() == "waiting for the database\n"
+            time.sleep(3)
+            assert wait.poll() is None  # still waiting
+            subprocess.run([*ctl, "start"], check=True, capture_output=True)
+            assert wait.wait(timeout=30) == 0
+        finally:
+            wait.kill()
 
 
 def test_the_database_is_durable() -> None:
