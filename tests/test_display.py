@@ -11,10 +11,12 @@ import pandas as pd
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpsearch.display import RunProgress, best_table, studies_table, trials_table
-from hpsearch.results.summaries import StudySummary
+from hpsearch.display import RunProgress, best_table, studies_table, summary_table, trials_table
+from hpsearch.results.summaries import StudySummary, list_studies
 from hpsearch.results.tables import format_params, format_value
 from hpsearch.search.progress import StudyProgress
+from hpsearch.storage.database import open_storage
+from hpsearch.storage.optuna_internals import YIELDED
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:
@@ -141,3 +143,20 @@ def test_tables_fit_80_columns_with_whole_headers() -> None:
     for name in ("trial", "state", "val_accuracy", "seconds", "searched params"):
         assert name in header
     assert "3.2" in lines[4] and "p11=1.1" in " ".join(lines)
+
+
+def test_a_yielded_trial_is_not_counted_as_failed(sqlite_url: str) -> None:
+    # A trial that lost the race for the last slot never ran: Optuna stores it as FAIL, but
+    # the end-of-run summary and `hpsearch studies` count only the real failure.
+    study = optuna.create_study(storage=open_storage(sqlite_url), study_name="raced")
+    study.set_user_attr("metric", "value")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    for reason in ("error", YIELDED):
+        trial = study.ask()
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    console, out = _console(terminal=False)
+    console.print(summary_table(study, ["value"]))
+    assert "2 complete, 0 pruned, 1 failed" in out.getvalue()
+    (summary,) = [s for s in list_studies(sqlite_url) if s.name == "raced"]
+    assert summary.counts["FAIL"] == 1 and summary.counts["COMPLETE"] == 2

@@ -45,7 +45,7 @@ from hpsearch.results.tables import (
     is_number,
     markdown_table,
 )
-from hpsearch.storage.counts import is_feasible
+from hpsearch.storage.counts import is_feasible, is_yielded
 from hpsearch.storage.worker_view import CURVE
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
@@ -311,7 +311,8 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     Raises:
         HpsearchError: the study has no finished trial, or ``out`` cannot be written.
     """
-    counts = Counter(trial.state for trial in study.get_trials(deepcopy=False))
+    ran = (t for t in study.get_trials(deepcopy=False) if not is_yielded(t))
+    counts = Counter(trial.state for trial in ran)
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 0:
         raise HpsearchError(f"study {study.study_name!r} has no finished trial to report on")
     try:

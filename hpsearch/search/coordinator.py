@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 # A crashed or interrupted trial runs once more with the same params (attempt 2).
 MAX_ATTEMPTS = 2
-# The fail_reason of a trial that lost the race for the study's last slot.
-YIELDED = "yielded: another worker took the study's last slot"
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial, *, quiet: bool = False) -> None:
@@ -162,7 +160,7 @@ class Coordinator:
                 self.rdb.engine, internals.study_id(self.study), trial_id
             )
         if before >= self.target:
-            trial.set_user_attr("fail_reason", YIELDED)
+            trial.set_user_attr("fail_reason", internals.YIELDED)
             self._tell(trial, state=TrialState.FAIL)
             logger.info("trial %d yielded: another worker took the last slot", trial.number)
             return "wait"

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpsearch.search.coordinator import YIELDED
 from hpsearch.storage.database import open_storage
+from hpsearch.storage.optuna_internals import YIELDED
 from tests.cheap_worker import spawn
 from tests.conftest import TINY_HOUSE
 from tests.storage.test_storage_contract import check_exact, finish

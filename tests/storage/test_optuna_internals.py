@@ -50,6 +50,13 @@ def test_ids_counts_and_orphans(rdb: optuna.storages.RDBStorage) -> None:
     assert internals.study_id(study) == rdb.get_study_id_from_name("ids")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     study.tell(study.ask(), state=TrialState.PRUNED)
+    # A failed trial counts; one that yielded its slot (it never ran) does not.
+    failed = study.ask()
+    failed.set_user_attr("fail_reason", "error")
+    study.tell(failed, state=TrialState.FAIL)
+    yielded = study.ask()
+    yielded.set_user_attr("fail_reason", internals.YIELDED)
+    study.tell(yielded, state=TrialState.FAIL)
     study.enqueue_trial({"x": 0.5})
     running = study.ask()  # takes the queued trial
     waiting = study.ask()
@@ -61,8 +68,9 @@ def test_ids_counts_and_orphans(rdb: optuna.storages.RDBStorage) -> None:
     assert counts == internals.state_counts(rdb.engine, study_name="ids")
     expected = dict.fromkeys(TrialState, 0)
     for trial in rdb.get_all_trials(internals.study_id(study)):
-        expected[trial.state] += 1
+        expected[trial.state] += trial.number != yielded.number
     assert counts == expected and counts[TrialState.WAITING] == 1
+    assert counts[TrialState.FAIL] == 1
     # Trials created before ``waiting``: 2 complete, 1 pruned, 1 running.
     before = internals.trials_before(
         rdb.engine, internals.study_id(study), internals.trial_id(waiting)
