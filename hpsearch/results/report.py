@@ -20,8 +20,8 @@ import html
 import math
 import statistics
 import warnings
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from hpsearch.results.tables import (
     is_number,
     markdown_table,
 )
-from hpsearch.storage.counts import is_feasible, is_yielded
+from hpsearch.storage.counts import is_feasible, study_counts
 from hpsearch.storage.worker_view import CURVE
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
@@ -311,8 +311,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     Raises:
         HpsearchError: the study has no finished trial, or ``out`` cannot be written.
     """
-    ran = (t for t in study.get_trials(deepcopy=False) if not is_yielded(t))
-    counts = Counter(trial.state for trial in ran)
+    counts = study_counts(study)
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 0:
         raise HpsearchError(f"study {study.study_name!r} has no finished trial to report on")
     try:
@@ -321,7 +320,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
         raise HpsearchError(f"cannot write to {out}: {error.strerror or error}") from None
 
 
-def _write_report(study: optuna.Study, out: Path, counts: Counter[TrialState]) -> Path:
+def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, int]) -> Path:
     metric = str(study.user_attrs.get("metric", "value"))
     out.mkdir(parents=True, exist_ok=True)
     tables = ablation_tables(study)
