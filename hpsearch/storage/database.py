@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+import tenacity
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -40,11 +41,25 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
             raise HpsearchError(f"no study storage at {path} (run `hpsearch run` first)")
         if not path.parent.is_dir():
             raise HpsearchError(f"cannot create SQLite storage {path}: folder does not exist")
-    try:
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
+
+    def use_wal() -> None:
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as connection:
             # WAL lets readers (the dashboard, `hpsearch studies`) work beside a writer; the
             # setting is stored in the file, so every later connection uses it too.
             connection.execute("PRAGMA journal_mode=WAL")
+
+    # SQLite answers "database is locked" at once, skipping its busy wait, when this switch
+    # meets another connection's write (workers starting together on a new file): retried.
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda error: isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        ),
+        wait=tenacity.wait_random_exponential(multiplier=0.05, max=1),
+        stop=tenacity.stop_after_delay(SQLITE_BUSY_TIMEOUT_S),
+        reraise=True,
+    )
+    try:
+        retrying(use_wal)
     except sqlite3.DatabaseError as error:
         raise HpsearchError(f"cannot open SQLite storage {path}: {error}") from None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,20 @@ def test_sqlite_uses_wal(sqlite_url: str, tmp_path: Path) -> None:
     store = open_storage(sqlite_url)
     optuna.create_study(storage=store, study_name="s")
     with sqlite3.connect(tmp_path / "studies.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_switching_to_wal_waits_for_another_processs_write(tmp_path: Path) -> None:
+    """SQLite refuses the switch at once, without its busy wait, while another connection
+    holds a write lock (workers starting together on a new file; a CI run failed on it)."""
+    path = tmp_path / "busy.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, lambda: writer.execute("COMMIT")).start()
+    open_storage(f"sqlite:///{path}")
+    writer.close()
+    with contextlib.closing(sqlite3.connect(path)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
