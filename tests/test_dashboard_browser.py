@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import hpsearch
 from tests.conftest import TINY_HOUSE
 from tests.servers import free_port
 
@@ -91,8 +92,9 @@ def _start_dashboard(folder: Path, *args: str) -> tuple[subprocess.Popen[str], i
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
-    """A real `hpsearch run` (3 trials) and `finalize`, then `hpsearch dashboard` on its
-    SQLite file; shared by this module's tests (the run is the slow part)."""
+    """A real run (3 trials), a study of two objectives and a `finalize`, then `hpsearch
+    dashboard` on their SQLite file; shared by this module's tests (the runs are the slow
+    part)."""
     _need_browser()
     folder = tmp_path_factory.mktemp("dashboard")
     study_file = folder / "tiny-house.toml"
@@ -104,18 +106,14 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
             "[study]\n", '[study]\nmetrics = ["val_rmse", "params"]\n'
         )
     )
-    exe = shutil.which("hpsearch")
-    assert exe is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
-    for command in (
-        ["run", str(study_file), "--trials", "3", "--workers", "1"],
-        ["run", str(front_file), "--trials", "4", "--workers", "1"],
-        ["finalize", study_file.stem, "--top-k", "1", "--seeds", "1", "--no-ensemble"],
-    ):
-        done = subprocess.run(
-            [exe, *command], cwd=folder, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr
+    # In this process (torch is loaded already), with the defaults a user's shell would give.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for name in [name for name in os.environ if name.startswith("HPSEARCH_")]:
+            patch.delenv(name)
+        hpsearch.run(study_file, trials=3, workers=1)
+        hpsearch.run(front_file, trials=4, workers=1)
+        hpsearch.finalize(study_file.stem, top_k=1, seeds=1, ensemble=False)
     server, port = _start_dashboard(folder)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as r:

@@ -73,12 +73,13 @@ def hpsearch_cmd() -> list[str]:
     return [exe]
 
 
-def _slow_house_study(tmp_path: Path) -> Path:
-    # 300 epochs, a report (and checkpoint) every 20: a few seconds per trial.
+def _slow_house_study(tmp_path: Path, epochs: int = 150) -> Path:
+    # A report (and checkpoint) every 20 epochs; 150 epochs: a few seconds per trial, time
+    # enough to act between its second report and its end.
     path = tmp_path / "slow-house.toml"
     path.write_text(
         TINY_HOUSE.format(problem="house-prices")
-        .replace("epochs = 20", "epochs = 300")
+        .replace("epochs = 20", f"epochs = {epochs}")
         .replace("eval_every = 5", "eval_every = 20")
         .replace("batch_size = 128", "batch_size = 32")
     )
@@ -218,10 +219,9 @@ def test_special_character_password_reaches_server(
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_local_workers_group_leaves_nothing_running(tmp_path: Path, signum: int) -> None:
-    # Trials ten times as long as the slow study's: none ends before the signal, whichever
+    # Trials twenty times as long as the slow study's: none ends before the signal, whichever
     # worker's reports the wait below sees first.
-    study_file = _slow_house_study(tmp_path)
-    study_file.write_text(study_file.read_text().replace("epochs = 300", "epochs = 3000"))
+    study_file = _slow_house_study(tmp_path, epochs=3000)
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     args = [
         *hpsearch_cmd(),
