@@ -24,7 +24,7 @@ from hpsearch.results.tables import (
     format_seconds,
     format_value,
 )
-from hpsearch.storage.counts import is_feasible, study_counts
+from hpsearch.storage.counts import is_feasible, trial_counts
 
 if TYPE_CHECKING:
     import optuna
@@ -198,7 +198,7 @@ def summary_table(study: optuna.Study, metrics: Sequence[str], top: int = 5) -> 
     """The best ``top`` feasible complete trials with their searched params (of several
     objectives: the Pareto front, by the first objective), plus state counts."""
     trials = study.get_trials(deepcopy=False)
-    counts = study_counts(study)
+    counts = trial_counts(trials)
     if len(study.directions) > 1:
         best = study.best_trials if counts[TrialState.COMPLETE] else []
         shown = sorted(best, key=lambda t: t.values[0], reverse=_maximize(study, 0))

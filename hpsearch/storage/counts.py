@@ -4,6 +4,7 @@ keep its limits."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -66,8 +67,14 @@ def study_counts(study: optuna.Study) -> dict[TrialState, int]:
     rdb = rdb_of(storage_of(study))
     if rdb is not None:
         return state_counts(rdb.engine, study_id=study_id(study))
+    return trial_counts(study.get_trials(deepcopy=False))
+
+
+def trial_counts(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
+    """``trials`` per state, yielded trials left out: ``study_counts`` of trials already
+    read."""
     counts = dict.fromkeys(TrialState, 0)
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         counts[trial.state] += not is_yielded(trial)
     return counts
 

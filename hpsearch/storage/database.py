@@ -49,7 +49,8 @@ def _prepare_sqlite(path: Path, create: bool) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
 
     # SQLite answers "database is locked" at once, skipping its busy wait, when this switch
-    # meets another connection's write (workers starting together on a new file): retried.
+    # meets another connection's write (workers starting together on a new file): retried,
+    # without with_db_retries' warning, since this wait is expected and short.
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(
             lambda error: isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
