@@ -32,8 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpsearch.problems import get_problem  # noqa: E402
 from hpsearch.search.study_file import find_study_file, load_study_file  # noqa: E402
-from hpsearch.training import TrainConfig  # noqa: E402
-from hpsearch.training.stack import Fused, RandomStream, Trainee  # noqa: E402
+from hpsearch.training import (
+    TrainConfig,  # noqa: E402
+    Trainee,  # noqa: E402
+)
+from hpsearch.training.stack import Fused  # noqa: E402
 
 USPS = get_problem("usps").defaults
 CASES: dict[str, tuple[str, dict[str, Any], int]] = {
@@ -82,8 +85,7 @@ def steps(
     y = torch.randint(0, 10, (batch,)) if problem == "usps" else torch.randn(batch)
     loss_fn = spec.losses["cross_entropy" if problem == "usps" else params["loss"]]
     config = TrainConfig.from_params(params)
-    stream = RandomStream(torch.random.get_rng_state())
-    fused = Fused([Trainee(m, loss_fn, config, stream) for m in models], x, y)
+    fused = Fused([Trainee(m, loss_fn, config, lambda m: {}) for m in models], x, y)
     images = x.dim() == 4
 
     def hand_written() -> None:

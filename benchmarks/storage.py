@@ -75,7 +75,7 @@ def overhead(url: str | None, trials: int) -> dict[str, float]:
             trial.report(x * epoch, epoch)
             trial.should_prune()
         t2 = time.perf_counter()
-        coordinator.finish(trial, x)
+        coordinator.complete(trial, [x])
         t3 = time.perf_counter()
         claim_ms.append((t1 - t0) * 1e3)
         report_ms.append((t2 - t1) * 1e3)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from hpsearch.results.finalize import finalize_study
     from hpsearch.results.model_files import load_model
     from hpsearch.results.predict import Predictor, load_predictor
+    from hpsearch.search.plan import RunPlan, resolve_plan
     from hpsearch.search.run import run_study
     from hpsearch.search.study_file import StudyConfig, load_study_file
     from hpsearch.settings import Settings, resolve_settings
@@ -34,6 +35,8 @@ _LAZY = {
     "get_problem": "hpsearch.problems",
     "register_problem": "hpsearch.problems",
     "run_study": "hpsearch.search.run",
+    "RunPlan": "hpsearch.search.plan",
+    "resolve_plan": "hpsearch.search.plan",
     "Settings": "hpsearch.settings",
     "resolve_settings": "hpsearch.settings",
     "open_storage": "hpsearch.storage.database",
@@ -46,6 +49,7 @@ __all__ = [
     "HpsearchError",
     "Predictor",
     "Problem",
+    "RunPlan",
     "Settings",
     "Splits",
     "StudyConfig",
@@ -57,6 +61,7 @@ __all__ = [
     "load_study_file",
     "open_storage",
     "register_problem",
+    "resolve_plan",
     "resolve_settings",
     "run",
     "run_study",

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     import optuna
 
     from hpsearch.results.final_result import FinalResult
-    from hpsearch.search.study_file import StudyConfig
 
 Data: TypeAlias = str | Path | pd.DataFrame | tuple[np.ndarray, np.ndarray]
 
@@ -34,6 +33,7 @@ def run(
     data: Data | None = None,
     target: str | None = None,
     task: str | None = None,
+    metrics: list[str] | None = None,
     **settings: Any,
 ) -> optuna.Study:
     """Run (or resume) a study, as ``hpsearch run`` does; the Optuna study.
@@ -42,17 +42,22 @@ def run(
     dict. ``data`` is your own data: a table or image folder's path, a DataFrame (with
     ``target`` its column to predict) or ``(x, y)`` arrays; a DataFrame or arrays are saved
     once, under a name from their contents, in the cache folder, so that workers, reruns and
-    ``finalize`` read the same rows. ``settings`` are ``run``'s options (``trials``,
-    ``storage``, ``workers``, ``seed``, ...).
+    ``finalize`` read the same rows. ``metrics`` are the objectives, in place of the
+    study's (``--metric``). ``settings`` are ``run``'s options (``trials``, ``storage``,
+    ``workers``, ``seed``, ...); every local worker runs the study resolved here.
 
     Raises:
         HpsearchError: bad input of any kind, in one line.
     """
+    from hpsearch.search.plan import resolve_plan
     from hpsearch.search.run import run_study
-    from hpsearch.settings import resolve_settings
 
-    config = _study(study, data, target, task)
-    opened, _ = run_study(config, resolve_settings(config, **settings))
+    if isinstance(data, pd.DataFrame):
+        data = _saved(data, target)
+    elif data is not None and not isinstance(data, str | Path):
+        data, target = _saved(data, target), "y"
+    plan = resolve_plan(study, data=data, target=target, task=task, metrics=metrics, **settings)
+    opened, _ = run_study(plan)
     return opened
 
 
@@ -64,42 +69,6 @@ def finalize(study_name: str, **settings: Any) -> FinalResult:
     from hpsearch.settings import resolve_settings
 
     return finalize_study(study_name, resolve_settings(**settings))
-
-
-def _study(
-    study: str | Path | dict[str, Any] | None,
-    data: Data | None,
-    target: str | None,
-    task: str | None,
-) -> StudyConfig:
-    from hpsearch.search.study_file import (
-        find_study_file,
-        load_study_file,
-        parse_study,
-        study_for_table,
-    )
-
-    if study is None and data is None:
-        raise HpsearchError("give a study (usps, a study file, a dict) or your own data")
-    if isinstance(data, pd.DataFrame):
-        data = _saved(data, target)
-    elif data is not None and not isinstance(data, str | Path):
-        data, target = _saved(data, target), "y"
-    if isinstance(study, dict):
-        raw = {**study, "data": {**study.get("data", {}), **_table(data, target)}}
-        return parse_study(raw, source="the study dict", default_name="study")
-    if study is None:
-        return study_for_table(str(data), target, task)
-    if task is not None:
-        raise HpsearchError("task goes with data and no study: the study names its task")
-    return load_study_file(find_study_file(str(study)), data=_table(data, target))
-
-
-def _table(data: str | Path | None, target: str | None) -> dict[str, Any]:
-    if data is None:
-        return {}
-    table = {"path": str(Path(data).expanduser().resolve()), "target": target}
-    return {key: value for key, value in table.items() if value is not None}
 
 
 def _saved(data: pd.DataFrame | tuple[np.ndarray, np.ndarray], target: str | None) -> Path:

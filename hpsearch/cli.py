@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hpsearch.errors import HpsearchError
-from hpsearch.settings import DEFAULTS, ENVIRONMENT
+from hpsearch import cli_options as opt
+from hpsearch.settings import DEFAULTS
 
 app = typer.Typer(
     help="Hyperparameter search for small PyTorch models, built on Optuna.",
@@ -31,48 +31,6 @@ console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _env(name: str) -> str:
-    return f" (env: {ENVIRONMENT[name]})"
-
-
-StudyArgument = Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")]
-StorageOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Database URL: sqlite:///file.db or postgresql+psycopg://user@host/db; the "
-        f"password may come from $HPSEARCH_DB_PASSWORD. Default: {DEFAULTS.storage}"
-        + _env("storage"),
-        show_default=False,
-    ),
-]
-DeviceOption = Annotated[
-    str | None,
-    typer.Option(help=f"auto, cpu or cuda. Default: {DEFAULTS.device}" + _env("device")),
-]
-ArtifactsOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Artifact store of per-epoch checkpoints (a retried trial resumes from them, on "
-        "any machine sharing the store) and finalized models: a folder or s3://bucket/prefix, "
-        "S3 endpoint and keys from the AWS_* variables; '' turns checkpoints off. Default: "
-        f"./{DEFAULTS.artifacts}" + _env("artifacts"),
-        show_default=False,
-    ),
-]
-GroupSizeOption = Annotated[
-    int | None,
-    typer.Option(
-        help="Trials (finalize: retrains) of one shape trained as one model; 1: one at a "
-        "time. Default: 1 on the CPU, 8 on CUDA" + _env("group_size"),
-        show_default=False,
-    ),
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(help="Folder with the data sets. Default: the packaged copies" + _env("data_dir")),
-]
 
 
 def one_line_errors(interrupted: str) -> Callable[[F], F]:
@@ -121,108 +79,40 @@ def _configure_logging(verbose: bool = False, *, live: bool = False) -> None:
 @app.command()
 @one_line_errors("interrupted; run the same command again to resume")
 def run(
-    study: Annotated[
-        str | None,
-        typer.Argument(
-            help="A shipped study (usps, house-prices, ...) or a .toml file. Default with "
-            "--data: the task's shipped study (tabular-regression, ...).",
-            show_default=False,
-        ),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Your own table (.csv, .parquet or .npz), in place of the study's own."),
-    ] = None,
-    target: Annotated[str | None, typer.Option(help="With --data: the column to predict.")] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(
-            help="With --data and no study: regression, gaussian or classification. "
-            "Default: from the target (many distinct numbers: regression)."
-        ),
-    ] = None,
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="An objective, in place of the study file's; repeat it for several "
-            "(--metric val_accuracy --metric params): a validation metric, params, "
-            "size_bytes, flops, latency_ms or train_seconds.",
-            show_default=False,
-        ),
-    ] = None,
-    trials: Annotated[
-        int | None,
-        typer.Option(help="Finished trials the study should hold in all; a rerun resumes."),
-    ] = None,
-    storage: StorageOption = None,
-    study_name: Annotated[str | None, typer.Option(help="Default: the study file's.")] = None,
-    sampler: Annotated[
-        str | None, typer.Option(help="tpe, random, gp, cmaes, qmc or grid. Default: the file's.")
-    ] = None,
-    pruner: Annotated[
-        str | None,
-        typer.Option(help="hyperband, median, successive-halving or none. Default: the file's."),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Sampler seed; trial n trains with seed + n.")
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="Start no trial after this many seconds.")
-    ] = None,
-    device: DeviceOption = None,
-    data_dir: DataDirOption = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads per worker. Default: cores / workers.")
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Worker processes on this machine. Default: one per CPU core; on CUDA, as "
-            "many per GPU as its free memory holds at 2 GiB each (at most 8)" + _env("workers"),
-            show_default=False,
-        ),
-    ] = None,
-    artifacts: ArtifactsOption = None,
-    group_size: GroupSizeOption = None,
-    heartbeat_interval: Annotated[
-        int | None,
-        typer.Option(
-            help="Seconds between a running trial's heartbeats; a trial silent for three is "
-            f"failed and retried once. Default: {DEFAULTS.heartbeat_interval}"
-        ),
-    ] = None,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Print every finished trial with its params.")
-    ] = False,
+    study: opt.Study = None,
+    data: opt.Data = None,
+    target: opt.Target = None,
+    task: opt.Task = None,
+    metric: opt.Metric = None,
+    trials: opt.Trials = None,
+    storage: opt.Storage = None,
+    study_name: opt.StudyNameOption = None,
+    sampler: opt.Sampler = None,
+    pruner: opt.Pruner = None,
+    seed: opt.Seed = None,
+    timeout: opt.Timeout = None,
+    device: opt.Device = None,
+    data_dir: opt.DataDir = None,
+    threads: opt.Threads = None,
+    workers: opt.Workers = None,
+    artifacts: opt.Artifacts = None,
+    group_size: opt.GroupSize = None,
+    heartbeat_interval: opt.HeartbeatInterval = None,
+    verbose: opt.Verbose = False,
 ) -> None:
     """Run or resume a study until it holds --trials finished trials.
 
     More workers, on this machine or others, join with the same command and --storage.
     """
-    from hpsearch.search.study_file import find_study_file, load_study_file, study_for_table
-    from hpsearch.settings import resolve_settings
+    from hpsearch.search.plan import resolve_plan
 
-    if study is None and data is None:
-        raise HpsearchError("give a study (usps, house-prices, ...) or your own table: --data FILE")
-    if data is None and (target or task):
-        raise HpsearchError("--target and --task go with --data FILE")
-    # Before any heavy import: a misspelling fails at once.
-    path = find_study_file(study) if study is not None else None
-    from hpsearch.display import RunProgress, run_header, summary_table
-    from hpsearch.search.run import run_study
-
-    _configure_logging(verbose, live=True)
-    if path is None:
-        config = study_for_table(str(data), target, task, metrics=metric)
-    elif data is not None:
-        if task is not None:
-            raise HpsearchError("--task goes with --data and no study: the study names its task")
-        table = {"path": str(data.expanduser().resolve()), "target": target}
-        config = load_study_file(path, data=table, metrics=metric)
-    else:
-        config = load_study_file(path, metrics=metric)
-    settings = resolve_settings(
-        config,
+    # Before the live display: bad input fails at once, in one line.
+    plan = resolve_plan(
+        study,
+        data=data,
+        target=target,
+        task=task,
+        metrics=metric,
         trials=trials,
         storage=storage,
         study_name=study_name,
@@ -238,11 +128,15 @@ def run(
         heartbeat_interval=heartbeat_interval,
         group_size=group_size,
     )
+    from hpsearch.display import RunProgress, run_header, summary_table
+    from hpsearch.search.run import run_study
+
+    _configure_logging(verbose, live=True)
+    config, settings = plan.config, plan.settings
     header = run_header(config, settings)
     with RunProgress(err_console, config.metrics, header=header, verbose=verbose) as progress:
         opened, state = run_study(
-            config,
-            settings,
+            plan,
             on_progress=progress.update,
             on_data=lambda splits: progress.note(f"data: {splits.describe()}"),
         )
@@ -280,35 +174,53 @@ def init(
 @app.command()
 @one_line_errors("interrupted")
 def create(
-    target: Annotated[
-        str, typer.Argument(help="A shipped study (usps, house-prices, ...) or a .toml file.")
-    ],
-    storage: StorageOption = None,
-    study_name: Annotated[str | None, typer.Option(help="Default: the study file's.")] = None,
+    study: opt.Study = None,
+    data: opt.Data = None,
+    target: opt.Target = None,
+    task: opt.Task = None,
+    metric: opt.Metric = None,
+    storage: opt.Storage = None,
+    study_name: opt.StudyNameOption = None,
+    sampler: opt.Sampler = None,
+    pruner: opt.Pruner = None,
+    seed: opt.Seed = None,
 ) -> None:
     """Create a study without running a trial, so workers started next all join it.
 
-    `hpsearch run` creates the study too; this is the set-up step of a cluster job. An
-    existing study of the same problem is left as it is.
+    `hpsearch run` creates the study too; this is the set-up step of a cluster job, with
+    run's options that name the study. An existing study of the same problem is left as it
+    is.
     """
+    from hpsearch.search.plan import resolve_plan
     from hpsearch.search.study import create_study
-    from hpsearch.search.study_file import find_study_file, load_study_file
-    from hpsearch.settings import resolve_settings
     from hpsearch.storage.urls import redact
 
     _configure_logging()
-    config = load_study_file(find_study_file(target))
-    settings = resolve_settings(config, storage=storage, study_name=study_name, workers=1)
-    study = create_study(config, settings)
+    plan = resolve_plan(
+        study,
+        data=data,
+        target=target,
+        task=task,
+        metrics=metric,
+        storage=storage,
+        study_name=study_name,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        workers=1,
+    )
+    created = create_study(plan)
+    config = plan.config
     err_console.print(
-        f"study {study.study_name} ({config.problem.name}, {', '.join(config.metrics)}) is in "
-        f"{redact(settings.storage)} with {len(study.get_trials(deepcopy=False))} trials"
+        f"study {created.study_name} ({config.problem.name}, {', '.join(config.metrics)}) is "
+        f"in {redact(plan.settings.storage)} with {len(created.get_trials(deepcopy=False))} "
+        "trials"
     )
 
 
 @app.command()
 @one_line_errors("interrupted")
-def studies(storage: StorageOption = None) -> None:
+def studies(storage: opt.Storage = None) -> None:
     """List the studies in the storage: trials by state and the best value."""
     from hpsearch.display import studies_table
     from hpsearch.results.summaries import list_studies
@@ -321,8 +233,8 @@ def studies(storage: StorageOption = None) -> None:
 @app.command()
 @one_line_errors("interrupted")
 def best(
-    study_name: StudyArgument,
-    storage: StorageOption = None,
+    study_name: opt.StudyName,
+    storage: opt.Storage = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the best trial (of several objectives, the Pareto front), params and metrics."""
@@ -341,8 +253,8 @@ def best(
 @app.command()
 @one_line_errors("interrupted")
 def trials(
-    study_name: StudyArgument,
-    storage: StorageOption = None,
+    study_name: opt.StudyName,
+    storage: opt.Storage = None,
     csv: Annotated[Path | None, typer.Option(help="Write every trial to this CSV file.")] = None,
 ) -> None:
     """List a study's trials, or write them all to a CSV file."""
@@ -368,7 +280,7 @@ def finalize(
             metavar="STUDY", help="Study name, or the .toml study file it was run from."
         ),
     ],
-    storage: StorageOption = None,
+    storage: opt.Storage = None,
     top_k: Annotated[
         int | None,
         typer.Option(help=f"Configurations to retrain. Default: {DEFAULTS.top_k}"),
@@ -402,10 +314,10 @@ def finalize(
     trial: Annotated[
         int | None, typer.Option(help="Retrain this trial's configuration only.")
     ] = None,
-    artifacts: ArtifactsOption = None,
-    device: DeviceOption = None,
-    data_dir: DataDirOption = None,
-    group_size: GroupSizeOption = None,
+    artifacts: opt.Artifacts = None,
+    device: opt.Device = None,
+    data_dir: opt.DataDir = None,
+    group_size: opt.GroupSize = None,
 ) -> None:
     """Retrain the best configurations, choose one and score it once on the test split.
 
@@ -474,8 +386,8 @@ def predict(
 @app.command()
 @one_line_errors("interrupted")
 def report(
-    study_name: StudyArgument,
-    storage: StorageOption = None,
+    study_name: opt.StudyName,
+    storage: opt.Storage = None,
     out: Annotated[Path | None, typer.Option(help="Output folder. Default: ./report-STUDY")] = None,
 ) -> None:
     """Write a study's report: index.html (self-contained), tables.md and PNG figures."""
@@ -491,12 +403,12 @@ def report(
 @app.command()
 @one_line_errors("stopped")
 def dashboard(
-    storage: StorageOption = None,
+    storage: opt.Storage = None,
     host: Annotated[
         str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
-    artifacts: ArtifactsOption = None,
+    artifacts: opt.Artifacts = None,
 ) -> None:
     """Serve optuna-dashboard on the storage: live plots of every study, finalized models."""
     from hpsearch.results.dashboard import serve_dashboard

@@ -17,6 +17,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from hpsearch import record
+from hpsearch.record import trial_counts
 from hpsearch.results.tables import (
     costs_line,
     finalize_test_table,
@@ -24,7 +26,7 @@ from hpsearch.results.tables import (
     format_seconds,
     format_value,
 )
-from hpsearch.storage.counts import is_feasible, trial_counts
+from hpsearch.storage.counts import is_feasible
 
 if TYPE_CHECKING:
     import optuna
@@ -62,13 +64,13 @@ def trial_line(
         )
         infeasible = "" if is_feasible(trial) else "  (infeasible)"
         outcome = f"complete  {values}{infeasible}"
-    elif str(trial.user_attrs.get("pruned_reason", "")).startswith("not trained"):
-        outcome = f"pruned, infeasible: {trial.user_attrs['pruned_reason']}"
+    elif str(trial.user_attrs.get(record.PRUNED_REASON, "")).startswith(record.NOT_TRAINED):
+        outcome = f"pruned, infeasible: {trial.user_attrs[record.PRUNED_REASON]}"
     elif trial.state == TrialState.PRUNED:
-        epoch = trial.user_attrs.get("epochs_run", max(trial.intermediate_values, default=0))
+        epoch = trial.user_attrs.get(record.EPOCHS_RUN, max(trial.intermediate_values, default=0))
         outcome = f"pruned after epoch {epoch}"
     else:
-        outcome = f"failed: {trial.user_attrs.get('fail_reason', 'error')}"
+        outcome = f"failed: {trial.user_attrs.get(record.FAIL_REASON, 'error')}"
     elapsed = _clock(time.monotonic() - state.started_at)
     line = (
         f"[{elapsed}] trial {trial.number} {outcome}  "
@@ -215,7 +217,7 @@ def summary_table(study: optuna.Study, metrics: Sequence[str], top: int = 5) -> 
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("searched params", overflow="fold")
     for t in shown:
-        seconds = t.user_attrs.get("train_seconds")
+        seconds = t.user_attrs.get(record.TRAIN_SECONDS)
         values = [format_value(v) for v in t.values or []]
         table.add_row(str(t.number), *values, format_seconds(seconds), format_params(t.params))
     infeasible = sum(
@@ -260,39 +262,39 @@ def studies_table(summaries: list[StudySummary]) -> Group:
     return _titled(f"{len(summaries)} studies", table)
 
 
-def front_table(record: Mapping[str, Any]) -> Group:
+def front_table(best: Mapping[str, Any]) -> Group:
     """The Pareto front of a study of several objectives (``summaries.best_trial``): one row
     per trial, its objectives' values and searched params."""
-    metrics = record["metrics"]
+    metrics = best["metrics"]
     table = Table()
     for column in ("trial", *metrics):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("searched params", overflow="fold")
-    front = sorted(record["front"], key=lambda r: r["values"][metrics[0]])
+    front = sorted(best["front"], key=lambda r: r["values"][metrics[0]])
     for r in front:
         values = [format_value(r["values"][m]) for m in metrics]
         table.add_row(str(r["trial"]), *values, format_params(r["params"]))
-    objectives = _objectives(metrics, record["directions"])
-    limits = f" within {', '.join(record['constraints'])}" if record["constraints"] else ""
-    title = f"{record['study']}: Pareto front of {len(front)} trials ({objectives}){limits}"
+    objectives = _objectives(metrics, best["directions"])
+    limits = f" within {', '.join(best['constraints'])}" if best["constraints"] else ""
+    title = f"{best['study']}: Pareto front of {len(front)} trials ({objectives}){limits}"
     return _titled(title, table, "finalize one: hpsearch finalize STUDY --pick METRIC or --trial N")
 
 
-def best_table(record: Mapping[str, Any]) -> Group:
+def best_table(best: Mapping[str, Any]) -> Group:
     """A best-trial record (``studies.best_trial``): full configuration, searched params
     marked with *, then its metrics and attributes (of several objectives: ``front_table``)."""
-    if "front" in record:
-        return front_table(record)
+    if "front" in best:
+        return front_table(best)
     table = Table()
     table.add_column("key", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
-    for key, value in sorted(record["config"].items()):
-        table.add_row(key + (" *" if key in record["params"] else ""), format_value(value))
-    for key, value in sorted(record["metrics"].items()):
+    for key, value in sorted(best["config"].items()):
+        table.add_row(key + (" *" if key in best["params"] else ""), format_value(value))
+    for key, value in sorted(best["metrics"].items()):
         table.add_row(key, format_value(value))
     title = (
-        f"{record['study']}: best trial {record['trial']}, "
-        f"{record['metric']} = {format_value(record['value'])}"
+        f"{best['study']}: best trial {best['trial']}, "
+        f"{best['metric']} = {format_value(best['value'])}"
     )
     note = "* searched; the rest were fixed by the study file or the lab report's defaults"
     return _titled(title, table, note)

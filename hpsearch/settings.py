@@ -10,19 +10,67 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hpsearch.errors import HpsearchError
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid", "nsga2", "nsga3")
-# "dominated" is hpsearch's own, for studies of several objectives (search.pareto_pruning).
-PRUNERS = ("hyperband", "median", "successive-halving", "dominated", "none")
-# Those of Optuna's samplers and pruners that take one objective only.
-SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
-SINGLE_OBJECTIVE_PRUNERS = ("hyperband", "median", "successive-halving")
+
+@dataclass(frozen=True)
+class Choice:
+    """A sampler or pruner a study may name: the Optuna class that implements it (in
+    ``optuna.samplers`` or ``optuna.pruners``; "" for hpsearch's own), what it does (one line,
+    for ``--help`` and the docs), which studies it takes, and (a sampler) whether its trials
+    may train in groups."""
+
+    optuna_class: str
+    summary: str
+    objectives: Literal["one", "several", "any"] = "any"
+    # Grid and QMC assign trial n its point n, which a group's shared params would override;
+    # CMA-ES keeps one search distribution over every param, which fixed params break.
+    groups: bool = True
+
+
+# Every sampler and pruner, in one table: validation, ``run --help``, the docs' list
+# (docs/study-files.md#samplers-and-pruners, checked by a test) and search.samplers, which
+# builds each, read it.
+SAMPLERS = {
+    "tpe": Choice("TPESampler", "tree-structured Parzen estimators; the default"),
+    "random": Choice("RandomSampler", "independent uniform draws"),
+    "gp": Choice("GPSampler", "Gaussian-process Bayesian optimization"),
+    "cmaes": Choice("CmaEsSampler", "CMA evolution strategy", "one", groups=False),
+    "qmc": Choice("QMCSampler", "quasi-random (Sobol) points", groups=False),
+    "grid": Choice("GridSampler", "every point of the space's grid, in order", groups=False),
+    "nsga2": Choice("NSGAIISampler", "a genetic algorithm for several objectives"),
+    "nsga3": Choice("NSGAIIISampler", "NSGA-II with reference points, for many objectives"),
+}
+PRUNERS = {
+    "hyperband": Choice(
+        "HyperbandPruner", "Hyperband over epochs; the default of one objective", "one"
+    ),
+    "median": Choice("MedianPruner", "below the median of earlier trials at an epoch", "one"),
+    "successive-halving": Choice(
+        "SuccessiveHalvingPruner", "successive halving over epochs", "one"
+    ),
+    "dominated": Choice(
+        "", "beaten at an epoch by most trials no costlier; the default of several", "several"
+    ),
+    "none": Choice("NopPruner", "no pruning: every trial trains all its epochs"),
+}
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def takes(choices: Mapping[str, Choice], name: str, objectives: int) -> bool:
+    """Whether the sampler or pruner ``name`` of ``choices`` takes a study of ``objectives``."""
+    kind = choices[name].objectives
+    return kind == "any" or (kind == "one") == (objectives == 1)
+
+
+def either(names: Sequence[str]) -> str:
+    """``a, b or c``."""
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
 
 # Setting -> the environment variable that sets it (below a flag, above the study file).
 ENVIRONMENT = {
@@ -175,4 +223,4 @@ def _check(settings: Settings) -> None:
     for name, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("device", DEVICES)):
         value = getattr(settings, name)
         if value not in choices:
-            raise HpsearchError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+            raise HpsearchError(f"unknown {name} {value!r}; choose from {either(list(choices))}")

@@ -141,6 +141,24 @@ def test_create_makes_the_study_once(tiny_usps_file: Path, sqlite_url: str) -> N
     assert study.user_attrs["problem"] == "usps"
 
 
+def test_create_takes_the_options_that_name_a_study(tiny_house_file: Path, sqlite_url: str) -> None:
+    """A cluster's set-up step makes the study its workers' `run` with the same options
+    joins; `run` with other objectives is refused, and changes nothing."""
+    objectives = ("--metric", "val_rmse", "--metric", "params")
+    code, _, err = invoke("create", str(tiny_house_file), *objectives, "--storage", sqlite_url)
+    assert code == 0 and "val_rmse, params" in err, err
+    name = tiny_house_file.stem
+    study = optuna.load_study(study_name=name, storage=sqlite_url)
+    assert study.user_attrs["metrics"] == ["val_rmse", "params"] and len(study.directions) == 2
+    code, _, err = invoke("run", str(tiny_house_file), "--trials", "1", "--storage", sqlite_url)
+    assert code == 2 and "holds house-prices" in err and "val_rmse, params" in err, err
+    assert optuna.load_study(study_name=name, storage=sqlite_url).trials == []
+    run = ("run", str(tiny_house_file), *objectives, "--trials", "1", "--storage", sqlite_url)
+    code, _, err = invoke(*run)
+    assert code == 0, err
+    assert len(optuna.load_study(study_name=name, storage=sqlite_url).trials) == 1
+
+
 def test_help_of_every_command() -> None:
     """The overview lists every command by name with its one-line summary, a full sentence
     that is not broken across lines, and each command's own --help works."""

@@ -12,11 +12,11 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from hpsearch.display import RunProgress, best_table, studies_table, summary_table, trials_table
+from hpsearch.record import YIELDED
 from hpsearch.results.summaries import StudySummary, list_studies
 from hpsearch.results.tables import format_params, format_value
 from hpsearch.search.progress import StudyProgress
 from hpsearch.storage.database import open_storage
-from hpsearch.storage.optuna_internals import YIELDED
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:

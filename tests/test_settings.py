@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from hpsearch.cli import app
 from hpsearch.errors import HpsearchError
 from hpsearch.search.study_file import load_study_file
-from hpsearch.settings import DEFAULTS, ENVIRONMENT, resolve_settings
+from hpsearch.settings import DEFAULTS, ENVIRONMENT, PRUNERS, SAMPLERS, Choice, resolve_settings
 
 USPS = Path(__file__).parent.parent / "studies" / "usps.toml"
 
@@ -108,3 +111,46 @@ def test_default_workers_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     study = load_study_file(USPS)
     assert resolve_settings(study, environ={}, device="auto", trials=200).workers == 9
     assert workers.worker_devices("auto", 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+
+
+def _choices_tables() -> str:
+    """docs/study-files.md's tables of samplers and pruners, as settings.SAMPLERS and
+    settings.PRUNERS make them."""
+    objectives = {"one": "one", "several": "several", "any": "one or several"}
+
+    def made_by(choice: Choice) -> str:
+        return f"`{choice.optuna_class}`" if choice.optuna_class else "hpsearch's own"
+
+    lines = [
+        "| sampler | Optuna class | objectives | trial groups | what it does |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| `{name}` | {made_by(c)} | {objectives[c.objectives]} | "
+            f"{'yes' if c.groups else 'no'} | {c.summary} |"
+            for name, c in SAMPLERS.items()
+        ),
+        "",
+        "| pruner | Optuna class | objectives | what it does |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| `{name}` | {made_by(c)} | {objectives[c.objectives]} | {c.summary} |"
+            for name, c in PRUNERS.items()
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def test_one_table_of_samplers_and_pruners_makes_the_docs_and_the_help() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "study-files.md").read_text()
+    assert _choices_tables() in docs
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    words = set(re.findall(r"[\w-]+", result.stdout))
+    assert set(SAMPLERS) | set(PRUNERS) <= words
+    # Each is accepted by name in a study file and on the command line, and nothing else.
+    for name in SAMPLERS:
+        assert resolve_settings(sampler=name).sampler == name
+    for name in PRUNERS:
+        assert resolve_settings(pruner=name).pruner == name
+    with pytest.raises(HpsearchError, match="choose from tpe, random, .* or nsga3"):
+        resolve_settings(sampler="annealing")

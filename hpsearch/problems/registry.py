@@ -29,13 +29,15 @@ from hpsearch.problems.metrics import Metrics, mean_z2
 from hpsearch.problems.splits import Splits
 from hpsearch.training import (
     HYPERPARAMETERS,
+    Crashed,
+    Diverged,
     LossFn,
-    Member,
     NonFiniteLossError,
     TrainConfig,
+    Trainee,
     models,
     seeded,
-    train_members,
+    train_many,
 )
 from hpsearch.training.costs import COST_METRICS
 
@@ -99,6 +101,11 @@ class Problem:
     # The task this entry is (its own name) or is a preset of; empty for a plugin's own.
     task: str = ""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by its registry name: its fields hold functions (lambdas among them) that
+        # do not pickle, and a worker process finds the same entry in its own registry.
+        return (get_problem, (self.name,))
+
     @property
     def default_metric(self) -> str:
         return next(iter(self.metrics))
@@ -131,8 +138,8 @@ class Problem:
             NonFiniteLossError: the training loss diverged.
         """
         [fit] = self.fit_many([(params, seed)], x, y, group_size=1, evaluate=evaluate)
-        if isinstance(fit, NonFiniteLossError):
-            raise fit
+        if isinstance(fit, Diverged):
+            raise NonFiniteLossError(fit.epoch, fit.loss)
         return fit
 
     def fit_many(
@@ -143,33 +150,33 @@ class Problem:
         *,
         group_size: int,
         evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
-    ) -> list[tuple[nn.Module, Metrics] | NonFiniteLossError]:
+    ) -> list[tuple[nn.Module, Metrics] | Diverged]:
         """``fit`` of each ``(params, seed)``, up to ``group_size`` at a time as one stack
-        where they share a shape (``training.train_members``); a diverged job's
-        ``NonFiniteLossError`` in its place.
+        where they share a shape (``training.train_many``); a diverged job's ``Diverged``
+        in its place.
 
         Raises:
             Exception: what training raised other than divergence.
         """
         shape = tuple(x.shape[1:])
-        members = []
+        trainees = []
         for params, seed in jobs:
             model, rng = seeded(functools.partial(self.build_model, params, shape), seed)
             config = TrainConfig.from_params(params, seed=seed)
             loss = self.losses[params["loss"]]
-            members.append(
-                Member(
+            trainees.append(
+                Trainee(
                     model.to(x.device), loss, config, evaluate, rng=rng, eval_every=config.epochs
                 )
             )
-        results: dict[int, tuple[nn.Module, Metrics] | NonFiniteLossError] = {}
-        for index, outcome in train_members(members, x, y, group_size=group_size):
-            if isinstance(outcome, NonFiniteLossError):
+        results: dict[int, tuple[nn.Module, Metrics] | Diverged] = {}
+        for index, outcome in train_many(trainees, x, y, group_size=group_size):
+            if isinstance(outcome, Crashed):
+                raise outcome.error
+            if isinstance(outcome, Diverged):
                 results[index] = outcome
-            elif isinstance(outcome, Exception):
-                raise outcome
             else:
-                results[index] = (members[index].model, outcome.metrics)
+                results[index] = (trainees[index].model, outcome.metrics)
         return [results[index] for index in range(len(jobs))]
 
 

@@ -19,6 +19,7 @@ import optuna
 import torch
 from torch import nn
 
+from hpsearch import record
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import Problem, get_problem
 from hpsearch.problems.metrics import Metrics
@@ -29,7 +30,7 @@ from hpsearch.results.pick import Pick, parse_pick, top_configurations
 from hpsearch.settings import Settings
 from hpsearch.storage.counts import load_study
 from hpsearch.storage.database import wait_for_database
-from hpsearch.training import NonFiniteLossError
+from hpsearch.training import Diverged
 from hpsearch.training.costs import model_costs
 from hpsearch.training.devices import default_group_size, resolve_device
 from hpsearch.training.models import Ensemble
@@ -59,20 +60,20 @@ def finalize_study(
     wait_for_database(settings.storage, settings.db_wait)
     study = load_study(study_name, settings.storage)
     attrs = study.user_attrs
-    if "problem" not in attrs or "data" not in attrs:
+    if not record.is_set_up(study) or record.DATA not in attrs:
         raise HpsearchError(f"study {study_name!r} was not made by hpsearch run")
     artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
-    problem = get_problem(attrs["problem"])
+    problem = get_problem(attrs[record.PROBLEM])
     pick = None
     if settings.pick is not None:
         pick = parse_pick(settings.pick, problem.recorded_metrics)
-    splits = problem.load_data(settings.data_dir, **attrs["data"])
+    splits = problem.load_data(settings.data_dir, **attrs[record.DATA])
     out = Path(settings.out or f"final-{study_name}")
     result = finalize(
         study,
         problem,
         splits.to(resolve_device(settings.device)),
-        str(attrs["metric"]),
+        str(attrs[record.METRIC]),
         top_k=settings.top_k,
         seeds=settings.seeds,
         group_size=settings.group_size or default_group_size(settings.device),
@@ -88,7 +89,7 @@ def finalize_study(
             study, artifacts, [out / n for n in names if (out / n).exists()]
         )
         result.artifact_store = settings.artifacts
-        study.set_user_attr("finalize", result.summary())  # now with the files' ids
+        study.set_user_attr(record.FINALIZE, result.summary())  # now with the files' ids
     return result
 
 
@@ -148,7 +149,7 @@ def finalize(
         jobs = [(params, seed) for seed in range(seeds)]
         fits = problem.fit_many(jobs, x, y, group_size=group_size, evaluate=validation)
         for fit in fits:
-            if isinstance(fit, NonFiniteLossError):  # diverged with this seed: it is out
+            if isinstance(fit, Diverged):  # diverged with this seed: it is out
                 metrics: Metrics = {name: math.nan}
             else:
                 model, metrics = fit
@@ -177,14 +178,17 @@ def finalize(
                     jobs.append((candidate.params, seed))
                     owners.append((candidate, seed))
     fits = problem.fit_many(jobs, x_all, y_all, group_size=group_size)
-    if isinstance(fits[0], NonFiniteLossError):
-        raise fits[0]
+    if isinstance(fits[0], Diverged):
+        raise HpsearchError(
+            f"trial {chosen.trial}'s configuration, chosen, diverged when trained on train + "
+            f"validation ({fits[0]}); finalize another with --trial N"
+        )
     model = fits[0][0]
     # A member that diverged (rare on train + validation) is left out.
     members: list[tuple[Candidate, int, nn.Module]] = [
         (candidate, seed, fit[0])
         for (candidate, seed), fit in zip(owners, fits, strict=True)
-        if not isinstance(fit, NonFiniteLossError)
+        if not isinstance(fit, Diverged)
     ]
     result = FinalResult(
         study=study.study_name,
@@ -232,5 +236,5 @@ def record_on_study(study: optuna.Study, result: FinalResult) -> None:
     from hpsearch.results.tables import finalize_note
 
     summary = result.summary()
-    study.set_user_attr("finalize", summary)
+    study.set_user_attr(record.FINALIZE, summary)
     save_note(study, finalize_note(summary, result.metric))

@@ -15,6 +15,7 @@ from torch import nn
 
 from hpsearch.errors import HpsearchError
 from hpsearch.problems import get_problem
+from hpsearch.record import FINALIZE
 from hpsearch.results.final_result import FinalResult
 from hpsearch.settings import resolve_settings
 from hpsearch.storage.counts import load_study
@@ -120,7 +121,7 @@ def _store_reader(
     )
 
     url = resolve_settings(storage=storage).storage
-    summary = load_study(study_name, url).user_attrs.get("finalize") or {}
+    summary = load_study(study_name, url).user_attrs.get(FINALIZE) or {}
     ids: dict[str, str] = summary.get("artifacts") or {}
     where = artifacts or summary.get("artifact_store")
     if not ids or not where:

@@ -16,8 +16,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import record
 from hpsearch.errors import HpsearchError
-from hpsearch.results.summaries import curve_index, objective_names
+from hpsearch.record import curve_index, objective_names
 from hpsearch.storage.counts import is_feasible
 
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
@@ -102,7 +103,7 @@ def top_configurations(
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-        if "config" in t.user_attrs and _finite(t.user_attrs.get(pick.metric))
+        if record.CONFIG in t.user_attrs and _finite(t.user_attrs.get(pick.metric))
     ]
     if trial_number is not None:
         found = [t for t in trials if t.number == trial_number]
@@ -119,11 +120,11 @@ def top_configurations(
     chosen: list[tuple[int, dict[str, Any], float]] = []
     seen: set[str] = set()
     for trial in trials:
-        key = json.dumps(trial.user_attrs["config"], sort_keys=True)
+        key = json.dumps(trial.user_attrs[record.CONFIG], sort_keys=True)
         if key not in seen:
             seen.add(key)
             value = float(trial.user_attrs[pick.metric])
-            chosen.append((trial.number, dict(trial.user_attrs["config"]), value))
+            chosen.append((trial.number, dict(trial.user_attrs[record.CONFIG]), value))
         if len(chosen) == k:
             break
     return chosen

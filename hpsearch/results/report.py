@@ -35,8 +35,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import record
 from hpsearch.errors import HpsearchError
-from hpsearch.results.summaries import curve_index, objective_names
+from hpsearch.record import curve_index, objective_names, study_counts
 from hpsearch.results.tables import (
     finalize_lines,
     finalize_test_table,
@@ -45,8 +46,7 @@ from hpsearch.results.tables import (
     is_number,
     markdown_table,
 )
-from hpsearch.storage.counts import is_feasible, study_counts
-from hpsearch.storage.worker_view import CURVE
+from hpsearch.storage.counts import is_feasible
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -164,7 +164,7 @@ def learning_curve(trial: FrozenTrial) -> dict[int, float]:
     objectives the ``curve`` user attribute (``search.pareto_pruning``)."""
     if trial.intermediate_values:
         return dict(trial.intermediate_values)
-    return {int(epoch): float(v) for epoch, v in trial.user_attrs.get(CURVE, {}).items()}
+    return {int(epoch): float(v) for epoch, v in trial.user_attrs.get(record.CURVE, {}).items()}
 
 
 def curves_figure(study: optuna.Study, param: str, metric: str, path: Path) -> bool:
@@ -321,7 +321,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
 
 
 def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, int]) -> Path:
-    metric = str(study.user_attrs.get("metric", "value"))
+    metric = str(study.user_attrs.get(record.METRIC, "value"))
     out.mkdir(parents=True, exist_ok=True)
     tables = ablation_tables(study)
     (out / "tables.md").write_text(tables_markdown(study, tables, metric), encoding="utf-8")
@@ -358,12 +358,12 @@ def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, in
         "padding:.2em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
         "img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(study.study_name)}</h1>",
-        f"<p>Problem {html.escape(str(study.user_attrs.get('problem', '?')))}; objective "
+        f"<p>Problem {html.escape(str(study.user_attrs.get(record.PROBLEM, '?')))}; objective "
         f"{html.escape(_objectives(study))}; "
         f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
         f"{counts[TrialState.FAIL]} failed trials.</p>",
     ]
-    limits = study.user_attrs.get("constraints", [])
+    limits = study.user_attrs.get(record.CONSTRAINTS, [])
     if limits:
         parts.append(
             f"<p>Limits: {html.escape(', '.join(limits))}; infeasible trials are never chosen.</p>"
@@ -383,7 +383,7 @@ def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, in
                 ],
             )
         )
-    final = study.user_attrs.get("finalize")
+    final = study.user_attrs.get(record.FINALIZE)
     if final:
         parts.append("<h2>Finalized model (hpsearch finalize), held-out test split</h2>")
         parts += [f"<p>{html.escape(line)}</p>" for line in finalize_lines(final, metric)]

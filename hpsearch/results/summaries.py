@@ -10,14 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpsearch import record
 from hpsearch.errors import HpsearchError
-from hpsearch.storage.counts import (
-    best_value,
-    front_size,
-    is_feasible,
-    load_study,
-    study_counts,
-)
+from hpsearch.record import objective_names, study_counts
+from hpsearch.storage.counts import best_value, front_size, is_feasible, load_study
 from hpsearch.storage.database import open_storage
 
 if TYPE_CHECKING:
@@ -47,7 +43,7 @@ def list_studies(url: str) -> list[StudySummary]:
         summaries.append(
             StudySummary(
                 name=summary.study_name,
-                problem=str(attrs.get("problem", "-")),
+                problem=str(attrs.get(record.PROBLEM, "-")),
                 metrics=objective_names(study),
                 directions=[d.name.lower() for d in summary.directions],
                 counts={state.name: count for state, count in counts.items()},
@@ -56,24 +52,6 @@ def list_studies(url: str) -> list[StudySummary]:
             )
         )
     return summaries
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """The study's objectives by name (``values_0``... for a study not made by hpsearch)."""
-    attrs = study.user_attrs
-    if "metrics" in attrs:
-        return list(attrs["metrics"])
-    if len(study.directions) == 1:
-        return [str(attrs.get("metric", "value"))]
-    return [f"values_{i}" for i in range(len(study.directions))]
-
-
-def curve_index(study: optuna.Study) -> int:
-    """Which objective is the learning curve, the validation metric reported every epoch
-    (``metric``; the first objective of a study not made by hpsearch)."""
-    metric = study.user_attrs.get("metric")
-    names = objective_names(study)
-    return names.index(metric) if metric in names else 0
 
 
 def best_trial(study_name: str, url: str) -> dict[str, Any]:
@@ -95,26 +73,26 @@ def best_trial(study_name: str, url: str) -> dict[str, Any]:
             "study": study_name,
             "metrics": metrics,
             "directions": [d.name.lower() for d in study.directions],
-            "constraints": study.user_attrs.get("constraints", []),
-            "front": [_record(t, metrics) for t in front],
+            "constraints": study.user_attrs.get(record.CONSTRAINTS, []),
+            "front": [_described(t, metrics) for t in front],
         }
     try:
         trial = study.best_trial
     except ValueError:
         raise HpsearchError(f"study {study_name!r} has no complete feasible trial yet") from None
-    return {"study": study_name, "metric": metrics[0], **_record(trial, metrics)}
+    return {"study": study_name, "metric": metrics[0], **_described(trial, metrics)}
 
 
-def _record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict[str, Any]:
+def _described(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict[str, Any]:
     attrs = dict(trial.user_attrs)
-    record: dict[str, Any] = {"trial": trial.number}
+    described: dict[str, Any] = {"trial": trial.number}
     if len(metrics) == 1:
-        record["value"] = trial.value
+        described["value"] = trial.value
     else:
-        record["values"] = dict(zip(metrics, trial.values, strict=True))
-    return record | {
+        described["values"] = dict(zip(metrics, trial.values, strict=True))
+    return described | {
         "params": trial.params,
-        "config": attrs.pop("config", dict(trial.params)),
+        "config": attrs.pop(record.CONFIG, dict(trial.params)),
         "metrics": attrs,
     }
 
@@ -127,8 +105,8 @@ def trials_frame(study_name: str, url: str) -> pd.DataFrame:
     frame = study.trials_dataframe(
         attrs=("number", "value", "state", "duration", "params", "user_attrs")
     )
-    frame = frame.drop(columns=[c for c in frame.columns if c == "user_attrs_config"])
-    if study.user_attrs.get("constraints"):
+    frame = frame.drop(columns=[c for c in frame.columns if c == f"user_attrs_{record.CONFIG}"])
+    if study.user_attrs.get(record.CONSTRAINTS):
         feasible = [is_feasible(t) for t in study.get_trials(deepcopy=False)]
         frame.insert(frame.columns.get_loc("state") + 1, "feasible", feasible)
     return frame

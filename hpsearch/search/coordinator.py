@@ -1,6 +1,6 @@
 """The protocol of a trial across workers, in one place.
 
-``Coordinator`` is what a worker's loop (``search.worker.run_trials``) calls:
+``Coordinator`` is what a worker's loop (``search.worker.Worker``) calls:
 
 - ``claim()``: fail the trials of dead workers (and queue each again once), and start a
   trial only while the trials created before it leave a slot, so the study ends with exactly
@@ -8,7 +8,7 @@
   ``MaxTrialsCallback`` overshoots by up to workers - 1); no lock, so claims scale with
   workers;
 - ``heartbeat(trial)``: a thread that keeps the trial alive for the other workers;
-- ``finish(trial, ...)`` and ``fail(trial, reason, retry=...)``: tell, unless another
+- ``complete``, ``prune`` and ``fail(trial, reason, retry=...)``: tell, unless another
   worker already failed the trial as stale (its late result is dropped, not counted twice).
 
 It works through ``storage.worker_view.WorkerStorage``, the worker's batched view of the
@@ -31,32 +31,26 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import record
 from hpsearch.storage import optuna_internals as internals
-from hpsearch.storage.counts import study_counts
 from hpsearch.storage.errors import with_db_retries
 from hpsearch.storage.worker_view import WorkerStorage
 
 logger = logging.getLogger(__name__)
 
-# A crashed or interrupted trial runs once more with the same params (attempt 2).
-MAX_ATTEMPTS = 2
-
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial, *, quiet: bool = False) -> None:
     """Queue a failed trial again with the same params, unless it already had its retry.
 
-    The copy carries ``retry_of`` (the first trial of the series: its seed and checkpoint key)
-    and ``attempt``. Used for heartbeat-stale trials and for interrupted ones. (Optuna's
-    ``RetryFailedTrialCallback`` does the same but records the series in system attributes,
-    which an objective cannot read.)
+    The copy carries ``record.RETRY_OF`` (the first trial of the series: its seed and
+    checkpoint key) and ``record.ATTEMPT``. Used for heartbeat-stale trials and for
+    interrupted ones. (Optuna's ``RetryFailedTrialCallback`` does the same but records the
+    series in system attributes, which an objective cannot read.)
     """
-    attempt = int(trial.user_attrs.get("attempt", 1))
-    if attempt >= MAX_ATTEMPTS:
-        logger.warning("trial %d failed on attempt %d; not retried", trial.number, attempt)
+    user_attrs = record.retry_attrs(trial)
+    if user_attrs is None:
+        logger.warning("trial %d failed on its last attempt; not retried", trial.number)
         return
-    # Not copied: what describes the failed attempt (why it failed, where it ran).
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("fail_reason", "worker")}
-    user_attrs.update(retry_of=trial.user_attrs.get("retry_of", trial.number), attempt=attempt + 1)
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,
@@ -93,7 +87,11 @@ class Coordinator:
         if self.rdb is None:
             return
         storage = internals.storage_of(study)
-        self.view = storage if isinstance(storage, WorkerStorage) else WorkerStorage(storage)
+        self.view = (
+            storage
+            if isinstance(storage, WorkerStorage)
+            else WorkerStorage(storage, report_attrs=(record.CURVE,))
+        )
         self.study = optuna.load_study(
             study_name=study.study_name,
             storage=self.view,
@@ -130,7 +128,7 @@ class Coordinator:
     def _claim(self, member: bool) -> optuna.Trial | Literal["done", "wait"]:
         # No lock: the count below only spares the ask; the check after it keeps the total.
         self.fail_stale_trials()  # each stale trial is failed by one worker only
-        counts = study_counts(self._plain)
+        counts = record.study_counts(self._plain)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         if finished >= self.target:
             return "done"  # finished trials only ever grow
@@ -160,7 +158,7 @@ class Coordinator:
                 self.rdb.engine, internals.study_id(self.study), trial_id
             )
         if before >= self.target:
-            trial.set_user_attr("fail_reason", internals.YIELDED)
+            trial.set_user_attr(record.FAIL_REASON, record.YIELDED)
             self._tell(trial, state=TrialState.FAIL)
             logger.info("trial %d yielded: another worker took the last slot", trial.number)
             return "wait"
@@ -225,26 +223,30 @@ class Coordinator:
             logger.warning("trial %d was failed by another worker; result dropped", trial.number)
         return told
 
-    def finish(
-        self,
-        trial: optuna.Trial,
-        value: float | Sequence[float] | None = None,
-        state: TrialState | None = None,
-    ) -> None:
-        """Tell a trial's result (``value``, one per objective, or ``state`` PRUNED)."""
-        self._tell(trial, value, state)
+    def complete(self, trial: optuna.Trial, values: Sequence[float]) -> None:
+        """Tell a trial complete, with its values (one per objective)."""
+        self._tell(trial, list(values))
+
+    def prune(self, trial: optuna.Trial, reason: str) -> None:
+        """Tell a trial pruned; the reason goes in its ``record.PRUNED_REASON``."""
+        trial.set_user_attr(record.PRUNED_REASON, reason)
+        self._tell(trial, state=TrialState.PRUNED)
 
     def fail(
         self, trial: optuna.Trial, reason: str, *, retry: bool = False, quiet: bool = False
-    ) -> None:
-        """Fail ``trial`` (the reason goes in its ``fail_reason`` attribute); with ``retry``,
+    ) -> bool:
+        """Fail ``trial`` (the reason goes in its ``record.FAIL_REASON``); with ``retry``,
         queue it again once with the same params (its checkpoint lets the retry resume);
-        ``quiet`` when the user asked for it (an interrupt): the retry is logged as info."""
-        trial.set_user_attr("fail_reason", reason)
+        ``quiet`` when the user asked for it (an interrupt): the retry is logged as info.
+        False if another worker had already failed it (it went stale), and nothing changed."""
+        trial.set_user_attr(record.FAIL_REASON, reason)
         failed = self._tell(trial, state=TrialState.FAIL)
-        if retry and failed is not None:  # else whoever failed it has queued the retry
+        if failed is None:  # whoever failed it has queued the retry
+            return False
+        if retry:
             queue = functools.partial(retry_trial, self._plain, failed, quiet=quiet)
             with_db_retries(queue, "queueing a retry")
+        return True
 
 
 class Heartbeat:
@@ -258,7 +260,9 @@ class Heartbeat:
         self.trial_id = trial_id
         self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{trial_id}", daemon=True
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -268,7 +272,7 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
 
-    def _run(self) -> None:
+    def _beat(self) -> None:
         # The first beat after one interval, not at once: a trial with no beat is failed only
         # past the grace period (fail_stale_trials), and a trial shorter than an interval
         # then costs no heartbeat writes.

@@ -1,41 +1,54 @@
 """Local worker processes: ``hpsearch run --workers W`` starts W processes on this machine
 that share one study, each a worker as one on another machine would be
-(``search.worker.run_worker``), and reports their combined progress.
+(``search.worker.run_worker``), and reports their combined progress. Each receives the run's
+plan itself (``search.plan.RunPlan``), with its own device and threads: every worker runs
+the study the parent resolved.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
 
 import optuna
 
 from hpsearch.errors import EXIT_CODES, HpsearchError
 from hpsearch.search.interrupts import signals_interrupt
+from hpsearch.search.plan import RunPlan
 from hpsearch.search.progress import ProgressReader, StudyProgress
-from hpsearch.search.study_file import StudyConfig, load_study_file
 from hpsearch.search.worker import run_worker
-from hpsearch.settings import Settings
 from hpsearch.storage.errors import user_error
 
 logger = logging.getLogger(__name__)
 
 
-def _worker_main(
-    source: str, data: dict[str, Any], name: str, settings: Settings, index: int
-) -> None:
-    """One local worker process: load the study file again (with the run's table and study
-    name, which ``--data`` may have set) and run trials."""
+def worker_plans(plan: RunPlan) -> list[RunPlan]:
+    """The plan of each of ``plan.settings.workers`` local workers: the run's study and
+    settings, one worker each, with its device (``training.devices.worker_devices``) and
+    its share of the CPU threads (workers x threads <= cores)."""
+    # Imported here: it imports torch, which the parent process's loop does not need.
+    from hpsearch.training.devices import worker_devices, worker_threads
+
+    settings = plan.settings
+    workers = settings.workers or 1
+    threads = settings.threads or worker_threads(workers)
+    return [
+        plan.for_worker(workers=1, threads=threads, device=device)
+        for device in worker_devices(settings.device, workers)
+    ]
+
+
+def worker_main(plan: RunPlan, index: int) -> None:
+    """One local worker process: run ``plan``'s trials; a failure is one line and its exit
+    code."""
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        run_worker(load_study_file(source, data=data, name=name), settings)
+        run_worker(plan)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as error:
@@ -48,39 +61,23 @@ def _worker_main(
 
 def run_local_workers(
     study: optuna.Study,
-    config: StudyConfig,
-    settings: Settings,
+    plans: list[RunPlan],
     on_progress: Callable[[StudyProgress], None] | None = None,
     poll_s: float = 1.0,
 ) -> StudyProgress:
-    """Run ``settings.workers`` worker processes on this machine and report their combined
-    progress. CPU threads are split so that workers x threads <= cores.
+    """Run one worker process on this machine per plan of ``plans`` (``worker_plans``),
+    each ``worker_main(plan, index)``, and report their combined progress on ``study``.
 
     Raises:
         HpsearchError: a worker exited with an error.
         Interrupted: on SIGTERM/SIGINT, after every worker has stopped cleanly.
     """
-    # Imported here: it imports torch, which the parent process's loop does not need.
-    from hpsearch.training.devices import worker_devices, worker_threads
-
-    workers = settings.workers or 1
-    threads = settings.threads or worker_threads(workers)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(
-            target=_worker_main,
-            args=(
-                config.source,
-                config.data,
-                config.name,
-                replace(settings, workers=1, threads=threads, device=dev),
-                i,
-            ),
-            name=f"hpsearch-worker-{i}",
-        )
-        for i, dev in enumerate(worker_devices(settings.device, workers))
+        context.Process(target=worker_main, args=(plan, i), name=f"hpsearch-worker-{i}")
+        for i, plan in enumerate(plans)
     ]
-    read_progress = ProgressReader(study, settings.trials)
+    read_progress = ProgressReader(study, plans[0].settings.trials)
 
     def report() -> StudyProgress:
         state = read_progress()
@@ -93,9 +90,10 @@ def run_local_workers(
         process.start()
     try:
         with signals_interrupt():
-            while any(p.is_alive() for p in processes):
+            while alive := [p for p in processes if p.is_alive()]:
                 report()
-                time.sleep(poll_s)
+                # Woken at once when a worker exits: the run ends with its last worker.
+                multiprocessing.connection.wait([p.sentinel for p in alive], timeout=poll_s)
     except KeyboardInterrupt:
         for process in processes:
             if process.is_alive() and process.pid is not None:

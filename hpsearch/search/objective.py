@@ -1,10 +1,10 @@
-"""The Optuna objective: the only place that touches ``trial``. ``Objective`` builds, trains and
-scores the trials the worker loop (``search.worker.run_trials``) hands it, one at a time or as
-a trial group trained as one stack (``training.train_members``)."""
+"""The Optuna objective: the only place that touches a trial while it trains. ``Objective``
+samples, builds, trains and scores the trials the worker loop (``search.worker.Worker``) hands
+it, one at a time or as a trial group trained as one stack (``training.train_many``), and
+answers each with how it ended (``search.trial_end``)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -12,30 +12,30 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
 import torch
 
+from hpsearch import record
 from hpsearch.problems.splits import Splits
 from hpsearch.search import constraints
 from hpsearch.search.checkpoints import CheckpointStore
 from hpsearch.search.pareto_pruning import DominatedPruner
 from hpsearch.search.space import suggest_params
 from hpsearch.search.study_file import StudyConfig
-from hpsearch.storage.errors import is_transient_db_error
-from hpsearch.storage.worker_view import CURVE
+from hpsearch.search.trial_end import Complete, Failed, Pruned, TrialEnd, failure
 from hpsearch.training import (
+    Crashed,
+    Diverged,
     EpochResult,
-    LossFn,
-    Member,
-    NonFiniteLossError,
     Outcome,
     TrainConfig,
+    Trainee,
     TrainState,
     seeded,
-    train_members,
+    train_many,
 )
 from hpsearch.training.costs import model_costs
 from hpsearch.training.stack import stack_capacity
@@ -53,7 +53,7 @@ class Objective:
     Data are loaded once by the caller and kept on ``device``; each trial samples its params,
     reports the validation metric every ``config.eval_every`` epochs and lets the pruner
     stop it. With ``checkpoints``, the training state is saved at every report, and a retry
-    of a crashed trial (``retry_of`` attribute) continues from its series' checkpoint.
+    of a crashed trial (``record.RETRY_OF``) continues from its series' checkpoint.
     """
 
     def __init__(
@@ -78,17 +78,31 @@ class Objective:
         return {f"val_{name}": value for name, value in metrics.items()}
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        """Train one trial alone: its objectives' values, or ``optuna.TrialPruned``."""
-        [(_, result)] = self.train([self.start(trial)])
-        return result()
+        """Train one trial alone, in Optuna's plain form (``study.optimize(objective)``): its
+        objectives' values, else ``optuna.TrialPruned`` or the error that failed it."""
+        started = self.start(trial)
+        end = started if isinstance(started, TrialEnd) else next(self.train([started]))[1]
+        if isinstance(end, Pruned):
+            trial.set_user_attr(record.PRUNED_REASON, end.reason)
+            raise optuna.TrialPruned(end.reason)
+        if isinstance(end, Failed):
+            raise end.error
+        return end.values[0] if len(end.values) == 1 else list(end.values)
 
-    def start(self, trial: optuna.Trial) -> TrialRun:
-        """Sample ``trial``'s params, record them, find its checkpoint and build its model."""
+    def start(self, trial: optuna.Trial) -> StartedTrial | TrialEnd:
+        """Sample ``trial``'s params, record them, find its checkpoint and build its model;
+        how it ended, if it ends before training (a limit its model breaks, an error)."""
+        try:
+            return self._start(trial)
+        except Exception as error:  # a model that cannot be built, a lost database
+            return failure(error)
+
+    def _start(self, trial: optuna.Trial) -> StartedTrial | TrialEnd:
         config, problem = self.config, self.problem
         params = suggest_params(trial, config.space, config.base_params, problem.per_layer)
         params |= self.splits.model_params  # the class count of a user's table
         # A retry keeps the seed and checkpoint of the first trial of its series.
-        series = int(trial.user_attrs.get("retry_of", trial.number))
+        series = record.series(trial)
         seed = trial_seed(self.seed, series)
         # Only a retry resumes, and only from a checkpoint of the same configuration, data
         # options and seed (a file left by a same-named study in another database is not
@@ -96,17 +110,17 @@ class Objective:
         tag = json.dumps(
             {"params": params, "data": self.config.data, "seed": seed}, sort_keys=True, default=str
         )
-        is_retry = "retry_of" in trial.user_attrs
+        is_retry = record.RETRY_OF in trial.user_attrs
         resume = self.checkpoints.load(series, tag) if self.checkpoints and is_retry else None
         if resume is not None:
             logger.info(
                 "trial %d resumes trial %d after epoch %d", trial.number, series, resume.epoch
             )
-            trial.set_user_attr("resumed_from_epoch", resume.epoch)
-        trial.set_user_attr("config", params)
-        trial.set_user_attr("seed", seed)
+            trial.set_user_attr(record.RESUMED_FROM_EPOCH, resume.epoch)
+        trial.set_user_attr(record.CONFIG, params)
+        trial.set_user_attr(record.SEED, seed)
         # Which machine and process ran it: with workers on many hosts, where to look.
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(record.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         shape = self.splits.x_train.shape[1:]
         model, rng = seeded(lambda: problem.build_model(params, shape), seed)
         model.to(self.device)
@@ -115,164 +129,150 @@ class Objective:
         costs = model_costs(model, self.splits.x_train[:1])
         for name, value in costs.items():
             trial.set_user_attr(name, value)
-        run = TrialRun(
-            self, trial, params, series, tag, model, rng, resume, problem.losses[params["loss"]]
-        )
-        run.costs = costs
+        started = StartedTrial(self, trial, series, tag, costs)
         if broken := constraints.broken(config.limits, costs):
-            run.record(None, pruned_reason=f"not trained: {', '.join(broken)}")
-            raise optuna.TrialPruned(f"not trained: {', '.join(broken)}")
-        return run
+            started.record(None)
+            return Pruned(0, f"{record.NOT_TRAINED}: {', '.join(broken)}")
+        started.trainee = Trainee(
+            model,
+            problem.losses[params["loss"]],
+            TrainConfig.from_params(params, seed=seed),
+            self.validation_metrics,
+            on_epoch=started.on_epoch,
+            on_checkpoint=started.on_checkpoint if self.checkpoints else None,
+            resume=resume,
+            rng=rng,
+            eval_every=config.eval_every,
+        )
+        return started
 
-    def group_capacity(self, run: TrialRun, limit: int) -> int:
-        """How many trials of ``run``'s shape to train as one stack, at most ``limit``
+    def group_capacity(self, started: StartedTrial, limit: int) -> int:
+        """How many trials of ``started``'s shape to train as one stack, at most ``limit``
         (``training.stack.stack_capacity``: on a CPU, while a step's activations stay in
         cache)."""
-        return stack_capacity(run.model, run.config, self.splits.x_train[:1], limit)
+        trainee = started.trainee
+        return stack_capacity(trainee.model, trainee.config, self.splits.x_train[:1], limit)
 
-    def group_values(self, run: TrialRun) -> dict[str, Any]:
-        """``run``'s values of the problem's ``group_params``, which the other trials of its
-        group take: what sets the model's layers and shapes, the batch size and epochs."""
+    def group_values(self, started: StartedTrial) -> dict[str, Any]:
+        """``started``'s values of the problem's ``group_params``, which the other trials of
+        its group take: what sets the model's layers and shapes, the batch size and epochs."""
         shared = self.problem.group_params
         return {
             name: value
-            for name, value in run.trial.params.items()
+            for name, value in started.trial.params.items()
             if name in shared or name.rsplit("_", 1)[0] in shared
         }
 
-    def train(
-        self, runs: Sequence[TrialRun]
-    ) -> Iterator[tuple[optuna.Trial, Callable[[], float | list[float]]]]:
-        """Train ``runs``, as one stack where they share a shape (a retry or an enqueued trial
-        may not match the rest; a model ``training.stack`` cannot fuse trains alone); yield
-        each trial as its training ends, with its result (``trial_value``)."""
-        members = [run.member(self) for run in runs]
+    def train(self, group: Sequence[StartedTrial]) -> Iterator[tuple[optuna.Trial, TrialEnd]]:
+        """Train ``group``, as one stack where its trials share a shape (a retry or an
+        enqueued trial may not match the rest; a model ``training.stack`` cannot fuse trains
+        alone); yield each trial as its training ends, with how it ended."""
         s = self.splits
-        for index, outcome in train_members(members, s.x_train, s.y_train, group_size=len(runs)):
-            run = runs[index]
-            yield run.trial, functools.partial(self.trial_value, run, outcome)
-
-    def trial_value(self, run: TrialRun, outcome: Outcome) -> float | list[float]:
-        """The trial's value (of several objectives, its values) from its training outcome,
-        or the exception its worker acts on: ``optuna.TrialPruned`` for a pruned or diverged
-        run, else the error as raised."""
-        trial = run.trial
-        if isinstance(outcome, NonFiniteLossError):
-            # A diverged run (the lab report's SGD-to-NaN) ends pruned, so the study goes on and
-            # the sampler learns that this region is bad.
-            run.record(run.last, pruned_reason=str(outcome))
-            logger.info("trial %d: %s", trial.number, outcome)
-            self._forget(run.series)
-            raise optuna.TrialPruned(str(outcome)) from None
-        if isinstance(outcome, BaseException):
-            # Pruned, or a bug or an out-of-memory error: no retry will come. A lost database
-            # connection is retried, and the retry resumes from the checkpoint; so is a trial
-            # that another worker failed while this one stalled. Interrupts and crashes keep
-            # the checkpoint: the retry resumes from it.
-            stale = isinstance(outcome, optuna.exceptions.UpdateFinishedTrialError)
-            if not (stale or is_transient_db_error(outcome)):
-                self._forget(run.series)
-            raise outcome
-        result = run.last
-        assert result is not None  # training reports the last epoch
-        values = run.record(result)
-        self._forget(run.series)
-        if not self.config.multi_objective:
-            return values[self.config.metric]
-        return [values[metric] for metric in self.config.metrics]
-
-    def _forget(self, series: int) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.delete(series)
+        trainees = [started.trainee for started in group]
+        for index, outcome in train_many(trainees, s.x_train, s.y_train, group_size=len(group)):
+            started = group[index]
+            end = started.end(outcome)
+            if not (isinstance(end, Failed) and (end.retry or end.stale)) and self.checkpoints:
+                # Its retry, if one comes, resumes from the checkpoint; nothing else will.
+                self.checkpoints.delete(started.series)
+            yield started.trial, end
 
 
-class TrialRun:
-    """One trial's training: its params, model and the callbacks that report its epochs."""
+class StartedTrial:
+    """A trial the objective has started: its series, costs, learning curve and the
+    ``Trainee`` its model trains as; it reports the trainee's epochs to Optuna and records the
+    trial's metrics."""
+
+    trainee: Trainee
 
     def __init__(
         self,
         objective: Objective,
         trial: optuna.Trial,
-        params: dict[str, Any],
         series: int,
         tag: str,
-        model: torch.nn.Module,
-        rng: torch.Tensor,
-        resume: TrainState | None,
-        loss_fn: LossFn,
+        costs: dict[str, float],
     ) -> None:
-        self.objective, self.trial, self.params = objective, trial, params
-        self.series, self.tag, self.model, self.rng = series, tag, model, rng
-        self.resume, self.loss_fn = resume, loss_fn
-        self.config = TrainConfig.from_params(params, seed=int(trial.user_attrs["seed"]))
-        self.last: EpochResult | None = None
+        self.objective, self.trial, self.series, self.tag = objective, trial, series, tag
+        self.costs = costs  # training.costs.model_costs
+        self.config = objective.config
         self.started = time.perf_counter()
-        self.costs: dict[str, float] = {}  # training.costs.model_costs, set by Objective.start
+        self.last: EpochResult | None = None
         # Several objectives: the learning curve, {"epoch": value} (a retry's copied one too).
-        self.curve: dict[str, float] = dict(trial.user_attrs.get(CURVE, {}))
+        self.curve: dict[str, float] = dict(trial.user_attrs.get(record.CURVE, {}))
+        # A failure while reporting (a lost database): the end it stopped training with.
+        self.failed: Failed | None = None
 
-    def record(self, result: EpochResult | None, **extra: Any) -> dict[str, float]:
+    def end(self, outcome: Outcome) -> TrialEnd:
+        """How the trial ended, from how its training ended; its metrics recorded."""
+        if isinstance(outcome, Crashed):  # a bug or out of memory: no retry will come
+            return failure(outcome.error)
+        if isinstance(outcome, Diverged):
+            # A diverged run (the lab report's SGD-to-NaN) ends pruned, so the study goes on
+            # and the sampler learns that this region is bad.
+            self.record(self.last)
+            logger.info("trial %d: %s", self.trial.number, outcome)
+            return Pruned(outcome.epoch, str(outcome))
+        if self.failed is not None:
+            return self.failed
+        values = self.record(self.last)
+        if outcome.stopped is not None:
+            return Pruned(outcome.epochs_run, outcome.stopped)
+        return Complete(tuple(values[metric] for metric in self.config.metrics))
+
+    def record(self, result: EpochResult | None) -> dict[str, float]:
         """Store the trial's metrics after ``result`` (its last epoch) and how far each limit
         is from being broken (``Trial.set_constraint``); return every metric by name."""
         trial = self.trial
         values = dict(self.costs)
         values["train_seconds"] = round(time.perf_counter() - self.started, 3)
-        trial.set_user_attr("train_seconds", values["train_seconds"])
+        trial.set_user_attr(record.TRAIN_SECONDS, values["train_seconds"])
         if result is not None:
             values |= result.metrics
-            trial.set_user_attr("epochs_run", result.epoch)
-            trial.set_user_attr("train_loss", result.train_loss)
+            trial.set_user_attr(record.EPOCHS_RUN, result.epoch)
+            trial.set_user_attr(record.TRAIN_LOSS, result.train_loss)
             for name, value in result.metrics.items():
                 trial.set_user_attr(name, value)
-        for name, value in extra.items():
-            trial.set_user_attr(name, value)
-        for limit in self.objective.config.limits:
+        for limit in self.config.limits:
             # A limit on a metric a stopped trial never reached (its validation metric
             # before the first epoch) stays unset: Optuna reads no constraint as kept.
             if limit.metric in values and math.isfinite(values[limit.metric]):
                 trial.set_constraint(limit.key, limit.violation(values[limit.metric]))
         return values
 
-    def on_epoch(self, result: EpochResult) -> None:
+    def on_epoch(self, result: EpochResult) -> str | None:
+        """Report an evaluated epoch; why training stops here (pruned, a non-finite
+        metric, a failure to report), or None."""
         self.last = result
-        trial = self.trial
-        value = result.metrics[self.objective.config.metric]
+        value = result.metrics[self.config.metric]
         if not math.isfinite(value):
-            raise NonFiniteLossError(result.epoch, value)
-        if self.objective.config.multi_objective:
+            return f"non-finite {self.config.metric} ({value}) in epoch {result.epoch}"
+        try:
+            prune = self._report(result.epoch, value)
+        except Exception as error:  # the database lost, or another worker failed the trial
+            self.failed = failure(error)
+            return self.failed.reason
+        return f"pruner stopped it after epoch {result.epoch}" if prune else None
+
+    def _report(self, epoch: int, value: float) -> bool:
+        """Report ``value`` at ``epoch``; whether the pruner stops the trial there."""
+        trial = self.trial
+        if self.config.multi_objective:
             # Optuna's report and should_prune take one objective: the curve is a user
             # attribute, which hpsearch's pruner (search.pareto_pruning) judges. A retry keeps
             # its failed attempt's epochs, as Optuna keeps a first report.
-            self.curve.setdefault(str(result.epoch), value)
-            trial.set_user_attr(CURVE, self.curve)
+            self.curve.setdefault(str(epoch), value)
+            trial.set_user_attr(record.CURVE, self.curve)
             pruner = trial.study.pruner
-            prune = isinstance(pruner, DominatedPruner) and pruner.dominated(
-                trial.study, result.epoch, value, self.costs
+            return isinstance(pruner, DominatedPruner) and pruner.dominated(
+                trial.study, epoch, value, self.costs
             )
-        else:
-            with warnings.catch_warnings():
-                # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
-                warnings.filterwarnings("ignore", message="The reported value is ignored")
-                trial.report(value, result.epoch)
-            prune = trial.should_prune()
-        if prune:
-            self.record(result, pruned_reason=f"pruner stopped it after epoch {result.epoch}")
-            raise optuna.TrialPruned(f"pruned after epoch {result.epoch}")
+        with warnings.catch_warnings():
+            # A retry re-reports its failed attempt's epochs; Optuna keeps the first.
+            warnings.filterwarnings("ignore", message="The reported value is ignored")
+            trial.report(value, epoch)
+        return trial.should_prune()
 
     def on_checkpoint(self, state: TrainState) -> None:
-        if self.objective.checkpoints is not None:
-            self.objective.checkpoints.save(self.series, state, self.tag)
-
-    def member(self, objective: Objective) -> Member:
-        """What training takes for this trial: its model, its stream, its callbacks."""
-        return Member(
-            self.model,
-            self.loss_fn,
-            self.config,
-            objective.validation_metrics,
-            on_epoch=self.on_epoch,
-            on_checkpoint=self.on_checkpoint if objective.checkpoints else None,
-            resume=self.resume,
-            rng=self.rng,
-            eval_every=objective.config.eval_every,
-        )
+        assert self.objective.checkpoints is not None  # passed only with a store
+        self.objective.checkpoints.save(self.series, state, self.tag)

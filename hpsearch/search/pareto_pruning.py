@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.storage.worker_view import CURVE
+from hpsearch import record
 
 # The costs every trial records before its first epoch (``training.costs.model_costs``'s;
 # named here, since the search's bookkeeping imports no torch).
@@ -69,7 +69,7 @@ class DominatedPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Optuna's pruner interface, on a trial's stored ``curve``."""
-        curve = trial.user_attrs.get(CURVE, {})
+        curve = trial.user_attrs.get(record.CURVE, {})
         if not curve:
             return False
         step = max(curve, key=int)
@@ -87,9 +87,9 @@ class DominatedPruner(optuna.pruners.BasePruner):
             return False
         key = str(step)
         peers = [
-            float(t.user_attrs[CURVE][key])
+            float(t.user_attrs[record.CURVE][key])
             for t in finished
-            if key in t.user_attrs.get(CURVE, {}) and self._no_costlier(t.user_attrs, costs)
+            if key in t.user_attrs.get(record.CURVE, {}) and self._no_costlier(t.user_attrs, costs)
         ]
         if len(peers) < self.min_peers:
             return False

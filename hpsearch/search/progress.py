@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.storage.counts import best_value, front_size, study_counts
+from hpsearch.record import study_counts
+from hpsearch.storage.counts import best_value, front_size
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

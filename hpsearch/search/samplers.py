@@ -16,22 +16,17 @@ from hpsearch.errors import HpsearchError
 from hpsearch.search.pareto_pruning import DominatedPruner
 from hpsearch.search.space import grid_search_space
 from hpsearch.search.study_file import StudyConfig
-from hpsearch.settings import (
-    SAMPLERS,
-    SINGLE_OBJECTIVE_PRUNERS,
-    SINGLE_OBJECTIVE_SAMPLERS,
-    Settings,
-)
+from hpsearch.settings import PRUNERS, SAMPLERS, Settings, either, takes
 
-# Samplers whose trials run one at a time whatever --group-size says: grid and QMC assign
-# trial n its point n, which a group's shared params would override, and CMA-ES keeps one
-# search distribution over every param, which fixed params break.
-GROUPLESS_SAMPLERS = frozenset({"grid", "qmc", "cmaes"})
+
+def groups_trials(sampler: str) -> bool:
+    """Whether the trials of ``sampler`` may train in groups (``settings.Choice.groups``)."""
+    return SAMPLERS[sampler].groups
 
 
 class GridSearchSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler without its ``study.stop()`` call, which only works inside
-    ``study.optimize``; ``run_trials`` stops on ``is_exhausted`` instead."""
+    ``study.optimize``; the worker loop stops on ``is_exhausted`` instead."""
 
     def after_trial(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -105,11 +100,12 @@ def create_sampler(config: StudyConfig, settings: Settings) -> optuna.samplers.B
         HpsearchError: an option the sampler does not take, or a space it cannot search.
     """
     name = settings.sampler
-    if config.multi_objective and name in SINGLE_OBJECTIVE_SAMPLERS:
+    objectives = len(config.metrics)
+    if not takes(SAMPLERS, name, objectives):
         raise HpsearchError(
             f"sampler {name} optimizes one objective; {config.name} has "
-            f"{len(config.metrics)} ({', '.join(config.metrics)}): choose "
-            f"{', '.join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)}"
+            f"{objectives} ({', '.join(config.metrics)}): choose "
+            f"{either([s for s in SAMPLERS if takes(SAMPLERS, s, objectives)])}"
         )
     if name == "grid" and config.sampler != "grid":  # --sampler grid over a file's space
         try:
@@ -117,22 +113,16 @@ def create_sampler(config: StudyConfig, settings: Settings) -> optuna.samplers.B
         except ValueError as error:
             raise HpsearchError(f"--sampler grid: {error}") from None
     options = config.sampler_options if name == config.sampler else {}
-    factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "gp": optuna.samplers.GPSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "qmc": optuna.samplers.QMCSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "nsga3": optuna.samplers.NSGAIIISampler,
-    }
+    factory: Callable[..., optuna.samplers.BaseSampler] = getattr(
+        optuna.samplers, SAMPLERS[name].optuna_class
+    )
 
     def make(seed: int) -> optuna.samplers.BaseSampler:
         if name == "grid":
             return GridSearchSampler(grid_search_space(config.space), seed=seed, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return factories[name](seed=seed, **options)
+            return factory(seed=seed, **options)
 
     try:
         if name in ("grid", "qmc"):
@@ -152,26 +142,28 @@ def create_pruner(config: StudyConfig, settings: Settings) -> optuna.pruners.Bas
     """
     name = settings.pruner
     options = dict(config.pruner_options if name == config.pruner else {})
-    if config.multi_objective and name in SINGLE_OBJECTIVE_PRUNERS:
+    objectives = len(config.metrics)
+    if not takes(PRUNERS, name, objectives):
+        fits = either([p for p in PRUNERS if takes(PRUNERS, p, objectives)])
+        if objectives > 1:
+            raise HpsearchError(
+                f"pruner {name} prunes on one objective; {config.name} has {objectives}: "
+                f"choose {fits}"
+            )
         raise HpsearchError(
-            f"pruner {name} prunes on one objective; {config.name} has "
-            f"{len(config.metrics)}: choose dominated or none"
+            f"pruner {name} prunes studies of several objectives; {config.name} has one: "
+            f"choose {fits}"
         )
-    if not config.multi_objective and name == "dominated":
-        raise HpsearchError(
-            f"pruner dominated prunes studies of several objectives; {config.name} has one: "
-            f"choose {', '.join(SINGLE_OBJECTIVE_PRUNERS)} or none"
-        )
+    if name == "hyperband":
+        options.setdefault("max_resource", config.max_epochs)
+    if name == "none":  # it takes no options: the rest of a [pruner] table waits unused
+        options = {}
     try:
         if name == "dominated":
             return DominatedPruner(config.metrics, config.directions, config.metric, **options)
-        if name == "hyperband":
-            options.setdefault("max_resource", config.max_epochs)
-            return optuna.pruners.HyperbandPruner(**options)
-        if name == "successive-halving":
-            return optuna.pruners.SuccessiveHalvingPruner(**options)
-        if name == "median":
-            return optuna.pruners.MedianPruner(**options)
-        return optuna.pruners.NopPruner()
+        pruner: optuna.pruners.BasePruner = getattr(optuna.pruners, PRUNERS[name].optuna_class)(
+            **options
+        )
+        return pruner
     except (TypeError, ValueError) as error:
         raise HpsearchError(f"{config.source}: [pruner] {name}: {error}") from None

@@ -1,20 +1,20 @@
-"""The study a run works on: created or loaded under the study lock (``open_study``), refused
-if it holds another problem's trials, and ``open_run``, which checks every input first so bad
-input writes nothing."""
+"""The study a run works on: every input checked first (``check_plan``), so that bad input
+writes nothing; then created or loaded under the set-up lock (``open_study``), refused if it
+holds another problem's trials."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
 
+from hpsearch import record
 from hpsearch.errors import HpsearchError
 from hpsearch.search.coordinator import retry_trial
+from hpsearch.search.plan import RunPlan
 from hpsearch.search.samplers import create_pruner, create_sampler
 from hpsearch.search.study_file import StudyConfig
-from hpsearch.settings import Settings
 from hpsearch.storage.counts import count_finished, load_study
 from hpsearch.storage.database import open_storage, wait_for_database
 from hpsearch.storage.errors import with_db_retries
@@ -29,8 +29,18 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class OpenRun:
-    """A study opened for ``hpsearch run`` and what its workers train with."""
+class Checked:
+    """What a plan's settings make, each checked before the storage is touched."""
+
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    device: torch.device
+    artifacts: ArtifactStore | None
+
+
+@dataclass(frozen=True)
+class OpenedStudy:
+    """A study opened for work, and what its worker trains with."""
 
     study: optuna.Study
     device: torch.device
@@ -39,56 +49,72 @@ class OpenRun:
     splits: Splits | None
 
 
-def open_run(config: StudyConfig, settings: Settings) -> OpenRun:
-    """Check everything that can be checked before the storage is touched (sampler and pruner
-    options, device, artifact store, data files), then open (or create) the study, whose
-    trials may then be run; a study that already holds ``settings.trials`` finished trials
-    is only loaded, and no data are.
+def check_plan(plan: RunPlan) -> Checked:
+    """Build what ``plan``'s settings name (sampler and pruner with their options, device,
+    artifact store), touching no storage.
 
     Raises:
-        HpsearchError: bad input of any kind, or a study of another problem.
+        HpsearchError: any of them refused.
     """
     # Imported here: they import torch and boto3, which hpsearch create does not need.
     from hpsearch.storage.artifacts import open_artifact_store
     from hpsearch.training.devices import resolve_device
 
-    sampler = create_sampler(config, settings)
-    pruner = create_pruner(config, settings)
-    device = resolve_device(settings.device)
-    artifacts = open_artifact_store(settings.artifacts) if settings.artifacts else None
+    config, settings = plan.config, plan.settings
+    return Checked(
+        sampler=create_sampler(config, settings),
+        pruner=create_pruner(config, settings),
+        device=resolve_device(settings.device),
+        artifacts=open_artifact_store(settings.artifacts) if settings.artifacts else None,
+    )
+
+
+def open_study(plan: RunPlan) -> OpenedStudy:
+    """Check everything that can be checked before the storage is touched (``check_plan``),
+    load the data, then open (or create) the study, whose trials may then be run; a study
+    that already holds ``settings.trials`` finished trials is only loaded, and no data are.
+
+    Raises:
+        HpsearchError: bad input of any kind, or a study of another problem.
+    """
+    config, settings = plan.config, plan.settings
+    checked = check_plan(plan)
     wait_for_database(settings.storage, settings.db_wait)
     if count_finished(settings.storage, settings.study_name) >= settings.trials:
         study = load_study(settings.study_name, settings.storage)
         check_same_study(study, config)
-        return OpenRun(study, device, artifacts, splits=None)
+        return OpenedStudy(study, checked.device, checked.artifacts, splits=None)
     splits = config.problem.load_data(settings.data_dir, **config.data)
     storage = open_storage(
         settings.storage,
         heartbeat_interval=settings.heartbeat_interval,
         on_stale_trial=retry_trial,
-        pre_ping=False,  # run_trials retries every call on a dropped connection
+        pre_ping=False,  # the worker loop retries every call on a dropped connection
     )
     study = with_db_retries(
-        lambda: open_study(storage, config, settings.study_name, sampler, pruner),
+        lambda: create_or_load(
+            storage, config, settings.study_name, checked.sampler, checked.pruner
+        ),
         "opening the study",
     )
-    return OpenRun(study, device, artifacts, splits)
+    return OpenedStudy(study, checked.device, checked.artifacts, splits)
 
 
-def create_study(config: StudyConfig, settings: Settings) -> optuna.Study:
-    """Create ``config``'s study in ``settings.storage`` without running a trial (a cluster's
-    set-up step, before its workers start); an existing study of the same problem is kept."""
-    sampler = create_sampler(config, settings)
-    pruner = create_pruner(config, settings)
+def create_study(plan: RunPlan) -> optuna.Study:
+    """Create ``plan``'s study without running a trial (a cluster's set-up step, before its
+    workers start, on a node that may have none of their devices); an existing study of the
+    same problem is kept."""
+    config, settings = plan.config, plan.settings
+    sampler, pruner = create_sampler(config, settings), create_pruner(config, settings)
     wait_for_database(settings.storage, settings.db_wait)
     storage = open_storage(settings.storage)
     return with_db_retries(
-        lambda: open_study(storage, config, settings.study_name, sampler, pruner),
+        lambda: create_or_load(storage, config, settings.study_name, sampler, pruner),
         "creating the study",
     )
 
 
-def open_study(
+def create_or_load(
     storage: optuna.storages.RDBStorage,
     config: StudyConfig,
     study_name: str,
@@ -109,7 +135,7 @@ def open_study(
         study = optuna.load_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
         )
-        if "problem" in study.user_attrs:  # the last of the set-up's writes is done
+        if record.is_set_up(study):  # the last of the set-up's writes is done
             check_same_study(study, config)
             return study
     except KeyError:  # no such study yet
@@ -124,19 +150,18 @@ def open_study(
             load_if_exists=True,
         )
         check_same_study(study, config)
-        if "problem" not in study.user_attrs:
-            with warnings.catch_warnings():  # experimental since Optuna 3.2
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(list(config.metrics))  # the dashboard's axes
-            study.set_user_attr("metric", config.metric)  # the learning curve
-            study.set_user_attr("metrics", list(config.metrics))
-            study.set_user_attr("constraints", [limit.describe() for limit in config.limits])
-            study.set_user_attr("study_file", config.source)
-            study.set_user_attr("data", dict(config.data))  # to rebuild the splits
+        if not record.is_set_up(study):
             for params in config.enqueue:
                 study.enqueue_trial(params, skip_if_exists=True)
-            # Last: its presence tells later workers the set-up is complete.
-            study.set_user_attr("problem", config.problem.name)
+            record.write_study_definition(
+                study,
+                problem=config.problem.name,
+                metric=config.metric,
+                metrics=config.metrics,
+                constraints=[limit.describe() for limit in config.limits],
+                study_file=config.source,
+                data=config.data,
+            )
     return study
 
 
@@ -149,11 +174,11 @@ def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
     """
     attrs = study.user_attrs
     mine = ", ".join(config.metrics)
-    # A study of one objective made before several were possible holds only "metric".
+    # A study of one objective made before several were possible holds only its metric.
     stored_metrics = attrs.get(
-        "metrics", [attrs["metric"]] if "metric" in attrs else config.metrics
+        record.METRICS, [attrs[record.METRIC]] if record.METRIC in attrs else config.metrics
     )
-    stored = (attrs.get("problem", config.problem.name), ", ".join(stored_metrics))
+    stored = (attrs.get(record.PROBLEM, config.problem.name), ", ".join(stored_metrics))
     if stored != (config.problem.name, mine):
         raise HpsearchError(
             f"study {study.study_name!r} holds {stored[0]} / {stored[1]} trials, not "
@@ -163,8 +188,8 @@ def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
     if directions != config.directions:
         raise HpsearchError(f"study {study.study_name!r} has directions {', '.join(directions)}")
     limits = [limit.describe() for limit in config.limits]
-    stored_limits = attrs.get("constraints", [])
-    if "problem" in attrs and stored_limits != limits:
+    stored_limits = attrs.get(record.CONSTRAINTS, [])
+    if record.is_set_up(study) and stored_limits != limits:
         raise HpsearchError(
             f"study {study.study_name!r} has limits {', '.join(stored_limits) or 'none'}, "
             f"not {', '.join(limits) or 'none'}; pick another --study-name"

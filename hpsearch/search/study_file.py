@@ -8,6 +8,7 @@ names the file, the table and the key.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import tomllib
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from hpsearch.errors import HpsearchError
 from hpsearch.search.constraints import Limit, limits_of
 from hpsearch.search.space import ParamSpec, grid_search_space
-from hpsearch.settings import DEFAULTS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_PRUNERS
+from hpsearch.settings import DEFAULTS, PRUNERS, SAMPLERS, takes
 
 if TYPE_CHECKING:
     from hpsearch.problems.registry import Problem
@@ -141,9 +142,7 @@ def load_study_file(
     name: str | None = None,
     metrics: list[str] | None = None,
 ) -> StudyConfig:
-    """Read and validate one study file; ``data`` overrides keys of its ``[data]`` (a
-    table given on the command line), ``name`` its study name, ``metrics`` its objectives
-    (``--metric``, repeated).
+    """Read and validate one study file, with the overrides of ``study_from_dict``.
 
     Raises:
         HpsearchError: naming the file and the table or key at fault.
@@ -161,6 +160,29 @@ def load_study_file(
         value = files.get(key) if isinstance(files, dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             files[key] = str(path.parent.resolve() / value)
+    return study_from_dict(
+        raw, source=str(path), default_name=path.stem, data=data, name=name, metrics=metrics
+    )
+
+
+def study_from_dict(
+    raw: dict[str, Any],
+    *,
+    source: str,
+    default_name: str,
+    data: dict[str, Any] | None = None,
+    name: str | None = None,
+    metrics: list[str] | None = None,
+) -> StudyConfig:
+    """Validate a study file's contents (parsed TOML, or a dict of the same shape); ``data``
+    overrides keys of its ``[data]`` (a table given on the command line), ``name`` its study
+    name, ``metrics`` its objectives (``--metric``, repeated; a pruner of one objective then
+    gives way to the default of several). ``raw`` is not changed.
+
+    Raises:
+        HpsearchError: naming ``source`` and the table or key at fault.
+    """
+    raw = copy.deepcopy(raw)
     for key, value in (data or {}).items():
         if value is not None:
             raw.setdefault("data", {})[key] = value
@@ -169,10 +191,10 @@ def load_study_file(
     if metrics and isinstance(raw.get("study"), dict):
         raw["study"].pop("metric", None)
         raw["study"]["metrics"] = list(metrics)
-        pruner = raw.get("pruner", {})
-        if len(metrics) > 1 and pruner.get("name") in SINGLE_OBJECTIVE_PRUNERS:
+        pruner = raw.get("pruner", {}).get("name")
+        if pruner in PRUNERS and not takes(PRUNERS, pruner, len(metrics)):
             raw["pruner"] = {}  # the file's pruner takes one objective: the default for several
-    return parse_study(raw, source=str(path), default_name=path.stem)
+    return parse_study(raw, source=source, default_name=default_name)
 
 
 # [data] keys that name files: relative paths in a study file are relative to its folder.

@@ -4,7 +4,6 @@ keep its limits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -14,13 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hpsearch.errors import HpsearchError
 from hpsearch.storage.database import check_reachable, open_storage
-from hpsearch.storage.optuna_internals import (
-    YIELDED,
-    rdb_of,
-    state_counts,
-    storage_of,
-    study_id,
-)
+from hpsearch.storage.optuna_internals import state_counts
 from hpsearch.storage.urls import parse_url
 
 
@@ -59,30 +52,6 @@ def load_study(name: str, url: str) -> optuna.Study:
     except KeyError:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
-
-
-def study_counts(study: optuna.Study) -> dict[TrialState, int]:
-    """Trials per state, counted by the database itself (a process's trial cache lags
-    behind the other workers); yielded trials, which never ran, left out."""
-    rdb = rdb_of(storage_of(study))
-    if rdb is not None:
-        return state_counts(rdb.engine, study_id=study_id(study))
-    return trial_counts(study.get_trials(deepcopy=False))
-
-
-def trial_counts(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
-    """``trials`` per state, yielded trials left out: ``study_counts`` of trials already
-    read."""
-    counts = dict.fromkeys(TrialState, 0)
-    for trial in trials:
-        counts[trial.state] += not is_yielded(trial)
-    return counts
-
-
-def is_yielded(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` lost the race for its study's last slot and never ran: a FAIL to
-    Optuna, no failure to a user."""
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == YIELDED
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

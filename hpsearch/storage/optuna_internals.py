@@ -51,33 +51,32 @@ def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage |
     return storage
 
 
-# The fail_reason of a trial that lost the race for its study's last slot and never ran
-# (search.coordinator writes it): a FAIL by Optuna's states, not a failure to count.
-YIELDED = "yielded: another worker took the study's last slot"
-
-
 def state_counts(
-    engine: sqlalchemy.Engine, *, study_id: int | None = None, study_name: str | None = None
+    engine: sqlalchemy.Engine,
+    *,
+    study_id: int | None = None,
+    study_name: str | None = None,
+    leave_out: tuple[str, Any] | None = None,
 ) -> dict[TrialState, int]:
     """Trials per state, counted by the database: one query, no trial read. Exact totals
     across workers need it, since a process's trial cache lags behind other processes.
-    Yielded trials (``YIELDED``) are left out."""
+    ``leave_out = (key, value)``: FAIL trials whose user attribute ``key`` holds ``value``
+    are not counted."""
     counts = dict.fromkeys(TrialState, 0)
     query = "SELECT t.state, COUNT(*) FROM trials t "
     if study_name is not None:
         query += "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :key "
     else:
         query += "WHERE t.study_id = :key "
-    query += (
-        "AND NOT (t.state = 'FAIL' AND EXISTS (SELECT 1 FROM trial_user_attributes a "
-        "WHERE a.trial_id = t.trial_id AND a.key = 'fail_reason' AND a.value_json = :yielded)) "
-    )
-    key = study_name if study_name is not None else study_id
-    with engine.connect() as connection:
-        rows = connection.execute(
-            sqlalchemy.text(query + "GROUP BY t.state"),
-            {"key": key, "yielded": json.dumps(YIELDED)},
+    values: dict[str, Any] = {"key": study_name if study_name is not None else study_id}
+    if leave_out is not None:
+        query += (
+            "AND NOT (t.state = 'FAIL' AND EXISTS (SELECT 1 FROM trial_user_attributes a "
+            "WHERE a.trial_id = t.trial_id AND a.key = :attr AND a.value_json = :value)) "
         )
+        values |= {"attr": leave_out[0], "value": json.dumps(leave_out[1])}
+    with engine.connect() as connection:
+        rows = connection.execute(sqlalchemy.text(query + "GROUP BY t.state"), values)
         for state, count in rows:
             counts[TrialState[getattr(state, "name", state)]] = int(count)
     return counts

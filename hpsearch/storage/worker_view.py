@@ -20,9 +20,6 @@ from hpsearch.storage.errors import with_db_retries
 # The longest a running trial's reports wait before they reach the database (and the
 # dashboard); the first report and the tell are written at once.
 FLUSH_S = 2.0
-# The user attribute that holds the learning curve of a study of several objectives, which
-# Optuna's reports do not take (``search.pareto_pruning``): written as reports are.
-CURVE = "curve"
 
 
 @dataclass
@@ -79,13 +76,21 @@ class WorkerStorage(optuna.storages.BaseStorage):
     see ordinary Optuna rows.
     """
 
-    def __init__(self, backend: optuna.storages.BaseStorage, flush_s: float = FLUSH_S) -> None:
+    def __init__(
+        self,
+        backend: optuna.storages.BaseStorage,
+        flush_s: float = FLUSH_S,
+        report_attrs: Container[str] = (),
+    ) -> None:
+        """``report_attrs``: user attributes that are reports, written as reports are (a
+        learning curve kept as an attribute)."""
         self.backend = optuna.storages.get_storage(backend)
         rdb = internals.rdb_of(self.backend)
         if rdb is None:
             raise TypeError("WorkerStorage batches writes to a database storage only")
         self.rdb = rdb
         self.flush_s = flush_s
+        self.report_attrs = report_attrs
         self._trials: dict[int, list[FrozenTrial]] = {}  # study id -> trials at last refresh
         self._own: dict[int, _Own] = {}  # trial id -> a trial this worker started
         # study id -> each param's distribution in the study (built when first needed)
@@ -239,7 +244,7 @@ class WorkerStorage(optuna.storages.BaseStorage):
         trial, pending = running
         trial.user_attrs[key] = value
         pending.attrs[key] = value
-        if key == CURVE:
+        if key in self.report_attrs:
             self._flush_if_due(trial_id, pending)
 
     def _flush_if_due(self, trial_id: int, pending: _Pending) -> None:

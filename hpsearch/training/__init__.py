@@ -1,6 +1,7 @@
 """Training small models, knowing nothing about Optuna: model builders (``models``), the
-training loop for one model or a stack of several (``loop``, ``stack``), losses, optimizers
-and schedules, augmentation, and the training device.
+training loop for one model or a stack of several (``loop``, ``stack``; one model under
+training is a ``Trainee``), losses, optimizers and schedules, augmentation, and the training
+device.
 
 The names below are the public surface; each lives in the module named beside it.
 """
@@ -10,6 +11,8 @@ from hpsearch.training.config import (
     HYPERPARAMETERS,
     LR_SCHEDULES,
     OPTIMIZERS,
+    Crashed,
+    Diverged,
     EpochResult,
     NonFiniteLossError,
     Outcome,
@@ -19,13 +22,12 @@ from hpsearch.training.config import (
 )
 from hpsearch.training.devices import resolve_device
 from hpsearch.training.loop import (
-    Member,
     batch_indices,
     n_batches,
     predict,
     seeded,
     train,
-    train_members,
+    train_many,
     train_stack,
 )
 from hpsearch.training.losses import (
@@ -36,6 +38,7 @@ from hpsearch.training.losses import (
     gaussian_nll,
 )
 from hpsearch.training.optim import make_optimizer, make_scheduler
+from hpsearch.training.trainee import Evaluate, OnEpoch, Trainee
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
@@ -45,14 +48,18 @@ __all__ = [
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "REGRESSION_LOSSES",
+    "Crashed",
+    "Diverged",
     "EpochResult",
+    "Evaluate",
     "LossFn",
-    "Member",
     "NonFiniteLossError",
+    "OnEpoch",
     "Outcome",
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "Trainee",
     "batch_indices",
     "gaussian_nll",
     "make_optimizer",
@@ -62,6 +69,6 @@ __all__ = [
     "resolve_device",
     "seeded",
     "train",
-    "train_members",
+    "train_many",
     "train_stack",
 ]

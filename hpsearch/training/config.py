@@ -75,10 +75,11 @@ HYPERPARAMETERS: dict[str, Any] = {
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (a diverging run, such as SGD in the lab report)."""
+    """The training loss became NaN or infinite: what ``train`` raises for a ``Diverged``
+    model (a diverging run, such as SGD in the lab report)."""
 
     def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(f"non-finite training loss ({loss}) in epoch {epoch}")
+        super().__init__(str(Diverged(epoch, loss)))
         self.epoch = epoch
         self.loss = loss
 
@@ -93,16 +94,38 @@ class EpochResult:
 
 @dataclass
 class TrainResult:
+    """A model's training that ran to its end: every epoch, or until its ``on_epoch``
+    stopped it (``stopped``, the reason it gave)."""
+
     epochs_run: int
     train_loss: float
     metrics: dict[str, float]
     seconds: float
     history: list[EpochResult] = field(default_factory=list)
+    stopped: str | None = None
 
 
-# How a model's training ended: its result, or the exception that stopped it (diverged, or
-# raised by its ``on_epoch``: pruned).
-Outcome = TrainResult | Exception
+@dataclass(frozen=True)
+class Diverged:
+    """The training loss became NaN or infinite in ``epoch``."""
+
+    epoch: int
+    loss: float
+
+    def __str__(self) -> str:
+        return f"non-finite training loss ({self.loss}) in epoch {self.epoch}"
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """Training raised ``error`` (out of memory, a bug in a model): the model did not end."""
+
+    error: Exception
+
+
+# How a model's training ended; the loop yields one per model, and raises nothing of a
+# model's own.
+Outcome = TrainResult | Diverged | Crashed
 
 
 @dataclass

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -41,27 +40,8 @@ from torch import nn
 
 from hpsearch.training.augment import random_affine
 from hpsearch.training.config import TrainConfig
-from hpsearch.training.losses import LossFn
 from hpsearch.training.models import GaussianRegressor, MLPRegressor
-
-
-@dataclass
-class RandomStream:
-    """A model's own random numbers (dropout, augmentation): the states of the global CPU and
-    CUDA generators it draws from, kept while other members draw."""
-
-    cpu: torch.Tensor
-    cuda: torch.Tensor | None = None
-
-    def use(self, device: torch.device) -> None:
-        torch.random.set_rng_state(self.cpu)
-        if device.type == "cuda" and self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, device)
-
-    def keep(self, device: torch.device) -> None:
-        self.cpu = torch.random.get_rng_state()
-        if device.type == "cuda":
-            self.cuda = torch.cuda.get_rng_state(device)
+from hpsearch.training.trainee import Trainee
 
 
 class Stack(Protocol):
@@ -81,16 +61,6 @@ class Stack(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Trainee:
-    """What a stack needs of one member: its model, loss, configuration and random stream."""
-
-    model: nn.Module
-    loss_fn: LossFn
-    config: TrainConfig
-    stream: RandomStream
-
-
 class Solo:
     """One model trained alone, through its own module and autograd, as plain PyTorch trains
     it; the global generators are its random stream while it trains."""
@@ -108,7 +78,7 @@ class Solo:
             if config.bf16
             else contextlib.nullcontext()
         )
-        trainee.stream.use(self.device)
+        trainee.use_rng()
 
     def parameters(self, k: int) -> list[torch.Tensor]:
         return list(self.trainee.model.parameters())
@@ -128,7 +98,7 @@ class Solo:
         return loss.detach()
 
     def sync(self, k: int) -> None:
-        self.trainee.stream.keep(self.device)
+        self.trainee.keep_rng()
 
 
 class Fused:
@@ -189,7 +159,7 @@ class Fused:
             p = self.dropout[k]
             draws = self.augment[k] or (p > 0 and bool(self.feature_shapes))
             if draws:
-                trainee.stream.use(self.device)
+                trainee.use_rng()
             batch = self.x_train[idx]
             if self.augment[k]:
                 batch = random_affine(batch, trainee.config.augmentation)
@@ -203,7 +173,7 @@ class Fused:
                     mask.bernoulli_(1 - p).div_(1 - p) if p > 0 else mask.fill_(1.0)
                 )
             if draws:
-                trainee.stream.keep(self.device)
+                trainee.keep_rng()
             inputs.append(batch)
             targets.append(self.y_train[idx])
             masks.append(member_masks)

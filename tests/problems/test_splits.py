@@ -84,9 +84,19 @@ def test_missing_files_offline_give_clear_error(
         load_house_prices(tmp_path)
 
 
-def test_splits_move_to_device() -> None:
-    splits = load_house_prices().to("cpu")
-    assert splits.x_train.device.type == "cpu" and splits.rows
+def test_splits_move_every_tensor_and_keep_the_rest() -> None:
+    splits = load_house_prices()
+    moved = splits.to("meta")  # a device without data: where every tensor went shows
+    names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    assert all(getattr(moved, name).device.type == "meta" for name in names)
+    assert all(getattr(moved, n).shape == getattr(splits, n).shape for n in names)
+    assert splits.x_train.device.type == "cpu"  # a copy: the original stays
+    assert (moved.target_mean, moved.target_std, moved.checksums) == (
+        splits.target_mean,
+        splits.target_std,
+        splits.checksums,
+    )
+    assert moved.rows is splits.rows and len(moved.rows["train"]) == len(splits.x_train)
 
 
 def test_data_that_do_not_fit_the_device_are_one_clear_error(

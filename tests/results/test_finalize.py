@@ -16,6 +16,7 @@ from hpsearch.problems.registry import Problem
 from hpsearch.problems.usps import load_usps
 from hpsearch.results.finalize import finalize, top_configurations
 from hpsearch.results.model_files import RESULT_FILE, load_model
+from hpsearch.search.plan import RunPlan
 from hpsearch.search.run import run_study
 from hpsearch.search.study_file import load_study_file
 from hpsearch.settings import resolve_settings
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.slow  # real training runs: seconds each
 
 def _study(path: Path, url: str, trials: int = 4):  # type: ignore[no-untyped-def]
     config = load_study_file(path)
-    study, _ = run_study(config, resolve_settings(config, workers=1, storage=url, trials=trials))
+    study, _ = run_study(
+        RunPlan(config, resolve_settings(config, workers=1, storage=url, trials=trials))
+    )
     return config, study
 
 
@@ -155,7 +158,9 @@ def test_the_search_never_reads_the_test_split(tiny_usps_file: Path, tmp_path: P
                 config, problem=dataclasses.replace(config.problem, load_data=poisoned)
             )
         url = f"sqlite:///{tmp_path / f'{poison}.db'}"
-        study, _ = run_study(config, resolve_settings(config, workers=1, storage=url, trials=3))
+        study, _ = run_study(
+            RunPlan(config, resolve_settings(config, workers=1, storage=url, trials=3))
+        )
         runs.append([(t.state, t.value, t.params) for t in study.trials])
     assert calls == [2007] and runs[0] == runs[1]
 
@@ -163,7 +168,7 @@ def test_the_search_never_reads_the_test_split(tiny_usps_file: Path, tmp_path: P
 def test_a_diverging_retrain_drops_its_candidate(
     tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hpsearch.training.config import NonFiniteLossError
+    from hpsearch.training.config import Diverged
 
     config, study = _study(tiny_usps_file, sqlite_url)
     splits = config.problem.load_data(None, **config.data)
@@ -174,7 +179,7 @@ def test_a_diverging_retrain_drops_its_candidate(
         fits = real_fit_many(self, jobs, x, y, **kwargs)
         for index, (params, seed) in enumerate(jobs):
             if params == first and x is splits.x_train and seed == 1:
-                fits[index] = NonFiniteLossError(1, float("nan"))
+                fits[index] = Diverged(1, float("nan"))
         return fits
 
     monkeypatch.setattr(Problem, "fit_many", fit_many)
@@ -184,3 +189,12 @@ def test_a_diverging_retrain_drops_its_candidate(
     diverged = result.candidates[0]
     assert diverged.params == first and math.isnan(diverged.val_scores[1])
     assert result.chosen is result.candidates[1]
+
+    # The chosen configuration diverging on train + validation is one clear line.
+    def diverge_on_everything(self, jobs, x, y, **kwargs):  # type: ignore[no-untyped-def]
+        fits = real_fit_many(self, jobs, x, y, **kwargs)
+        return [Diverged(3, float("inf")) if len(x) > len(splits.x_train) else f for f in fits]
+
+    monkeypatch.setattr(Problem, "fit_many", diverge_on_everything)
+    with pytest.raises(HpsearchError, match=r"chosen, diverged .*epoch 3.*--trial N"):
+        finalize(study, config.problem, splits, config.metric, top_k=1, seeds=1)

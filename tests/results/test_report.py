@@ -18,6 +18,7 @@ from hpsearch.cli import app
 from hpsearch.errors import HpsearchError
 from hpsearch.results.report import _focus, ablation_tables, bucket, build_report
 from hpsearch.results.tables import finalize_columns, finalize_note
+from hpsearch.search.plan import RunPlan
 from hpsearch.search.run import run_study
 from hpsearch.search.study_file import load_study_file
 from hpsearch.settings import resolve_settings
@@ -260,7 +261,7 @@ def test_import_is_cheap() -> None:
 @pytest.mark.slow
 def test_report_of_a_real_study(tiny_usps_file: Path, sqlite_url: str) -> None:
     config = load_study_file(tiny_usps_file)
-    run_study(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=4))
+    run_study(RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=4)))
     result = CliRunner().invoke(app, ["report", "tiny-usps", "--storage", sqlite_url])
     assert result.exit_code == 0, result.output
     out = Path("report-tiny-usps")

@@ -10,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.search.coordinator import MAX_ATTEMPTS, Coordinator, retry_trial
+from hpsearch.record import MAX_ATTEMPTS
+from hpsearch.search.coordinator import Coordinator, retry_trial
 from hpsearch.storage import optuna_internals as internals
 from hpsearch.storage.database import open_storage
 
@@ -45,13 +46,13 @@ def test_two_workers_claim_exactly_the_total(sqlite_url: str) -> None:
     first, second, third = claimed
     assert isinstance(first, optuna.Trial) and isinstance(second, optuna.Trial)
     assert isinstance(third, optuna.Trial)
-    a.finish(first, 1.0)
+    a.complete(first, [1.0])
     b.fail(second, "out of memory")  # failed, not queued: the slot opens again
     assert states(sqlite_url) == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
     fourth = b.claim()
     assert isinstance(fourth, optuna.Trial) and fourth.number == 3
-    a.finish(third, state=TrialState.PRUNED)  # pruned counts as finished
-    b.finish(fourth, 2.0)
+    a.prune(third, "pruned")  # pruned counts as finished
+    b.complete(fourth, [2.0])
     assert a.claim() == "done" and b.claim() == "done"
 
 
@@ -100,7 +101,7 @@ def test_a_late_result_of_a_trial_failed_elsewhere_is_dropped(
     assert b.rdb is not None
     b.rdb.set_trial_state_values(internals.trial_id(trial), TrialState.FAIL)
     with caplog.at_level(logging.WARNING):
-        a.finish(trial, 1.0)
+        a.complete(trial, [1.0])
     assert states(sqlite_url) == [TrialState.FAIL]
     assert "failed by another worker; result dropped" in caplog.text
 
@@ -147,9 +148,9 @@ def test_a_claim_shows_the_sampler_every_trial_finished_elsewhere(sqlite_url: st
     first, second = a.claim(), a.claim()
     assert isinstance(first, optuna.Trial) and isinstance(second, optuna.Trial)
     second.report(0.5, 0)
-    a.finish(first, 1.0)
-    a.finish(second, state=TrialState.PRUNED)
-    b.finish(mine, 2.0)
+    a.complete(first, [1.0])
+    a.prune(second, "pruned")
+    b.complete(mine, [2.0])
     running = b.claim()
     assert isinstance(running, optuna.Trial)
     assert spy.seen[-1] == {
@@ -167,9 +168,9 @@ def test_a_claim_shows_the_sampler_every_trial_finished_elsewhere(sqlite_url: st
     # While b's trial runs, a trial finished elsewhere shows at b's next claim, not before.
     later = a.claim()
     assert isinstance(later, optuna.Trial)
-    a.finish(later, 3.0)
+    a.complete(later, [3.0])
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     assert [t.number for t in b.study.get_trials(states=finished)] == [0, 1, 2]
-    b.finish(running, 4.0)
+    b.complete(running, [4.0])
     assert isinstance(b.claim(), optuna.Trial)
     assert spy.seen[-1] == {0: 2.0, 1: 1.0, 2: 0.5, 3: 4.0, 4: 3.0}

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from hpsearch.record import YIELDED
 from hpsearch.storage.database import open_storage
-from hpsearch.storage.optuna_internals import YIELDED
 from tests.cheap_worker import spawn
 from tests.conftest import TINY_HOUSE
 from tests.storage.test_storage_contract import check_exact, finish
@@ -73,9 +73,10 @@ def hpsearch_cmd() -> list[str]:
     return [exe]
 
 
-def _slow_house_study(tmp_path: Path, epochs: int = 150) -> Path:
-    # A report (and checkpoint) every 20 epochs; 150 epochs: a few seconds per trial, time
-    # enough to act between its second report and its end.
+def _slow_house_study(tmp_path: Path, epochs: int = 600) -> Path:
+    # A report (and checkpoint) every 20 epochs; 600 epochs: a few seconds per trial on a
+    # fast core, time enough to act between its second report (written 2 s after its first,
+    # storage.worker_view.FLUSH_S) and its end.
     path = tmp_path / "slow-house.toml"
     path.write_text(
         TINY_HOUSE.format(problem="house-prices")
@@ -84,6 +85,16 @@ def _slow_house_study(tmp_path: Path, epochs: int = 150) -> Path:
         .replace("batch_size = 128", "batch_size = 32")
     )
     return path
+
+
+def _wait_for_checkpoints(folder: Path, trials: int, timeout: float = 120) -> None:
+    """Until ``trials`` trials have saved a checkpoint in the artifact folder ``folder``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(folder.glob("checkpoints/*/trial-*.pt"))) >= trials:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
 
 
 def _wait_for_reports(url: str, name: str, reports: int, timeout: float = 120) -> None:
@@ -121,7 +132,7 @@ def test_ctrl_c_ends_running_trial_and_rerun_resumes_from_checkpoint(tmp_path: P
     process = subprocess.Popen(
         args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    _wait_for_reports(url, "slow-house", 2)
+    _wait_for_checkpoints(tmp_path / "hpsearch-artifacts", 2)  # both, after epoch 20
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -283,8 +294,7 @@ def test_worker_that_lost_the_database_exits_75_in_one_line(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from hpsearch.search import local_workers as workers
-    from hpsearch.search.study_file import find_study_file
-    from hpsearch.settings import Settings
+    from hpsearch.search.plan import resolve_plan
 
     def lose(*args: object) -> None:
         cause = ConnectionRefusedError("server closed the connection unexpectedly")
@@ -292,7 +302,7 @@ def test_worker_that_lost_the_database_exits_75_in_one_line(
 
     monkeypatch.setattr(workers, "run_worker", lose)
     with pytest.raises(SystemExit) as caught:
-        workers._worker_main(str(find_study_file("usps")), {}, "usps", Settings(), 0)
+        workers.worker_main(resolve_plan("usps"), 0)
     assert caught.value.code == 75
     (line,) = caplog.messages
     assert line.startswith("lost the database:") and "server closed the connection" in line

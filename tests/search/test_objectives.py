@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError
 from hpsearch.search.pareto_pruning import DominatedPruner
+from hpsearch.search.plan import RunPlan
 from hpsearch.search.run import run_study
 from hpsearch.search.samplers import create_pruner, create_sampler
 from hpsearch.search.study_file import load_study_file
@@ -92,7 +93,7 @@ def test_bad_objectives_and_limits_name_the_key(
 def test_a_limited_study_of_two_objectives_runs_end_to_end(tmp_path: Path, sqlite_url: str) -> None:
     config = load_study_file(_write(tmp_path, LIMITED))
     settings = resolve_settings(config, workers=1, storage=sqlite_url, trials=6)
-    study, progress = run_study(config, settings)
+    study, progress = run_study(RunPlan(config, settings))
     assert progress.finished == 6
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val_accuracy", "params"]
@@ -252,7 +253,7 @@ def test_tpe_learns_from_trials_the_dominated_pruner_stopped(
     config = load_study_file(_write(tmp_path, text))
     assert config.pruner == "dominated" and config.pruner_options["min_peers"] == 1
     study, progress = run_study(
-        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=10)
+        RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=10))
     )
     assert progress.finished == 10 and progress.failed == 0
     stopped = [
@@ -268,7 +269,7 @@ def test_a_trial_group_of_two_objectives_tells_each_trial_its_own_values(
     monkeypatch.setattr("hpsearch.training.stack.CPU_STACK_FLOATS", 10**9)  # no cache cap here
     config = load_study_file(_write(tmp_path, LIMITED))
     settings = resolve_settings(config, workers=1, storage=sqlite_url, trials=8, group_size=3)
-    study, progress = run_study(config, settings)
+    study, progress = run_study(RunPlan(config, settings))
     assert progress.finished == 8
     grouped = [t for t in study.trials if "group" in t.user_attrs]
     assert grouped  # trained as one stack, told one by one

@@ -10,6 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError, TrialsFailing
+from hpsearch.search.plan import RunPlan
 from hpsearch.search.progress import StudyProgress
 from hpsearch.search.run import run_study
 from hpsearch.search.study_file import load_study_file
@@ -20,8 +21,7 @@ def test_trials_is_the_study_total_and_reruns_resume(tiny_usps_file: Path, sqlit
     config = load_study_file(tiny_usps_file)
     seen: list[StudyProgress] = []
     study, progress = run_study(
-        config,
-        resolve_settings(config, workers=1, storage=sqlite_url, trials=2),
+        RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=2)),
         on_progress=seen.append,
     )
     assert progress.finished == 2 and progress.trials_this_run == 2
@@ -29,12 +29,12 @@ def test_trials_is_the_study_total_and_reruns_resume(tiny_usps_file: Path, sqlit
     assert seen[-1].best_value == study.best_value
     # Same command, larger total: runs only the difference.
     study, progress = run_study(
-        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=3)
+        RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=3))
     )
     assert progress.finished == 3 and progress.trials_this_run == 1
     # A finished study runs nothing.
     study, progress = run_study(
-        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=3)
+        RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url, trials=3))
     )
     assert progress.trials_this_run == 0
     states = [t.state for t in study.trials]
@@ -48,11 +48,18 @@ def test_other_problem_in_same_study_name_is_refused(
     tiny_usps_file: Path, tiny_house_file: Path, sqlite_url: str
 ) -> None:
     usps = load_study_file(tiny_usps_file)
-    run_study(usps, resolve_settings(usps, workers=1, storage=sqlite_url, trials=1, study_name="s"))
+    run_study(
+        RunPlan(
+            usps, resolve_settings(usps, workers=1, storage=sqlite_url, trials=1, study_name="s")
+        )
+    )
     house = load_study_file(tiny_house_file)
     with pytest.raises(HpsearchError, match="holds usps"):
         run_study(
-            house, resolve_settings(house, workers=1, storage=sqlite_url, trials=1, study_name="s")
+            RunPlan(
+                house,
+                resolve_settings(house, workers=1, storage=sqlite_url, trials=1, study_name="s"),
+            )
         )
 
 
@@ -60,7 +67,10 @@ def test_other_problem_in_same_study_name_is_refused(
 def test_every_sampler_runs(tiny_house_file: Path, sqlite_url: str, sampler: str) -> None:
     config = load_study_file(tiny_house_file)
     study, progress = run_study(
-        config, resolve_settings(config, workers=1, storage=sqlite_url, trials=2, sampler=sampler)
+        RunPlan(
+            config,
+            resolve_settings(config, workers=1, storage=sqlite_url, trials=2, sampler=sampler),
+        )
     )
     assert progress.finished == 2
     inner = getattr(study.sampler, "sampler", study.sampler)  # TrialSeededSampler wraps it
@@ -77,7 +87,7 @@ def test_grid_sampler_visits_the_grid(tmp_path: Path, sqlite_url: str) -> None:
         "[space.activation]\ntype = 'categorical'\nchoices = ['relu', 'tanh']\n"
     )
     config = load_study_file(path)
-    study, _ = run_study(config, resolve_settings(config, workers=1, storage=sqlite_url))
+    study, _ = run_study(RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url)))
     combos = {(t.params["n_hidden_layers"], t.params["activation"]) for t in study.trials}
     assert combos == {(1, "relu"), (1, "tanh"), (2, "relu"), (2, "tanh")}
 
@@ -90,7 +100,7 @@ def test_enqueued_report_config_runs_first(tmp_path: Path, sqlite_url: str) -> N
         "[[enqueue]]\nhidden_units = 128\n"
     )
     config = load_study_file(path)
-    study, _ = run_study(config, resolve_settings(config, workers=1, storage=sqlite_url))
+    study, _ = run_study(RunPlan(config, resolve_settings(config, workers=1, storage=sqlite_url)))
     assert study.trials[0].params == {"hidden_units": 128}
 
 
@@ -107,7 +117,7 @@ def test_failing_trials_stop_the_run(
         config, workers=1, storage=sqlite_url, trials=10, group_size=group_size
     )
     with pytest.raises(TrialsFailing, match="5 trials failed in a row, last: RuntimeError: CUDA"):
-        run_study(config, settings)
+        run_study(RunPlan(config, settings))
     study = optuna.load_study(study_name="tiny-usps", storage=sqlite_url)
     # Alone: five trials, each failed. In groups of three: the fifth failure is in the
     # second group, whose last member ends failed too, as the worker stops.
@@ -146,7 +156,7 @@ def test_trial_groups_share_shapes_and_keep_the_total(
     monkeypatch.setattr("hpsearch.training.stack.CPU_STACK_FLOATS", 10**9)  # no cache cap here
     config = load_study_file(tiny_usps_file)
     settings = resolve_settings(config, workers=1, storage=sqlite_url, trials=7, group_size=3)
-    study, progress = run_study(config, settings)
+    study, progress = run_study(RunPlan(config, settings))
     assert progress.finished == 7
     trials = study.get_trials(states=[TrialState.COMPLETE, TrialState.PRUNED])
     assert sorted(t.number for t in trials) == list(range(7))
@@ -162,3 +172,52 @@ def test_trial_groups_share_shapes_and_keep_the_total(
         assert len({t.params["n_conv_layers"] for t in members}) == 1
         assert all(t.user_attrs["seed"] == t.number for t in members)  # study seed 0
     assert len({t.params["lr"] for t in trials}) == 7
+
+
+def test_each_way_a_trial_ends_is_told_as_such(sqlite_url: str) -> None:
+    import sqlalchemy
+
+    from hpsearch.search.trial_end import Complete, Failed, Pruned
+    from hpsearch.search.worker import FunctionObjective, run_trials
+    from hpsearch.settings import Settings
+    from hpsearch.storage.database import open_storage
+
+    lost = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 1:
+            raise optuna.TrialPruned("too slow")
+        if trial.number == 2:
+            raise ValueError("a bug")
+        if trial.number == 3:
+            raise lost
+        return x
+
+    plain = FunctionObjective(objective)
+    ends = [end for trial in (0, 1, 2, 3) for _, end in plain.train([_asked(trial)])]
+    assert isinstance(ends[0], Complete) and len(ends[0].values) == 1
+    assert ends[1] == Pruned(None, "too slow")
+    assert (
+        isinstance(ends[2], Failed) and not ends[2].retry and ends[2].reason == "ValueError: a bug"
+    )
+    assert isinstance(ends[3], Failed) and ends[3].retry
+    assert ends[3].reason.startswith("database connection lost:")
+
+    study = optuna.create_study(storage=open_storage(sqlite_url, heartbeat_interval=5))
+    run_trials(study, plain, Settings(storage=sqlite_url, trials=3))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                         TrialState.FAIL, TrialState.COMPLETE]  # fmt: skip
+    assert trials[1].user_attrs["pruned_reason"] == "too slow"
+    assert trials[2].user_attrs["fail_reason"] == "ValueError: a bug"  # its own: no retry
+    assert trials[3].user_attrs["fail_reason"].startswith("database connection lost")
+    assert trials[4].user_attrs["retry_of"] == 3 and trials[4].params == trials[3].params
+
+
+def _asked(number: int) -> optuna.Trial:
+    """A trial numbered ``number`` of a study of its own, in memory."""
+    study = optuna.create_study()
+    for _ in range(number):
+        study.tell(study.ask(), 0.0)
+    return study.ask()

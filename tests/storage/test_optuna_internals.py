@@ -50,12 +50,13 @@ def test_ids_counts_and_orphans(rdb: optuna.storages.RDBStorage) -> None:
     assert internals.study_id(study) == rdb.get_study_id_from_name("ids")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     study.tell(study.ask(), state=TrialState.PRUNED)
-    # A failed trial counts; one that yielded its slot (it never ran) does not.
+    # A failed trial counts; one left out by its attribute (one that yielded its slot and
+    # never ran, to hpsearch) does not.
     failed = study.ask()
-    failed.set_user_attr("fail_reason", "error")
+    failed.set_user_attr("why", "error")
     study.tell(failed, state=TrialState.FAIL)
     yielded = study.ask()
-    yielded.set_user_attr("fail_reason", internals.YIELDED)
+    yielded.set_user_attr("why", "yielded")
     study.tell(yielded, state=TrialState.FAIL)
     study.enqueue_trial({"x": 0.5})
     running = study.ask()  # takes the queued trial
@@ -64,13 +65,18 @@ def test_ids_counts_and_orphans(rdb: optuna.storages.RDBStorage) -> None:
     assert internals.trial_id(running) == rdb.get_trial_id_from_study_id_trial_number(
         internals.study_id(study), running.number
     )
-    counts = internals.state_counts(rdb.engine, study_id=internals.study_id(study))
-    assert counts == internals.state_counts(rdb.engine, study_name="ids")
+    leave_out = ("why", "yielded")
+    counts = internals.state_counts(
+        rdb.engine, study_id=internals.study_id(study), leave_out=leave_out
+    )
+    assert counts == internals.state_counts(rdb.engine, study_name="ids", leave_out=leave_out)
     expected = dict.fromkeys(TrialState, 0)
     for trial in rdb.get_all_trials(internals.study_id(study)):
         expected[trial.state] += trial.number != yielded.number
     assert counts == expected and counts[TrialState.WAITING] == 1
     assert counts[TrialState.FAIL] == 1
+    every = internals.state_counts(rdb.engine, study_id=internals.study_id(study))
+    assert every[TrialState.FAIL] == 2 and every[TrialState.COMPLETE] == 2
     # Trials created before ``waiting``: 2 complete, 1 pruned, 1 running.
     before = internals.trials_before(
         rdb.engine, internals.study_id(study), internals.trial_id(waiting)

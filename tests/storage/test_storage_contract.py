@@ -22,11 +22,11 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.record import YIELDED
 from hpsearch.search.coordinator import retry_trial
 from hpsearch.search.worker import FunctionObjective, run_trials
 from hpsearch.settings import Settings
 from hpsearch.storage.database import open_storage
-from hpsearch.storage.optuna_internals import YIELDED
 from tests import servers
 from tests.cheap_worker import spawn
 from tests.servers import fresh_database

@@ -111,19 +111,39 @@ def test_fused_adam_matches_the_default_implementation(optimizer: str) -> None:
 
 
 def test_on_epoch_can_stop_training() -> None:
-    class Stop(Exception):
-        pass
-
     seen = []
 
-    def on_epoch(result: training.EpochResult) -> None:
+    def on_epoch(result: training.EpochResult) -> str | None:
         seen.append(result.epoch)
-        if result.epoch == 3:
-            raise Stop
+        return "enough" if result.epoch == 3 else None
 
-    with pytest.raises(Stop):
-        _fit(TrainConfig(epochs=10, batch_size=64), on_epoch=on_epoch)
+    result = _fit(TrainConfig(epochs=10, batch_size=64), on_epoch=on_epoch)
     assert seen == [1, 2, 3]
+    assert (result.stopped, result.epochs_run, len(result.history)) == ("enough", 3, 3)
+    assert result.metrics == result.history[-1].metrics
+
+
+def test_a_crash_ends_every_model_of_its_stack_and_the_next_stack_trains() -> None:
+    x, y = _toy_regression()
+
+    def trainee(lr: float, width: int) -> training.Trainee:
+        torch.manual_seed(0)
+        model = models.build_mlp_regressor(
+            {"n_hidden_layers": 1, "hidden_units": width, "activation": "tanh"}, (3,)
+        )
+        config = TrainConfig(epochs=2, batch_size=64, lr=lr)
+        return training.Trainee(model, REGRESSION_LOSSES["mse"], config, lambda m: {})
+
+    def broken(m: torch.nn.Module) -> dict[str, float]:
+        raise MemoryError("out of memory")
+
+    crashing = [trainee(0.01, 8), trainee(0.02, 8)]
+    for t in crashing:
+        t.evaluate = broken
+    other = trainee(0.01, 16)  # another shape: a stack of its own
+    outcomes = dict(training.train_many([*crashing, other], x, y, group_size=2))
+    assert [type(outcomes[i]).__name__ for i in range(3)] == ["Crashed", "Crashed", "TrainResult"]
+    assert str(outcomes[0].error) == "out of memory"  # type: ignore[union-attr]
 
 
 def test_losses() -> None:
@@ -229,11 +249,26 @@ def test_huber_is_a_regression_loss() -> None:
     assert torch.allclose(huber(error, torch.zeros(2)), torch.tensor((0.125 + 2.5) / 2))
 
 
-def test_n_batches_counts_what_batch_indices_yields() -> None:
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"),
+    [
+        (100, 30, [30, 30, 30, 10]),
+        (101, 50, [50, 50]),  # a trailing batch of one is dropped
+        (90, 30, [30, 30, 30]),
+        (1, 8, [1]),  # unless it is the whole data set
+        (7, 64, [7]),
+        (5, 2, [2, 2]),
+    ],
+)
+def test_n_batches_counts_the_batches_of_an_epoch(
+    n: int, batch_size: int, sizes: list[int]
+) -> None:
     generator = torch.Generator().manual_seed(0)
-    for n, batch_size in [(100, 30), (101, 50), (90, 30), (1, 8), (7, 64), (1, 1), (5, 2)]:
-        yielded = list(training.batch_indices(n, batch_size, generator, torch.device("cpu")))
-        assert training.n_batches(n, batch_size) == len(yielded)
+    batches = list(training.batch_indices(n, batch_size, generator, torch.device("cpu")))
+    assert [len(b) for b in batches] == sizes
+    assert training.n_batches(n, batch_size) == len(sizes)
+    rows = torch.cat(batches).tolist()
+    assert len(set(rows)) == len(rows) and set(rows) <= set(range(n))
 
 
 def test_onecycle_steps_every_batch_up_to_lr_and_down_to_near_zero() -> None:

@@ -16,14 +16,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import optuna
 import pytest
 import torch
 from torch import nn
 
 from hpsearch import training
 from hpsearch.problems import get_problem
-from hpsearch.training import EpochResult, Member, Outcome, TrainConfig, TrainState, seeded, train
+from hpsearch.training import EpochResult, TrainConfig, Trainee, TrainState, seeded, train
 from hpsearch.training.stack import (
     CPU_STACK_FLOATS,
     activation_floats,
@@ -72,16 +71,16 @@ def alone(problem: str, params: Mapping[str, Any], seed: int, x: Any, y: Any) ->
     return model
 
 
-def member(problem: str, params: Mapping[str, Any], seed: int, x: Any, **kw: Any) -> Member:
+def member(problem: str, params: Mapping[str, Any], seed: int, x: Any, **kw: Any) -> Trainee:
     spec = get_problem(problem)
     model, rng = seeded(lambda: spec.build_model(params, x.shape[1:]), seed)
     config = TrainConfig.from_params(params, seed=seed)
-    return Member(model, spec.losses[params["loss"]], config, lambda m: {}, rng=rng, **kw)
+    return Trainee(model, spec.losses[params["loss"]], config, lambda m: {}, rng=rng, **kw)
 
 
 def train_stack(
-    members: list[Member], x: torch.Tensor, y: torch.Tensor, ended: list[Any] | None = None
-) -> list[Outcome]:
+    members: list[Trainee], x: torch.Tensor, y: torch.Tensor, ended: list[Any] | None = None
+) -> list[training.TrainResult | training.Diverged]:
     """``training.train_stack`` to the end: each member's outcome, in order; ``ended``
     collects (index, outcome) in the order members left."""
     left = list(training.train_stack(members, x, y))
@@ -176,9 +175,8 @@ def test_a_pruned_member_leaves_and_the_rest_go_on() -> None:
     params = {**MLP, "loss": "mse", "optimizer": "sgd", "lr": 1e-2, "epochs": 4}
     ended: list[tuple[int, Any]] = []
 
-    def prune_after_one(result: EpochResult) -> None:
-        if result.epoch == 1:
-            raise optuna.TrialPruned("pruned after epoch 1")
+    def prune_after_one(result: EpochResult) -> str | None:
+        return "pruned after epoch 1" if result.epoch == 1 else None
 
     members = [
         member("house-prices", params, 0, x, on_epoch=prune_after_one),
@@ -186,9 +184,12 @@ def test_a_pruned_member_leaves_and_the_rest_go_on() -> None:
         member("house-prices", {**params, "lr": 1e6}, 2, x),  # diverges
     ]
     outcomes = train_stack(members, x, y, ended)
-    assert isinstance(outcomes[0], optuna.TrialPruned)
-    assert isinstance(outcomes[2], training.NonFiniteLossError)
-    assert isinstance(outcomes[1], training.TrainResult) and outcomes[1].epochs_run == 4
+    pruned, survivor, diverged = outcomes
+    assert isinstance(pruned, training.TrainResult)
+    assert (pruned.stopped, pruned.epochs_run) == ("pruned after epoch 1", 1)
+    assert isinstance(diverged, training.Diverged) and diverged.epoch == 1
+    assert isinstance(survivor, training.TrainResult) and survivor.epochs_run == 4
+    assert survivor.stopped is None
     assert [i for i, _ in ended][-1] == 1  # the survivor ends last, after the stack shrank
     # The survivor trained on, in a stack of one, as it would have alone.
     solo = alone("house-prices", params, 1, x, y)
@@ -301,7 +302,7 @@ def test_a_flatten_on_flat_inputs_groups_too() -> None:
     members = []
     for seed in (0, 1):
         model, rng = seeded(build, seed)
-        members.append(Member(model, loss, replace(config, seed=seed), lambda m: {}, rng=rng))
+        members.append(Trainee(model, loss, replace(config, seed=seed), lambda m: {}, rng=rng))
     train_stack(members, x, y)
     assert relative_difference(solo, members[0].model) < 1e-4
     # A flatten of other dimensions has no grouped form: such a model trains alone.
