@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hpsearch.errors import HpsearchError
+from hpsearch.storage.files import replacing
 
 if TYPE_CHECKING:
     import optuna
@@ -52,12 +53,21 @@ def run(
     from hpsearch.search.plan import resolve_plan
     from hpsearch.search.run import run_study
 
+    given = data
     if isinstance(data, pd.DataFrame):
         data = _saved(data, target)
     elif data is not None and not isinstance(data, str | Path):
         data, target = _saved(data, target), "y"
-    plan = resolve_plan(study, data=data, target=target, task=task, metrics=metrics, **settings)
-    opened, _ = run_study(plan)
+    try:
+        plan = resolve_plan(study, data=data, target=target, task=task, metrics=metrics, **settings)
+        opened, _ = run_study(plan)
+    except HpsearchError as error:
+        if data is given:
+            raise
+        # Say "the DataFrame", not the cache file it was saved to.
+        named = "the DataFrame" if isinstance(given, pd.DataFrame) else "the arrays"
+        message = str(error).replace(str(data), named)
+        raise HpsearchError(message, exit_code=error.exit_code) from None
     return opened
 
 
@@ -84,7 +94,8 @@ def _saved(data: pd.DataFrame | tuple[np.ndarray, np.ndarray], target: str | Non
         text = data.to_csv(index=False).encode()
         path = folder / f"frame-{hashlib.sha256(text).hexdigest()[:16]}.csv"
         if not path.exists():
-            path.write_bytes(text)
+            with replacing(path) as partial:  # workers started next read it whole
+                partial.write_bytes(text)
         return path
     try:
         x, y = (np.asarray(array) for array in data)
@@ -93,5 +104,6 @@ def _saved(data: pd.DataFrame | tuple[np.ndarray, np.ndarray], target: str | Non
     digest = hashlib.sha256(x.tobytes() + y.tobytes() + str((x.shape, x.dtype)).encode())
     path = folder / f"arrays-{digest.hexdigest()[:16]}.npz"
     if not path.exists():
-        np.savez(path, x=x, y=y)
+        with replacing(path) as partial, partial.open("wb") as file:
+            np.savez(file, x=x, y=y)
     return path

@@ -67,11 +67,14 @@ def _configure_logging(verbose: bool = False, *, live: bool = False) -> None:
     import optuna
 
     handler: logging.Handler = logging.StreamHandler()
+    line = "%(levelname)s %(name)s: %(message)s"
     if live:
         from rich.logging import RichHandler  # imports pygments: only where it is needed
 
         handler = RichHandler(console=err_console, show_time=False, show_path=False)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+        line = "%(message)s"  # rich shows the level itself
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler], format=line)
     # Optuna's own per-trial lines would repeat hpsearch's.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -263,11 +266,12 @@ def trials(
     from hpsearch.settings import resolve_settings
 
     _configure_logging()
-    frame = trials_frame(study_name, resolve_settings(storage=storage).storage)
+    url = resolve_settings(storage=storage).storage
+    frame = trials_frame(study_name, url)
     if csv is None:
         console.print(trials_table(frame, study_name))
         return
-    write_csv(frame, csv)
+    write_csv(frame, csv, url)
     err_console.print(f"wrote {len(frame)} trials to {csv}")
 
 
@@ -348,9 +352,13 @@ def finalize(
         from hpsearch.search.study_file import find_study_file, load_study_file
 
         study_name = load_study_file(find_study_file(study_name)).name
-    err_console.print(f"finalizing {study_name}: top {settings.top_k} x {settings.seeds} seeds")
     result = finalize_study(
-        study_name, settings, on_candidate=lambda c: err_console.print(candidate_line(c))
+        study_name,
+        settings,
+        on_candidate=lambda c: err_console.print(candidate_line(c)),
+        on_start=lambda: err_console.print(
+            f"finalizing {study_name}: top {settings.top_k} x {settings.seeds} seeds"
+        ),
     )
     console.print(finalize_table(result))
     saved = "model.pt, ensemble.pt" if result.ensemble_test is not None else "model.pt"

@@ -138,6 +138,32 @@ DEFAULTS = Settings()
 _NAMES = {f.name for f in fields(Settings)}
 _INTEGERS = {"workers", "group_size"}  # of the environment's settings
 _NUMBERS = {"db_wait"}  # the rest are text
+# Each setting's type, as the Python API's keyword arguments are checked against it.
+_KINDS: dict[str, type] = {
+    **dict.fromkeys(("seed", "trials", "threads", "workers", "heartbeat_interval"), int),
+    **dict.fromkeys(("group_size", "top_k", "seeds", "trial"), int),
+    **dict.fromkeys(("timeout", "db_wait"), float),
+    "ensemble": bool,
+}
+_PATHS = {"storage", "data_dir", "artifacts", "out"}  # text, or a path
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _checked(name: str, value: Any) -> Any:
+    """A setting given by keyword (the Python API; the command line's are typed already),
+    checked against its type; a path given as text.
+
+    Raises:
+        HpsearchError: a value of another type, naming the setting.
+    """
+    kind = _KINDS.get(name, str)
+    if name in _PATHS and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise HpsearchError(f"{name} must be {_KIND_NAMES[kind]}, got {value!r}")
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -185,7 +211,7 @@ def resolve_settings(
             "seed": study.seed,
             "trials": study.trials,
         }
-    given = {name: value for name, value in flags.items() if value is not None}
+    given = {name: _checked(name, value) for name, value in flags.items() if value is not None}
     environment = _from_environment(os.environ if environ is None else environ)
     settings = replace(DEFAULTS, **{**from_study, **environment, **given})
     _check(settings)

@@ -53,6 +53,13 @@ def _progress(new: tuple[optuna.trial.FrozenTrial, ...] = ()) -> StudyProgress:
 def test_numbers_read_as_numbers() -> None:
     assert format_value(0.15000000000000002) == "0.15"
     assert format_value(123456.7) == "123,457" and format_value(None) == "-"
+    # A count reads the same at any size: 31,553 parameters beside 207,873.
+    assert (format_value(31553), format_value(2630.0), format_value(999)) == (
+        "31,553",
+        "2,630",
+        "999",
+    )
+    assert format_value(1234.5) == "1234.5"
     assert format_value(float("nan")) == "-" and format_value(True) == "True"
     assert (
         format_params({"lr": 0.0031, "dropout": 0.15000000000000002}) == "dropout=0.15  lr=0.0031"

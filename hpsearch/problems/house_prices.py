@@ -83,7 +83,7 @@ def house_feature_pipeline(
     """
     if isinstance(features, str) and features not in HOUSE_FEATURE_SETS:
         raise HpsearchError(
-            f"unknown house-price feature set {features!r}; choose from "
+            f"[data] features: unknown house-price feature set {features!r}; choose from "
             f"{', '.join(HOUSE_FEATURE_SETS)} or give a list of numeric columns"
         )
     if features == "lab-report":
@@ -106,10 +106,17 @@ def house_feature_pipeline(
     else:
         missing = [name for name in features if name not in train.columns]
         if missing:
-            raise HpsearchError(f"unknown house-price feature(s): {', '.join(missing)}")
+            raise HpsearchError(
+                f"[data] features: {', '.join(map(repr, missing))} not a column of "
+                f"{HOUSE_PRICES_FILE}; name its numeric columns, or a feature set: "
+                f"{', '.join(HOUSE_FEATURE_SETS)}"
+            )
         non_numeric = [n for n in features if not pd.api.types.is_numeric_dtype(train[n])]
         if non_numeric:
-            raise HpsearchError(f"non-numeric house-price feature(s): {', '.join(non_numeric)}")
+            raise HpsearchError(
+                f"[data] features: {', '.join(map(repr, non_numeric))} of {HOUSE_PRICES_FILE} "
+                "not numeric; name numeric columns, or the feature set all (one-hot levels)"
+            )
         columns = [("numeric", "passthrough", list(features))]
     steps = [
         ColumnTransformer(columns, verbose_feature_names_out=False),

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
+from hpsearch.errors import HpsearchError
 from hpsearch.problems.splits import available_memory
 
 
@@ -88,13 +90,37 @@ class TableEncoder:
         return len(self.numeric) + len(self.missing) + sum(map(len, self.levels.values()))
 
     def transform(self, frame: pd.DataFrame) -> torch.Tensor:
-        """``frame``'s rows encoded: ``(rows, features)`` float32."""
+        """``frame``'s rows encoded: ``(rows, features)`` float32.
+
+        Raises:
+            HpsearchError: a numeric column holds a value that is not a number.
+        """
+        frame = self._numbers(frame)
         out = _zeros(len(frame), self.width)
         stats = list(zip(self.mean, self.scale, self.median, strict=True))
         for first, block in _numeric_blocks(frame, self.numeric, None):
             self._put_numbers(out, first, block, stats[first : first + len(block)])
         self._put_levels(out, {name: _labels(frame[name]) for name in self.levels}, None)
         return torch.from_numpy(out)
+
+    def _numbers(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with each numeric column of text (a CSV column with a word in it) read as
+        numbers, refused where one is not."""
+        converted = {}
+        for name in self.numeric:
+            column = frame[name]
+            if is_numeric_dtype(column) or is_bool_dtype(column):
+                continue
+            numbers = pd.to_numeric(column, errors="coerce")
+            wrong = column.notna().to_numpy() & numbers.isna().to_numpy()
+            if wrong.any():
+                row = int(np.flatnonzero(wrong)[0])
+                raise HpsearchError(
+                    f"column {name!r} holds {column.iloc[row]!r} (row {row + 1}) where the "
+                    f"model takes numbers; {int(wrong.sum())} such value(s) in all"
+                )
+            converted[name] = numbers
+        return frame.assign(**converted) if converted else frame
 
     def _put_numbers(
         self,

@@ -5,6 +5,7 @@ registry entry."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import logging
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 _TEXT_SHARE, _MIN_TEXT_LEVELS = 0.5, 20
 # A numeric target with at most this many distinct whole values reads as class labels.
 MAX_CLASS_LEVELS = 20
+# Fewer rows than these leave a split (and its score) meaningless: refused, not run.
+MIN_ROWS, MIN_SPLIT_ROWS = 10, 2
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -67,7 +70,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return _csv_frame(path)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix == ".npz":
@@ -78,11 +81,40 @@ def read_table(path: str | Path) -> pd.DataFrame:
         ) from None
     except HpsearchError:
         raise
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise HpsearchError(
+            f"cannot read data file {path}: it is not UTF-8 text (byte {byte:#x} at "
+            f"{error.start:,}); save it as UTF-8 (it may be Latin-1 or Windows-1252)"
+        ) from None
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise HpsearchError(f"cannot read data file {path}: {error}") from None
     raise HpsearchError(
         f"{path}: unknown kind of data file; give one of {', '.join(TABLE_SUFFIXES)}"
     )
+
+
+def _csv_frame(path: Path) -> pd.DataFrame:
+    """A comma-separated UTF-8 file, refused where its header repeats a name (pandas would
+    rename the second ``age.1``) or where it reads as one column of another separator's."""
+    frame = pd.read_csv(path)
+    with path.open(encoding="utf-8", newline="") as file:
+        header = next(csv.reader(file), [])
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise HpsearchError(
+            f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the "
+            "header; give each column its own name"
+        )
+    if len(frame.columns) == 1:
+        name = str(frame.columns[0])
+        other = next((sep for sep in (";", "\t", "|") if sep in name), None)
+        if other is not None:
+            raise HpsearchError(
+                f"{path}: one column, {name[:40]!r}: its values look separated by "
+                f"{other!r}, and hpsearch reads comma-separated files; save it with commas"
+            )
+    return frame
 
 
 def _npz_frame(path: Path) -> pd.DataFrame:
@@ -150,6 +182,14 @@ def _check_column(frame: pd.DataFrame, name: str, source: Path) -> str:
     if pd.api.types.is_datetime64_any_dtype(column):
         raise dates
     values = column.dropna().astype(str)
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().mean() >= 0.9:  # numbers, but for a few words: say which
+        words = values[numbers.isna()]
+        raise HpsearchError(
+            f"{source}: column {name!r} holds numbers but for {len(words):,} "
+            f"{'value' if len(words) == 1 else 'values'} such as {words.iloc[0]!r}; fix or "
+            f"blank them, or drop the column (drop = [{name!r}])"
+        )
     sample = values.head(200)
     if len(sample) and sample.str.contains(r"\d").all():
         parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
@@ -200,6 +240,11 @@ def load_table(
     if not labelled.all():
         logger.warning("%s: %d rows without a target left out", source, int((~labelled).sum()))
         frame = frame[labelled].reset_index(drop=True)
+    if len(frame) < MIN_ROWS:
+        raise HpsearchError(
+            f"{source}: {len(frame)} {'row' if len(frame) == 1 else 'rows'} with a target; a "
+            f"table needs at least {MIN_ROWS} to split into training, validation and test rows"
+        )
     if kind == "regression" and not pd.api.types.is_numeric_dtype(frame[target]):
         raise HpsearchError(
             f"{source}: target {target!r} is not numeric; a regression needs numbers "
@@ -251,6 +296,15 @@ def load_table(
         )
     except ValueError as error:  # too few rows for the fractions, or for stratification
         raise HpsearchError(f"{source}: cannot split {len(frame):,} rows: {error}") from None
+    sizes = {"training": len(train_rows), "validation": len(val_rows)}
+    if test_frame is None:
+        sizes["test"] = len(test_rows)
+    if min(sizes.values()) < MIN_SPLIT_ROWS:
+        shown = ", ".join(f"{n} {split}" for split, n in sizes.items())
+        raise HpsearchError(
+            f"{source}: {len(frame):,} rows split into {shown} rows; each split needs at least "
+            f"{MIN_SPLIT_ROWS} (more rows, or larger test and val_fraction)"
+        )
     # Each split's rows in table order (reading memory in order is faster; training shuffles
     # anyway), encoded split after split, so each split is a slice of one array.
     train_rows, val_rows, test_rows = (np.sort(r) for r in (train_rows, val_rows, test_rows))

@@ -25,11 +25,12 @@ from hpsearch.problems import Problem, get_problem
 from hpsearch.problems.metrics import Metrics
 from hpsearch.problems.splits import Splits
 from hpsearch.results.final_result import Candidate, FinalResult
-from hpsearch.results.model_files import ENSEMBLE_FILE, MODEL_FILE, RESULT_FILE, save
+from hpsearch.results.model_files import MODEL_FILES, is_model_file, save
 from hpsearch.results.pick import Pick, parse_pick, top_configurations
 from hpsearch.settings import Settings
 from hpsearch.storage.counts import load_study
 from hpsearch.storage.database import wait_for_database
+from hpsearch.storage.files import check_replaceable
 from hpsearch.training import Diverged
 from hpsearch.training.costs import model_costs
 from hpsearch.training.devices import default_group_size, resolve_device
@@ -46,10 +47,12 @@ def finalize_study(
     study_name: str,
     settings: Settings,
     on_candidate: Callable[[Candidate], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> FinalResult:
     """The library form of ``hpsearch finalize``: load the study from ``settings.storage``,
     its problem and data (with the options the study was run with), and ``finalize`` it into
-    ``settings.out`` (default ``./final-STUDY``).
+    ``settings.out`` (default ``./final-STUDY``). ``on_start`` is called once every input is
+    checked, before the data load and the training.
 
     Raises:
         HpsearchError: no such study, a study not made by ``hpsearch run``, or no complete
@@ -67,8 +70,11 @@ def finalize_study(
     pick = None
     if settings.pick is not None:
         pick = parse_pick(settings.pick, problem.recorded_metrics)
-    splits = problem.load_data(settings.data_dir, **attrs[record.DATA])
     out = Path(settings.out or f"final-{study_name}")
+    check_replaceable(out, is_model_file)  # before minutes of training, not after
+    if on_start is not None:
+        on_start()
+    splits = problem.load_data(settings.data_dir, **attrs[record.DATA])
     result = finalize(
         study,
         problem,
@@ -84,9 +90,8 @@ def finalize_study(
         trial=settings.trial,
     )
     if artifacts is not None:
-        names = (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE)
         result.artifacts = upload_files(
-            study, artifacts, [out / n for n in names if (out / n).exists()]
+            study, artifacts, [out / n for n in MODEL_FILES if (out / n).exists()]
         )
         result.artifact_store = settings.artifacts
         study.set_user_attr(record.FINALIZE, result.summary())  # now with the files' ids

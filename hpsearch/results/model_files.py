@@ -19,11 +19,18 @@ from hpsearch.record import FINALIZE
 from hpsearch.results.final_result import FinalResult
 from hpsearch.settings import resolve_settings
 from hpsearch.storage.counts import load_study
+from hpsearch.storage.files import replacing_folder
 from hpsearch.training.models import Ensemble
 
 MODEL_FILE = "model.pt"
 ENSEMBLE_FILE = "ensemble.pt"
 RESULT_FILE = "finalize.json"
+MODEL_FILES = (MODEL_FILE, ENSEMBLE_FILE, RESULT_FILE)  # what finalize writes, and only that
+
+
+def is_model_file(name: str) -> bool:
+    """Whether a file named ``name`` in a model folder is one finalize writes."""
+    return name in MODEL_FILES
 
 
 def save(
@@ -33,18 +40,21 @@ def save(
     members: list[tuple[dict[str, Any], nn.Module]] | None = None,
 ) -> None:
     """Write the model's weights, the ensemble members' params and weights (if any) and
-    ``finalize.json`` into ``out``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), out / MODEL_FILE)
+    ``finalize.json`` into the folder ``out``, in place of an earlier finalize's: the three
+    are built beside it and swapped in together, so a model, an ensemble and a record of
+    two runs never mix.
+
+    Raises:
+        HpsearchError: ``out`` holds other files, or cannot be written.
+    """
+    with replacing_folder(out, is_model_file) as folder:
+        torch.save(model.state_dict(), folder / MODEL_FILE)
         if members:
             torch.save(
                 [{"params": params, "state": m.state_dict()} for params, m in members],
-                out / ENSEMBLE_FILE,
+                folder / ENSEMBLE_FILE,
             )
-        (out / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
-    except OSError as error:
-        raise HpsearchError(f"cannot write to {out}: {error.strerror}") from None
+        (folder / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
 
 
 def load_model(

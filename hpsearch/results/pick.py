@@ -57,7 +57,8 @@ def parse_pick(rule: str, directions: Mapping[str, str]) -> Pick:
     Raises:
         HpsearchError: an unknown metric or a condition that does not parse.
     """
-    head, _, tail = rule.partition(" where ")
+    head, *rest = re.split(r"\s+where(?:\s+|$)", rule.strip(), maxsplit=1)
+    tail = rest[0] if rest else None  # "" after a bare "where"
     metric = head.strip()
     known = ", ".join(directions)
     if metric not in directions:
@@ -77,7 +78,7 @@ def parse_pick(rule: str, directions: Mapping[str, str]) -> Pick:
         except ValueError:
             raise HpsearchError(f"--pick {rule!r}: {number!r} is not a number") from None
         conditions.append((name, op, bound))
-    if tail and not conditions:
+    if tail is not None and not conditions:
         raise HpsearchError(f"--pick {rule!r}: nothing after where")
     return Pick(metric, directions[metric] == "maximize", tuple(conditions))
 

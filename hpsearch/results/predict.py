@@ -19,8 +19,11 @@ from hpsearch.problems import get_problem
 from hpsearch.problems.images import decode_images, image_files
 from hpsearch.problems.table_encoder import TableEncoder
 from hpsearch.problems.tabular import read_table
-from hpsearch.results.model_files import RESULT_FILE, load_model
+from hpsearch.results.model_files import MODEL_FILES, RESULT_FILE, load_model
+from hpsearch.storage.files import replacing
 from hpsearch.training import predict
+
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 class Predictor:
@@ -41,16 +44,31 @@ class Predictor:
         scale = record.get("target") or {}
         self.mean, self.std = float(scale.get("mean", 0.0)), float(scale.get("std", 1.0))
 
-    def predict(self, rows: pd.DataFrame | torch.Tensor) -> pd.DataFrame:
+    def predict(self, rows: pd.DataFrame | np.ndarray | torch.Tensor) -> pd.DataFrame:
         """One row of predictions per input row, in its order: ``predicted_<target>`` (the
         class name, or the value in the target's units), ``probability_<class>`` for each
         class, ``predicted_<target>_std`` for a Gaussian regressor. A DataFrame needs the
-        training table's feature columns (a target column in it is ignored); a tensor is
-        rows already encoded.
+        training table's feature columns (a target column in it is ignored); an array is
+        rows of those columns, in their order; a tensor is rows already encoded.
 
         Raises:
-            HpsearchError: feature columns missing from ``rows``.
+            HpsearchError: no rows, feature columns missing from ``rows``, or a value a
+                column cannot take.
         """
+        if isinstance(rows, np.ndarray) and self.encoder is not None:
+            columns = self.encoder.columns
+            if rows.ndim != 2 or rows.shape[1] != len(columns):
+                raise HpsearchError(
+                    f"an array of shape {rows.shape} is not rows of the {len(columns)} columns "
+                    "the model was trained on; give a DataFrame of them"
+                )
+            rows = pd.DataFrame(rows, columns=list(columns))
+        if not isinstance(rows, pd.DataFrame | torch.Tensor):
+            raise HpsearchError(
+                f"predict takes a DataFrame of the table's columns, not a {type(rows).__name__}"
+            )
+        if len(rows) == 0:
+            raise HpsearchError("there are no rows to predict")
         if isinstance(rows, pd.DataFrame):
             if self.encoder is None:
                 raise HpsearchError("an image model predicts on images: give an image folder")
@@ -138,15 +156,21 @@ def predict_file(folder: str | Path, rows: str | Path, out: str | Path, *, ensem
     Raises:
         HpsearchError: a bad model folder, input table or output path.
     """
+    rows, out = Path(rows), Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise HpsearchError(f"--out {out}: write predictions to a .csv or .parquet file")
+    inputs = [rows, *(Path(folder) / name for name in MODEL_FILES)]
+    if any(out.resolve() == path.resolve() for path in inputs):
+        raise HpsearchError(f"--out {out} is one of the inputs; give another file")
     predictor = load_predictor(folder, ensemble=ensemble)
-    rows = Path(rows)
     frame = predictor.predict_images(rows) if rows.is_dir() else predictor.predict(read_table(rows))
-    out = Path(out)
-    try:
-        if out.suffix.lower() in (".parquet", ".pq"):
-            frame.to_parquet(out, index=False)
+    with replacing(out) as partial:
+        if suffix == ".csv":
+            frame.to_csv(partial, index=False)
         else:
-            frame.to_csv(out, index=False)
-    except (OSError, ImportError) as error:
-        raise HpsearchError(f"cannot write {out}: {error}") from None
+            try:
+                frame.to_parquet(partial, index=False)
+            except ImportError as error:  # no pyarrow
+                raise HpsearchError(f"cannot write {out}: {error}") from None
     return len(frame)

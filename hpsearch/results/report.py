@@ -47,6 +47,7 @@ from hpsearch.results.tables import (
     markdown_table,
 )
 from hpsearch.storage.counts import is_feasible
+from hpsearch.storage.files import replacing_folder
 
 CURVE_PARAMS = ("batch_size", "lr", "optimizer", "loss")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -305,24 +306,29 @@ def front_rows(
     return ["trial", *metrics, "searched params"], rows
 
 
+def is_report_file(name: str) -> bool:
+    """Whether a file named ``name`` in a report folder is one the report writes."""
+    return name in ("index.html", "tables.md") or name.endswith(".png")
+
+
 def build_report(study: optuna.Study, out: Path) -> Path:
-    """Write the report's files into ``out``; returns the HTML page's path.
+    """Write the report's files into the folder ``out``, in place of an earlier report's
+    (built beside it and swapped in); returns the HTML page's path.
 
     Raises:
-        HpsearchError: the study has no finished trial, or ``out`` cannot be written.
+        HpsearchError: the study has no finished trial, or ``out`` holds other files or
+            cannot be written.
     """
     counts = study_counts(study)
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 0:
         raise HpsearchError(f"study {study.study_name!r} has no finished trial to report on")
-    try:
-        return _write_report(study, out, counts)
-    except OSError as error:
-        raise HpsearchError(f"cannot write to {out}: {error.strerror or error}") from None
+    with replacing_folder(out, is_report_file) as folder:
+        _write_report(study, folder, counts)
+    return out / "index.html"
 
 
-def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, int]) -> Path:
+def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, int]) -> None:
     metric = str(study.user_attrs.get(record.METRIC, "value"))
-    out.mkdir(parents=True, exist_ok=True)
     tables = ablation_tables(study)
     (out / "tables.md").write_text(tables_markdown(study, tables, metric), encoding="utf-8")
     figures: list[tuple[str, Path]] = []
@@ -395,6 +401,4 @@ def _write_report(study: optuna.Study, out: Path, counts: Mapping[TrialState, in
     parts.append("<h2>Figures</h2>")
     parts += [f"<h3>{html.escape(title)}</h3>{_embed(path)}" for title, path in figures]
     parts.append("</body></html>")
-    page = out / "index.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
-    return page
+    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")

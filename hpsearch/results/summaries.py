@@ -15,6 +15,8 @@ from hpsearch.errors import HpsearchError
 from hpsearch.record import objective_names, study_counts
 from hpsearch.storage.counts import best_value, front_size, is_feasible, load_study
 from hpsearch.storage.database import open_storage
+from hpsearch.storage.files import replacing
+from hpsearch.storage.urls import sqlite_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,13 +114,15 @@ def trials_frame(study_name: str, url: str) -> pd.DataFrame:
     return frame
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path``.
+def write_csv(frame: pd.DataFrame, path: Path, storage: str) -> None:
+    """Write ``frame`` (the trials of a study in ``storage``) to ``path``, whole or not at
+    all.
 
     Raises:
-        HpsearchError: the file cannot be written.
+        HpsearchError: ``path`` is the storage's own file, or cannot be written.
     """
-    try:
-        frame.to_csv(path, index=False)
-    except OSError as error:
-        raise HpsearchError(f"cannot write {path}: {error.strerror}") from None
+    database = sqlite_file(storage)
+    if database is not None and database.resolve() == path.resolve():
+        raise HpsearchError(f"--csv {path} is the storage itself; give another file")
+    with replacing(path) as partial:
+        frame.to_csv(partial, index=False)

@@ -10,13 +10,16 @@ from typing import Any
 
 
 def format_value(value: Any) -> str:
-    """A number for the terminal: 6 significant digits, thousands separators from 1e5; other
-    values as they print."""
+    """A number for the terminal: 6 significant digits; a whole number from 1,000 and any
+    number from 1e5 in whole units with thousands separators (a parameter count reads the
+    same wherever it shows); other values as they print."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-" if value is None else str(value)
     if not math.isfinite(value):
         return "-"
-    return f"{value:.6g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if abs(value) >= 1e5 or (abs(value) >= 1e3 and float(value).is_integer()):
+        return f"{value:,.0f}"
+    return f"{value:.6g}"
 
 
 def format_seconds(seconds: float | None) -> str:

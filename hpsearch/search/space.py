@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.distributions import BaseDistribution
 
 
 class ParamSpec(BaseModel):
@@ -62,14 +63,55 @@ class ParamSpec(BaseModel):
         return [*self.choices, *bounds, *(self.grid or [])]
 
 
-def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+def distribution(spec: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution a trial samples ``spec`` from (and the study then holds)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
     if spec.type == "categorical":
-        return trial.suggest_categorical(name, list(spec.choices))
+        return CategoricalDistribution(list(spec.choices))
     assert spec.low is not None and spec.high is not None
     if spec.type == "int":
-        step = int(spec.step or 1)
-        return trial.suggest_int(name, int(spec.low), int(spec.high), step=step, log=spec.log)
-    return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+        return IntDistribution(
+            int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1)
+        )
+    return FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+def describe(distribution: BaseDistribution) -> str:
+    """A distribution in a line: ``1..4``, ``0.0003..0.03 (log)``, ``[16, 32, 64]``."""
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return f"[{', '.join(map(repr, choices))}]"
+    low, high = getattr(distribution, "low", "?"), getattr(distribution, "high", "?")
+    step = getattr(distribution, "step", None)
+    scale = " (log)" if getattr(distribution, "log", False) else ""
+    steps = f" step {step:g}" if step not in (None, 1) else ""
+    return f"{low:g}..{high:g}{steps}{scale}"
+
+
+def spec_of(space: Mapping[str, ParamSpec], param: str) -> ParamSpec | None:
+    """The spec a trial's param was sampled from: its own, or its per-layer width's
+    (``channels_1`` -> ``channels``); None if ``space`` no longer searches it."""
+    if param in space:
+        return space[param]
+    base, _, layer = param.rpartition("_")
+    spec = space.get(base)
+    return spec if spec is not None and spec.per_layer and layer.isdigit() else None
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    drawn = distribution(spec)
+    choices = getattr(drawn, "choices", None)
+    if choices is not None:
+        return trial.suggest_categorical(name, list(choices))
+    low, high, step, log = drawn.low, drawn.high, drawn.step, drawn.log  # type: ignore[attr-defined]
+    if spec.type == "int":
+        return trial.suggest_int(name, low, high, step=step, log=log)
+    return trial.suggest_float(name, low, high, step=step, log=log)
 
 
 def suggest_params(

@@ -14,8 +14,9 @@ from hpsearch.errors import HpsearchError
 from hpsearch.search.coordinator import retry_trial
 from hpsearch.search.plan import RunPlan
 from hpsearch.search.samplers import create_pruner, create_sampler
+from hpsearch.search.space import describe, distribution, spec_of
 from hpsearch.search.study_file import StudyConfig
-from hpsearch.storage.counts import count_finished, load_study
+from hpsearch.storage.counts import count_finished, distributions_of, load_study
 from hpsearch.storage.database import open_storage, wait_for_database
 from hpsearch.storage.errors import with_db_retries
 from hpsearch.storage.lock import StudyLock
@@ -84,7 +85,13 @@ def open_study(plan: RunPlan) -> OpenedStudy:
         study = load_study(settings.study_name, settings.storage)
         check_same_study(study, config)
         return OpenedStudy(study, checked.device, checked.artifacts, splits=None)
-    splits = config.problem.load_data(settings.data_dir, **config.data)
+    try:
+        splits = config.problem.load_data(settings.data_dir, **config.data)
+    except HpsearchError as error:
+        if not str(error).startswith("[data]"):
+            raise
+        # A loader names the [data] key at fault; the study names the file that set it.
+        raise HpsearchError(f"{config.source}: {error}", exit_code=error.exit_code) from None
     storage = open_storage(
         settings.storage,
         heartbeat_interval=settings.heartbeat_interval,
@@ -131,47 +138,58 @@ def create_or_load(
     Raises:
         HpsearchError: the study exists with another problem, metric or direction.
     """
-    try:
-        study = optuna.load_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
-        )
-        if record.is_set_up(study):  # the last of the set-up's writes is done
-            check_same_study(study, config)
-            return study
-    except KeyError:  # no such study yet
-        pass
-    with StudyLock(parse_url(storage.url), study_name).hold():
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            sampler=sampler,
-            pruner=pruner,
-            directions=config.directions,  # type: ignore[arg-type]
-            load_if_exists=True,
-        )
-        check_same_study(study, config)
-        if not record.is_set_up(study):
-            for params in config.enqueue:
-                study.enqueue_trial(params, skip_if_exists=True)
-            record.write_study_definition(
-                study,
-                problem=config.problem.name,
-                metric=config.metric,
-                metrics=config.metrics,
-                constraints=[limit.describe() for limit in config.limits],
-                study_file=config.source,
-                data=config.data,
+
+    def load() -> optuna.Study | None:
+        try:
+            return optuna.load_study(
+                study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
             )
+        except KeyError:  # no such study yet
+            return None
+
+    study = load()
+    if study is None or not record.is_set_up(study):
+        with StudyLock(parse_url(storage.url), study_name).hold():
+            study = load()
+            if study is None:  # created and set up here, under the lock
+                study = optuna.create_study(
+                    storage=storage,
+                    study_name=study_name,
+                    sampler=sampler,
+                    pruner=pruner,
+                    directions=config.directions,  # type: ignore[arg-type]
+                )
+                for params in config.enqueue:
+                    study.enqueue_trial(params, skip_if_exists=True)
+                record.write_study_definition(
+                    study,
+                    problem=config.problem.name,
+                    metric=config.metric,
+                    metrics=config.metrics,
+                    constraints=[limit.describe() for limit in config.limits],
+                    study_file=config.source,
+                    data=config.data,
+                )
+                return study
+    check_same_study(study, config)
     return study
 
 
 def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
-    """Refuse to add ``config``'s trials to a study of another problem, objectives,
-    directions or limits.
+    """Refuse to add ``config``'s trials to a study hpsearch did not set up, or one of another
+    problem, objectives, directions, limits or space.
 
     Raises:
         HpsearchError: naming what the stored study holds.
     """
+    if not record.is_set_up(study):
+        trials = len(study.get_trials(deepcopy=False))
+        raise HpsearchError(
+            f"study {study.study_name!r} was not made by hpsearch ({trials} trials, no "
+            "hpsearch definition), and hpsearch adds trials only to its own studies: pick "
+            "another --study-name, or delete it (optuna delete-study --study-name NAME "
+            "--storage URL)"
+        )
     attrs = study.user_attrs
     mine = ", ".join(config.metrics)
     # A study of one objective made before several were possible holds only its metric.
@@ -189,8 +207,32 @@ def check_same_study(study: optuna.Study, config: StudyConfig) -> None:
         raise HpsearchError(f"study {study.study_name!r} has directions {', '.join(directions)}")
     limits = [limit.describe() for limit in config.limits]
     stored_limits = attrs.get(record.CONSTRAINTS, [])
-    if record.is_set_up(study) and stored_limits != limits:
+    if stored_limits != limits:
         raise HpsearchError(
             f"study {study.study_name!r} has limits {', '.join(stored_limits) or 'none'}, "
             f"not {', '.join(limits) or 'none'}; pick another --study-name"
         )
+    check_same_space(study, config)
+
+
+def check_same_space(study: optuna.Study, config: StudyConfig) -> None:
+    """Refuse a space that contradicts the distributions the study's trials were sampled
+    from: Optuna cannot sample a categorical whose choices changed, and a changed range
+    mixes trials of two spaces (the best may lie outside the new one). A param added to or
+    removed from the space is kept apart by name and needs no check.
+
+    Raises:
+        HpsearchError: naming the param, its stored and its new distribution.
+    """
+    for name, stored in sorted(distributions_of(study).items()):
+        spec = spec_of(config.space, name)
+        if spec is None:
+            continue
+        mine = distribution(spec)
+        if any(old != mine for old in stored):
+            old = next(old for old in stored if old != mine)
+            raise HpsearchError(
+                f"study {study.study_name!r} sampled {name} from {describe(old)}; "
+                f"{config.source} searches {describe(mine)}: a study keeps its space (pick "
+                "another --study-name, and [[enqueue]] the configurations to carry over)"
+            )

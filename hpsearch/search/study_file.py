@@ -25,6 +25,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.search.constraints import Limit, limits_of
 from hpsearch.search.space import ParamSpec, grid_search_space
 from hpsearch.settings import DEFAULTS, PRUNERS, SAMPLERS, takes
+from hpsearch.storage.files import replacing
 
 if TYPE_CHECKING:
     from hpsearch.problems.registry import Problem
@@ -274,7 +275,8 @@ def write_table_study(
     return the file and the name. Checked before writing.
 
     Raises:
-        HpsearchError: ``out`` exists, or what ``table_study`` and a study file refuse.
+        HpsearchError: ``out`` exists, or what ``table_study``, a study file and the table's
+            loader refuse.
     """
     table, target, task = table_study(path, target, task)  # reads the table once
     out = out if out is not None else Path(f"{table.stem}-{task}.toml")
@@ -289,11 +291,10 @@ def write_table_study(
     text = text.replace("[study]\n", f"[study]\nname = {json.dumps(name)}\n", 1)
     raw = tomllib.loads(text)
     raw["data"]["path"] = str(table)  # checked as run will read it, from out's folder
-    parse_study(raw, source=str(out), default_name=out.stem)
-    try:
-        out.write_text(text)
-    except OSError as error:
-        raise HpsearchError(f"cannot write {out}: {error.strerror}") from None
+    config = parse_study(raw, source=str(out), default_name=out.stem)
+    config.problem.load_data(None, **config.data)  # the table's checks, as run makes them
+    with replacing(out) as partial:
+        partial.write_text(text)
     return out, name
 
 

@@ -1,6 +1,6 @@
 """Reading a study without its trials: finished trials counted by the database (exact across
-workers, whose trial caches lag), the study loaded by name, its best value, which trials
-keep its limits."""
+workers, whose trial caches lag), the study loaded by name, its params' distributions, its
+best value, which trials keep its limits."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpsearch.errors import HpsearchError
 from hpsearch.storage.database import check_reachable, open_storage
-from hpsearch.storage.optuna_internals import state_counts
+from hpsearch.storage.optuna_internals import (
+    param_distributions,
+    rdb_of,
+    state_counts,
+    storage_of,
+    study_id,
+)
 from hpsearch.storage.urls import parse_url
 
 
@@ -52,6 +59,20 @@ def load_study(name: str, url: str) -> optuna.Study:
     except KeyError:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise HpsearchError(f"no study named {name!r} in the storage (studies: {names})") from None
+
+
+def distributions_of(study: optuna.Study) -> dict[str, list[BaseDistribution]]:
+    """Each param's distributions in the study's trials (one, unless its space changed),
+    read without the trials on a database (``optuna_internals.param_distributions``)."""
+    rdb = rdb_of(storage_of(study))
+    if rdb is not None:
+        return param_distributions(rdb.engine, study_id(study))
+    found: dict[str, list[BaseDistribution]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, distribution in trial.distributions.items():
+            if distribution not in found.setdefault(name, []):
+                found[name].append(distribution)
+    return found
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

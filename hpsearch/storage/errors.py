@@ -35,6 +35,14 @@ REFUSED = (
     "Access denied",
     "unsupported startup parameter",
 )
+# What SQLite says of a file it may not write (a read-only file, folder or disk; no
+# permission): a fault of the machine's, not of the moment.
+READ_ONLY = (
+    "readonly database",
+    "unable to open database file",
+    "Permission denied",
+    "Read-only file system",
+)
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:
@@ -46,9 +54,10 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 
 
 def refused(error: BaseException) -> bool:
-    """A database server that answered and refused for good: wrong credentials, no such
-    database, a startup parameter a pooler will not take. Retrying cannot help."""
-    return any(sign in str(seen) for seen in _causes(error) for sign in REFUSED)
+    """A database that answered and refused for good: wrong credentials, no such database,
+    a startup parameter a pooler will not take, a file SQLite may not write. Retrying
+    cannot help."""
+    return any(sign in str(seen) for seen in _causes(error) for sign in (*REFUSED, *READ_ONLY))
 
 
 def is_transient_db_error(error: BaseException) -> bool:
@@ -78,6 +87,8 @@ def database_error(error: BaseException) -> HpsearchError | None:
         return None
     *_, root = _causes(error)
     reason = str(root).splitlines()[0] if str(root) else type(root).__name__
+    if any(sign in reason for sign in READ_ONLY):
+        return HpsearchError(f"cannot write the storage: {reason}")
     if refused(error):
         return HpsearchError(f"the database refused: {reason}")
     return Unavailable(f"lost the database: {reason}")

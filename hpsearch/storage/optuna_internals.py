@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.storages._rdb.models import (
     TrialIntermediateValueModel,
     TrialModel,
@@ -118,6 +118,27 @@ def running_without_heartbeat(
     with engine.connect() as connection:
         rows = connection.execute(query, {"study_id": study_id, "cutoff": started_before})
         return [int(row[0]) for row in rows]
+
+
+def param_distributions(
+    engine: sqlalchemy.Engine, study_id: int
+) -> dict[str, list[BaseDistribution]]:
+    """Each param's distributions in the study's trials (one, unless its space changed),
+    read in one query: what ``Study.get_trials`` would give, without reading every trial."""
+    trials, params = TrialModel.__table__, TrialParamModel.__table__
+    query = (
+        sqlalchemy.select(params.c.param_name, params.c.distribution_json)
+        .distinct()
+        .join(trials, trials.c.trial_id == params.c.trial_id)
+        .where(trials.c.study_id == study_id)
+    )
+    found: dict[str, list[BaseDistribution]] = {}
+    with engine.connect() as connection:
+        for name, text in connection.execute(query):
+            distribution = json_to_distribution(text)
+            if distribution not in found.setdefault(name, []):
+                found[name].append(distribution)
+    return found
 
 
 def study_of_trial(engine: sqlalchemy.Engine, trial_id: int) -> int:

@@ -5,6 +5,7 @@ prepared statements)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -52,12 +53,23 @@ def connect_args(url: URL) -> dict[str, object]:
     return {name: value for name, value in args.items() if name not in url.query}
 
 
+# The storage dialects hpsearch is built and tested for (docs/workers.md#backends).
+BACKENDS = ("sqlite", "postgresql")
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe for logs and errors."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable storage URL>"
+    """The URL with everything between its user name and its last ``@`` (the password)
+    replaced by ``***``, safe for logs and errors. Read from the raw text, so that a password
+    holding an unescaped ``@`` (which SQLAlchemy would split) shows no part of itself."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.startswith("sqlite"):  # a file path: no user part
+        return url
+    address, question, query = rest.partition("?")
+    userinfo, at, host = address.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{question}{query}"
 
 
 def scrub(message: str, url: URL) -> str:
@@ -74,14 +86,23 @@ def parse_url(url: str) -> URL:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # not a URL, or a port that is not a number
         raise HpsearchError(
             f"bad storage URL {redact(url)!r}; expected e.g. sqlite:///hpsearch.db or "
             "postgresql+psycopg://user@host/db"
         ) from None
     backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql", "mysql"):
-        raise HpsearchError(f"unsupported storage {redact(url)!r}: use sqlite, postgresql or mysql")
+    if backend not in BACKENDS:
+        raise HpsearchError(
+            f"unsupported storage {backend} ({redact(url)!r}): hpsearch stores studies in "
+            "sqlite:///FILE or postgresql+psycopg://user@host/db"
+        )
+    if "@" in (parsed.host or ""):
+        # SQLAlchemy ends the password at its first "@": the rest would be taken for the host.
+        raise HpsearchError(
+            f"bad storage URL {redact(url)!r}: write an '@' in the password as %40, or give "
+            f"the password in ${PASSWORD_ENV}"
+        )
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise HpsearchError("SQLite storage needs a file: sqlite:///path/to/file.db")
     if backend == "postgresql" and parsed.drivername == "postgresql":
@@ -106,3 +127,11 @@ def _password_from_environment() -> str | None:
         raise HpsearchError(
             f"cannot read ${PASSWORD_FILE_ENV} {path}: {error.strerror or error}"
         ) from None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite storage URL; None for a server's."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return Path(str(parsed.database)).expanduser()

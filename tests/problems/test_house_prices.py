@@ -45,9 +45,9 @@ def test_house_prices_features_are_configurable() -> None:
     # LotFrontage has missing values: imputed with the training median, so no NaN.
     assert splits.x_train.shape[1] == 2
     assert torch.isfinite(splits.x_train).all() and torch.isfinite(splits.x_test).all()
-    with pytest.raises(HpsearchError, match="unknown house-price feature"):
+    with pytest.raises(HpsearchError, match=r"\[data\] features: 'NoSuchColumn' not a column"):
         load_house_prices(features=["NoSuchColumn"])
-    with pytest.raises(HpsearchError, match="non-numeric"):
+    with pytest.raises(HpsearchError, match=r"\[data\] features: 'Neighborhood' .*not numeric"):
         load_house_prices(features=["Neighborhood"])
 
 

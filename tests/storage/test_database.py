@@ -125,3 +125,17 @@ def test_wait_for_database_gives_up_with_75() -> None:
     with pytest.raises(Unavailable, match="cannot reach database"):
         wait_for_database("postgresql+psycopg://bob@127.0.0.1:1/x", wait_s=2)
     assert time.monotonic() - started < 30
+
+
+def test_a_file_sqlite_may_not_write_is_bad_input_not_a_passing_fault() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from hpsearch.storage.errors import database_error, is_transient_db_error
+
+    cause = sqlite3.OperationalError("attempt to write a readonly database")
+    readonly = OperationalError("INSERT", {}, cause)
+    readonly.__cause__ = cause  # as SQLAlchemy raises it: from the driver's error
+    assert not is_transient_db_error(readonly)  # no minutes of retries
+    failure = database_error(readonly)
+    assert failure is not None and failure.exit_code == 2
+    assert str(failure) == "cannot write the storage: attempt to write a readonly database"

@@ -15,6 +15,20 @@ def test_redact_hides_password() -> None:
     url = "postgresql+psycopg://alice:s3cr%40t@db.example:5432/studies"
     assert "s3cr" not in redact(url)
     assert "***" in redact(url)
+    # Unescaped, a password's "@", ":" or "/" shows no part of it either.
+    for password in ("s3cr@t", "s3:cr/t", "s@3@c"):
+        shown = redact(f"postgresql://alice:{password}@db.example/studies?sslmode=require")
+        assert shown == "postgresql://alice:***@db.example/studies?sslmode=require"
+    assert redact("postgresql://alice@db/x") == "postgresql://alice@db/x"
+    assert redact("sqlite:///a@b.db") == "sqlite:///a@b.db"
+
+
+def test_a_url_sqlalchemy_would_split_in_the_password_is_refused() -> None:
+    with pytest.raises(HpsearchError) as refused:
+        parse_url("postgresql+psycopg://postgres:s3cr@t@db/x")
+    assert "s3cr" not in str(refused.value) and "t@db" not in str(refused.value)
+    assert "write an '@' in the password as %40" in str(refused.value)
+    assert parse_url("postgresql+psycopg://postgres:s3cr%40t@db/x").password == "s3cr@t"
 
 
 def test_bad_urls(tmp_path: Path) -> None:
@@ -22,6 +36,10 @@ def test_bad_urls(tmp_path: Path) -> None:
         open_storage("not a url")
     with pytest.raises(HpsearchError, match="unsupported storage"):
         open_storage("redis://localhost")
+    with pytest.raises(HpsearchError, match="unsupported storage mysql"):
+        open_storage("mysql://u@h/db")  # no driver, and never tested: named, not tried
+    with pytest.raises(HpsearchError, match="bad storage URL 'foo'"):
+        open_storage("foo")
     with pytest.raises(HpsearchError, match="needs a file"):
         open_storage("sqlite://")
     with pytest.raises(HpsearchError, match="folder does not exist"):
