@@ -322,15 +322,19 @@ def finalize(
     device: opt.Device = None,
     data_dir: opt.DataDir = None,
     group_size: opt.GroupSize = None,
+    workers: opt.Workers = None,
+    threads: opt.Threads = None,
+    heartbeat_interval: opt.HeartbeatInterval = None,
 ) -> None:
     """Retrain the best configurations, choose one and score it once on the test split.
 
     Each of the --top-k best configurations is retrained with --seeds seeds; the one with
     the best validation mean minus one standard deviation (plus, when lower is better) is
     retrained on train + validation and scored once on the held-out test split, beside an
-    ensemble of all of them and the problem's classic baselines.
+    ensemble of all of them and the problem's classic baselines. The retrains run on
+    --workers local workers; the same command on other machines joins them.
     """
-    from hpsearch.display import candidate_line, finalize_table
+    from hpsearch.display import candidate_line, finalize_table, retrain_line
     from hpsearch.results.finalize import finalize_study
     from hpsearch.settings import resolve_settings
 
@@ -347,6 +351,9 @@ def finalize(
         group_size=group_size,
         pick=pick,
         trial=trial,
+        workers=workers,
+        threads=threads,
+        heartbeat_interval=heartbeat_interval,
     )
     if study_name.endswith(".toml"):  # a cluster's settings name the study by its file
         from hpsearch.search.study_file import find_study_file, load_study_file
@@ -359,6 +366,7 @@ def finalize(
         on_start=lambda: err_console.print(
             f"finalizing {study_name}: top {settings.top_k} x {settings.seeds} seeds"
         ),
+        on_retrain=lambda trial, metric: err_console.print(retrain_line(trial, metric)),
     )
     console.print(finalize_table(result))
     saved = "model.pt, ensemble.pt" if result.ensemble_test is not None else "model.pt"

@@ -342,6 +342,27 @@ def candidate_line(candidate: Candidate) -> str:
     )
 
 
+def retrain_line(trial: FrozenTrial, metric: str) -> str:
+    """One of ``finalize``'s retrains as it starts or ends: its configuration's trial, seed
+    and rows, and (ended) its worker, seconds and validation ``metric``, or why it
+    stopped."""
+    attrs = trial.user_attrs
+    what = (
+        f"  retrain of trial {attrs[record.RETRAIN_OF]}, seed {attrs[record.SEED]}, on "
+        f"{attrs[record.ROWS]}"
+    )
+    worker = attrs.get(record.WORKER, "?")
+    if trial.state == TrialState.RUNNING:
+        return f"{what}: started"
+    seconds = format_seconds(attrs.get(record.TRAIN_SECONDS))
+    if trial.state == TrialState.COMPLETE:
+        score = f", {metric} {format_value(attrs[metric])}" if metric in attrs else ""
+        return f"{what}: done on {worker} in {seconds} s{score}"
+    if trial.state == TrialState.PRUNED:
+        return f"{what}: diverged ({attrs.get(record.PRUNED_REASON, '')})"
+    return f"{what}: failed on {worker}: {attrs.get(record.FAIL_REASON, 'error')}"
+
+
 def finalize_table(result: FinalResult) -> Group:
     """Test metrics (rows) of the tuned network, the ensemble, the calibrated intervals and
     the baselines (columns); a metric that is not one number (per-class accuracy) follows

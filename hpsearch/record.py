@@ -10,6 +10,8 @@ the keys below, a trial holds each metric it reached under the metric's own name
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -43,6 +45,14 @@ TRAIN_LOSS = "train_loss"  # the mean training loss of its last epoch
 TRAIN_SECONDS = "train_seconds"  # from its start to the end of its training
 PRUNED_REASON = "pruned_reason"  # why it stopped early: the pruner, divergence, a limit
 FAIL_REASON = "fail_reason"  # why it failed
+
+# finalize's retrains: the trials of a study's companion ``<study>:finalize``, one per
+# configuration, seed and rows (results.retrains).
+RETRAINS = "retrains"  # the companion's: the retrains it holds, as a digest; written last
+RETRAIN_OF = "retrain_of"  # a retrain's: the number of the study's trial it retrains
+ROWS = "rows"  # a retrain's: what it trains on, "train" or "train+validation"
+WEIGHTS = "weights"  # a retrain's: its model's artifact id in the artifact store
+CALIBRATION = "calibration"  # a retrain's: the problem's calibration statistic on validation
 
 # The pruned reason of a trial whose model broke a limit before training starts with this.
 NOT_TRAINED = "not trained"
@@ -97,6 +107,12 @@ def curve_index(study: optuna.Study) -> int:
     metric = study.user_attrs.get(METRIC)
     names = objective_names(study)
     return names.index(metric) if metric in names else 0
+
+
+def this_worker() -> str:
+    """A trial's ``WORKER``: this machine and process, where to look with workers on many
+    hosts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def series(trial: FrozenTrial | optuna.Trial) -> int:

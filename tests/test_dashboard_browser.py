@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -124,6 +125,11 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
         server.wait(timeout=20)
 
 
+def _listed(study_name: str) -> re.Pattern[str]:
+    """The dashboard's list entry of ``study_name`` ("1. NAME"), and no other."""
+    return re.compile(rf"^\d+\. {re.escape(study_name)}$")
+
+
 @contextlib.contextmanager
 def _browser_page(problems: list[str]) -> Iterator[Any]:
     """A page of headless Chromium; its console errors and page errors go to ``problems``."""
@@ -155,7 +161,8 @@ def test_dashboard_in_chromium(dashboard: tuple[int, str, Path], tmp_path: Path)
     with _browser_page(problems) as page:
         # The study list shows the study; clicking it opens the study page.
         page.goto(f"{base}/")
-        page.get_by_text(study_name).first.click()
+        # Exactly ("1. NAME"): finalize's retrains are the companion "NAME:finalize".
+        page.get_by_text(_listed(study_name)).first.click()
         page.wait_for_url(f"{base}/studies/*")
         # The history plot renders, one point per finished trial (pruned included).
         page.wait_for_selector("#plot-history .main-svg", timeout=30_000)
@@ -189,7 +196,7 @@ def test_dashboard_draws_the_pareto_front(dashboard: tuple[int, str, Path], tmp_
     problems: list[str] = []
     with _browser_page(problems) as page:
         page.goto(f"{base}/")
-        page.get_by_text("front-house").first.click()
+        page.get_by_text(_listed("front-house")).first.click()
         page.wait_for_url(f"{base}/studies/*")
         # The study page of two objectives draws their front.
         page.wait_for_selector("#graph-pareto-front .main-svg", timeout=30_000)

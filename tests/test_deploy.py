@@ -610,10 +610,15 @@ def test_worker_processes_match_the_cpu_limit(variant: str) -> None:
     assert gpus == (1 if variant == "gpu" else 0)
 
 
-def test_finalize_threads_match_the_cpu_limit() -> None:
+def test_finalize_pods_share_the_retrains_within_their_cpu_limit() -> None:
     (finalize,) = hpsearch_pods()["hpsearch-finalize"]["containers"]
     limit = cpus(finalize["resources"]["limits"]["cpu"])
     assert int(env_value(finalize, "OMP_NUM_THREADS")) == limit  # PyTorch's thread count
+    processes = int(option(finalize["args"], "--workers"))
+    assert processes * int(option(finalize["args"], "--threads")) == limit
+    spec = find("CronJob", "hpsearch-finalize")["spec"]["jobTemplate"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] > 1
+    assert spec["maxFailedIndexes"] == spec["completions"] // 2
 
 
 # -- least privilege ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import shutil
@@ -29,6 +30,8 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.results.retrains import companion_name
+from tests.conftest import TINY_HOUSE
 from tests.search.test_local_workers import _slow_house_study, hpsearch_cmd
 from tests.servers import S3_CREDENTIALS, Bucket, fresh_database, moto_server, new_bucket
 from tests.servers import own_postgres as postgres_server
@@ -333,3 +336,58 @@ def test_host_cut_off_mid_trial_is_retried_elsewhere_and_totals_hold(
         f"report {seconds_to_retry:.1f} s after the cut; host3's sessions gone from the "
         f"server {seconds_to_drop:.1f} s after the cut; host3 exited {code}"
     )
+
+
+def test_finalize_on_two_hosts_shares_its_retrains_and_agrees(
+    network: Network, servers: Servers, tmp_path: Path
+) -> None:
+    """``hpsearch finalize`` started on two hosts at once, on the shared database and store:
+    every retrain runs once, on one host or the other, and both write the same answer."""
+    study_file = tmp_path / "house.toml"
+    study = TINY_HOUSE.format(problem="house-prices")
+    study_file.write_text(study.replace("[study]", '[study]\nname = "hosts-house"', 1))
+    bucket = new_bucket(servers.s3)
+    env = {**os.environ, **S3_CREDENTIALS, "AWS_ENDPOINT_URL": servers.s3}
+    with fresh_database(servers.postgres) as url:
+        store = ["--storage", url, "--artifacts", bucket.url("store")]
+        search = [*hpsearch_cmd(), "run", str(study_file), "--trials", "3", "--workers", "1"]
+        subprocess.run([*search, *store], env=env, check=True, capture_output=True, timeout=300)
+        finalizers = {}
+        for host in network.hosts[:2]:
+            folder = tmp_path / host.hostname
+            folder.mkdir()
+            command = [
+                *["ip", "netns", "exec", host.netns, "unshare", "--uts"],
+                *["sh", "-c", 'hostname "$0" && exec "$@"', host.hostname],
+                *hpsearch_cmd(), "finalize", "hosts-house", *store,
+                *["--top-k", "2", "--seeds", "2", "--workers", "1", "--threads", "1"],
+            ]  # fmt: skip
+            finalizers[host.hostname] = subprocess.Popen(
+                command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        try:
+            done = finish(finalizers)
+        finally:
+            stop_all(finalizers)
+        db = RDBStorage(url)
+        try:
+            companion = optuna.load_study(study_name=companion_name("hosts-house"), storage=db)
+            retrains = companion.get_trials(deepcopy=False)
+        finally:
+            db.engine.dispose()
+    for name, (code, err) in done.items():
+        assert code == 0, f"{name}: {err}"
+    results = [
+        json.loads((tmp_path / host / "final-hosts-house" / "finalize.json").read_text())
+        for host in done
+    ]
+    assert results[0]["chosen"] == results[1]["chosen"]
+    for metric, value in results[0]["test"].items():
+        assert results[1]["test"][metric] == pytest.approx(value, rel=1e-3)
+    keys = [(t.user_attrs["retrain_of"], t.user_attrs["seed"], t.user_attrs["rows"])
+            for t in retrains if t.state in FINISHED]  # fmt: skip
+    assert len(keys) == len(set(keys)) and all(t.state in FINISHED for t in retrains)
+    per_host = Counter(host_of(t) for t in retrains)
+    assert set(per_host) == {"host1", "host2"}  # both hosts trained some
+    print(f"\nfinalize on two hosts: retrains per host {dict(sorted(per_host.items()))}")

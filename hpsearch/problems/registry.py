@@ -14,7 +14,6 @@ The tasks (``tabular-regression``, ``tabular-gaussian``, ``tabular-classificatio
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -29,15 +28,8 @@ from hpsearch.problems.metrics import Metrics, mean_z2
 from hpsearch.problems.splits import Splits
 from hpsearch.training import (
     HYPERPARAMETERS,
-    Crashed,
-    Diverged,
     LossFn,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainee,
     models,
-    seeded,
-    train_many,
 )
 from hpsearch.training.costs import COST_METRICS
 
@@ -121,63 +113,6 @@ class Problem:
         """Every hyperparameter a study may fix or search -> the pydantic type of its values."""
         losses: Any = Literal[tuple(self.losses)]
         return {**self.model_hyperparameters, **HYPERPARAMETERS, "loss": losses}
-
-    def fit(
-        self,
-        params: Mapping[str, Any],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        seed: int,
-        evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
-    ) -> tuple[nn.Module, Metrics]:
-        """Train a fresh model of ``params`` on ``(x, y)`` with ``seed`` for all its epochs;
-        the model and ``evaluate``'s metrics after the last one.
-
-        Raises:
-            NonFiniteLossError: the training loss diverged.
-        """
-        [fit] = self.fit_many([(params, seed)], x, y, group_size=1, evaluate=evaluate)
-        if isinstance(fit, Diverged):
-            raise NonFiniteLossError(fit.epoch, fit.loss)
-        return fit
-
-    def fit_many(
-        self,
-        jobs: Sequence[tuple[Mapping[str, Any], int]],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        group_size: int,
-        evaluate: Callable[[nn.Module], Metrics] = lambda model: {},
-    ) -> list[tuple[nn.Module, Metrics] | Diverged]:
-        """``fit`` of each ``(params, seed)``, up to ``group_size`` at a time as one stack
-        where they share a shape (``training.train_many``); a diverged job's ``Diverged``
-        in its place.
-
-        Raises:
-            Exception: what training raised other than divergence.
-        """
-        shape = tuple(x.shape[1:])
-        trainees = []
-        for params, seed in jobs:
-            model, rng = seeded(functools.partial(self.build_model, params, shape), seed)
-            config = TrainConfig.from_params(params, seed=seed)
-            loss = self.losses[params["loss"]]
-            trainees.append(
-                Trainee(
-                    model.to(x.device), loss, config, evaluate, rng=rng, eval_every=config.epochs
-                )
-            )
-        results: dict[int, tuple[nn.Module, Metrics] | Diverged] = {}
-        for index, outcome in train_many(trainees, x, y, group_size=group_size):
-            if isinstance(outcome, Crashed):
-                raise outcome.error
-            if isinstance(outcome, Diverged):
-                results[index] = outcome
-            else:
-                results[index] = (trainees[index].model, outcome.metrics)
-        return [results[index] for index in range(len(jobs))]
 
 
 # The training defaults the lab report did not vary (TrainConfig's own), listed so that a

@@ -22,6 +22,9 @@ class Candidate:
     # The problem's calibration statistic on validation, per seed (Gaussian regressor: the
     # mean squared z-score of the validation targets).
     val_calibration: list[float] = field(default_factory=list)
+    # The seeds of ``val_scores``: the search trial's own first (its score is the search's),
+    # then 0, 1, ...
+    seeds: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -71,6 +74,9 @@ class FinalResult:
     # model costs on the device it was scored on (``training.costs``).
     pick: str = ""
     costs: dict[str, Any] = field(default_factory=dict)
+    # What this finalize was (its candidates, seeds, ensemble), as a digest: finalize
+    # processes of one identity share their retrains and upload the files once.
+    identity: str = ""
 
     def summary(self) -> dict[str, Any]:
         """What is stored on the study (user attribute ``finalize``) for ``hpsearch report``,
@@ -92,6 +98,7 @@ class FinalResult:
             "out": self.out,
             "artifact_store": self.artifact_store,
             "artifacts": self.artifacts,
+            "identity": self.identity,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -102,9 +109,10 @@ class FinalResult:
             "study": self.study,
             "problem": self.problem,
             "metric": self.metric,
-            "selection": "top-k trials retrained on train with each seed; chosen by "
-            "validation mean -/+ one std; the choice retrained on train + validation "
-            "(seed 0) and scored once on test",
+            "selection": "top-k trials scored on validation with each seed (the first the "
+            "search trial's own, the rest retrained on train); chosen by validation mean -/+ "
+            "one std; the choice retrained on train + validation with its first seed and "
+            "scored once on test",
             "chosen": candidate(self.chosen),
             "candidates": [candidate(c) for c in self.candidates],
             "pick": self.pick,

@@ -75,8 +75,12 @@ class Coordinator:
     tests) it uses ``study`` itself, and there is nothing to lock or beat.
     """
 
-    def __init__(self, study: optuna.Study, target: int) -> None:
+    def __init__(self, study: optuna.Study, target: int, *, queue_only: bool = False) -> None:
+        """``queue_only``: claim only queued (waiting) trials, each a unit of work made
+        beforehand (finalize's retrains), and be done once none is left waiting or running
+        (a unit that failed twice is not retried again)."""
         self.target = target
+        self.queue_only = queue_only
         self.rdb = internals.rdb_of(internals.storage_of(study))
         self.study = study
         self._plain = study
@@ -108,7 +112,8 @@ class Coordinator:
 
         A ``member`` of a trial group (sampled under ``fixing``) is a new trial: waiting ones
         (retries, enqueued trials) have params of their own and each leads a group, so
-        ``"wait"`` while there are any.
+        ``"wait"`` while there are any. With ``queue_only``, members are the next waiting
+        trials.
         """
         return with_db_retries(lambda: self._claim(member), "claiming a trial")
 
@@ -132,9 +137,11 @@ class Coordinator:
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         if finished >= self.target:
             return "done"  # finished trials only ever grow
+        if self.queue_only and not counts[TrialState.WAITING]:
+            return "wait" if counts[TrialState.RUNNING] else "done"
         if finished + counts[TrialState.RUNNING] >= self.target:
             return "wait"
-        if member and counts[TrialState.WAITING]:
+        if member and counts[TrialState.WAITING] and not self.queue_only:
             return "wait"
         ended = finished + counts[TrialState.FAIL]
         if self.view is not None and (ended != self._ended_seen or counts[TrialState.WAITING]):

@@ -7,12 +7,15 @@ the study the parent resolved.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import optuna
 
@@ -43,12 +46,17 @@ def worker_plans(plan: RunPlan) -> list[RunPlan]:
 
 
 def worker_main(plan: RunPlan, index: int) -> None:
-    """One local worker process: run ``plan``'s trials; a failure is one line and its exit
-    code."""
+    """One local worker process: run ``plan``'s trials (``exit_with_reason``)."""
+    exit_with_reason(index, functools.partial(run_worker, plan))
+
+
+def exit_with_reason(index: int, work: Callable[[], object]) -> None:
+    """A local worker process's body: ``work()``, its log lines marked with the worker's
+    index; a failure is one line and its exit code, Ctrl-C or SIGTERM exit code 130."""
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        run_worker(plan)
+        work()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as error:
@@ -72,12 +80,31 @@ def run_local_workers(
         HpsearchError: a worker exited with an error.
         Interrupted: on SIGTERM/SIGINT, after every worker has stopped cleanly.
     """
+    mains = [(worker_main, (plan, i)) for i, plan in enumerate(plans)]
+    return run_processes(study, plans[0].settings.trials, mains, on_progress, poll_s)
+
+
+def run_processes(
+    study: optuna.Study,
+    target: int,
+    mains: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
+    on_progress: Callable[[StudyProgress], None] | None = None,
+    poll_s: float = 1.0,
+) -> StudyProgress:
+    """Run each ``(main, args)`` of ``mains`` in a worker process of its own on this machine
+    (spawned: a worker imports what it needs, CUDA included), and report their combined
+    progress on ``study`` (of ``target`` trials).
+
+    Raises:
+        HpsearchError: a worker exited with an error.
+        Interrupted: on SIGTERM/SIGINT, after every worker has stopped cleanly.
+    """
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=worker_main, args=(plan, i), name=f"hpsearch-worker-{i}")
-        for i, plan in enumerate(plans)
+        context.Process(target=main, args=args, name=f"hpsearch-worker-{i}")
+        for i, (main, args) in enumerate(mains)
     ]
-    read_progress = ProgressReader(study, plans[0].settings.trials)
+    read_progress = ProgressReader(study, target)
 
     def report() -> StudyProgress:
         state = read_progress()
@@ -108,6 +135,40 @@ def run_local_workers(
     if any(code != 0 for code in codes):
         raise workers_failed(codes)
     return state
+
+
+@contextlib.contextmanager
+def helping_processes(
+    mains: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
+) -> Iterator[None]:
+    """Worker processes, one per ``(main, args)``, that help this process's own worker with
+    the same queued work: started on entry; on exit, when this process's worker has found
+    nothing left waiting or running, any still alive is stopped (SIGTERM: it is starting up
+    or waiting, and holds no work) and joined. Small work ends without waiting for them.
+
+    Raises:
+        HpsearchError: a helper exited with an error of its own before it was stopped.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=main, args=args, name=f"hpsearch-helper-{i}")
+        for i, (main, args) in enumerate(mains)
+    ]
+    for process in processes:
+        process.start()
+    stopped = set()
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+                stopped.add(process.pid)
+        for process in processes:
+            process.join()
+    own = [p.exitcode for p in processes if not (p.pid in stopped and p.exitcode in (130, -15))]
+    if any(code != 0 for code in own):
+        raise workers_failed(own)
 
 
 def workers_failed(codes: list[int | None]) -> HpsearchError:

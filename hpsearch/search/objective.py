@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -119,8 +117,7 @@ class Objective:
             trial.set_user_attr(record.RESUMED_FROM_EPOCH, resume.epoch)
         trial.set_user_attr(record.CONFIG, params)
         trial.set_user_attr(record.SEED, seed)
-        # Which machine and process ran it: with workers on many hosts, where to look.
-        trial.set_user_attr(record.WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(record.WORKER, record.this_worker())
         shape = self.splits.x_train.shape[1:]
         model, rng = seeded(lambda: problem.build_model(params, shape), seed)
         model.to(self.device)

@@ -169,11 +169,15 @@ class Worker(Generic[Started]):
         objective: TrialObjective[Started],
         settings: Settings,
         on_progress: Callable[[StudyProgress], None] | None = None,
+        *,
+        queue_only: bool = False,
     ) -> None:
+        """``queue_only``: run only the study's queued trials, units of work made beforehand
+        (finalize's retrains; ``Coordinator``)."""
         self.objective = objective
         self.settings = settings
         self.on_progress = on_progress
-        self.coordinator = Coordinator(study, settings.trials)
+        self.coordinator = Coordinator(study, settings.trials, queue_only=queue_only)
         self.grid = study.sampler if isinstance(study.sampler, GridSearchSampler) else None
         self.group_size = (settings.group_size or 1) if groups_trials(settings.sampler) else 1
         self.read_progress = ProgressReader(
@@ -223,6 +227,8 @@ class Worker(Generic[Started]):
             if len(group) > 1:  # for the dashboard and report
                 for trial, _ in self.running.values():
                     trial.set_user_attr(record.GROUP, leader.number)
+            if self.coordinator.queue_only:  # finalize prints each retrain as it starts
+                self.report()
             for trial, end in self.objective.train(group):
                 self.tell(trial, end)
         except BaseException as error:

@@ -12,14 +12,13 @@ from typer.testing import CliRunner
 
 from hpsearch.cli import app
 from hpsearch.errors import HpsearchError
-from hpsearch.problems.registry import Problem
 from hpsearch.problems.usps import load_usps
 from hpsearch.results.finalize import finalize, top_configurations
 from hpsearch.results.model_files import RESULT_FILE, load_model
 from hpsearch.search.plan import RunPlan
 from hpsearch.search.run import run_study
 from hpsearch.search.study_file import load_study_file
-from hpsearch.settings import resolve_settings
+from hpsearch.settings import Settings, resolve_settings
 from hpsearch.training.loop import predict
 
 pytestmark = pytest.mark.slow  # real training runs: seconds each
@@ -31,6 +30,11 @@ def _study(path: Path, url: str, trials: int = 4):  # type: ignore[no-untyped-de
         RunPlan(config, resolve_settings(config, workers=1, storage=url, trials=trials))
     )
     return config, study
+
+
+def _settings(url: str, **given: object) -> Settings:
+    """finalize's settings: one worker, in this process, unless ``given`` says otherwise."""
+    return resolve_settings(**{"storage": url, "workers": 1, **given})  # type: ignore[arg-type]
 
 
 def test_top_configurations_are_distinct_and_best_first(
@@ -48,8 +52,14 @@ def test_finalize_usps_saves_a_model_that_reloads(tiny_usps_file: Path, sqlite_u
     config, study = _study(tiny_usps_file, sqlite_url)
     splits = config.problem.load_data(None, **config.data)
     out = Path("final")
-    result = finalize(study, config.problem, splits, config.metric, top_k=2, seeds=2, out=out)
+    settings = _settings(sqlite_url, top_k=2, seeds=2)
+    result = finalize(study, config.problem, splits, config.metric, settings, out=out)
     assert len(result.candidates) == 2 and all(len(c.val_scores) == 2 for c in result.candidates)
+    # Each candidate's first seed is its search trial's: its score is the search's.
+    for candidate in result.candidates:
+        trial = study.trials[candidate.trial]
+        assert candidate.seeds[0] == trial.user_attrs["seed"] and len(set(candidate.seeds)) == 2
+        assert candidate.val_scores[0] == trial.user_attrs["val_accuracy"]
     # The choice maximizes mean - std of validation accuracy.
     assert result.chosen.robust(True) == max(c.robust(True) for c in result.candidates)
     test = result.test_metrics
@@ -71,7 +81,7 @@ def test_finalize_usps_saves_a_model_that_reloads(tiny_usps_file: Path, sqlite_u
     assert accuracy == pytest.approx(test["accuracy"]) and loaded["study"] == study.study_name
     # The ensemble: every candidate x seed, retrained on train + validation, averaged.
     assert sorted(result.ensemble_members) == sorted(
-        (c.trial, seed) for c in result.candidates for seed in range(2)
+        (c.trial, seed) for c in result.candidates for seed in c.seeds
     )
     assert result.ensemble_test is not None and 0.5 < result.ensemble_test["accuracy"] <= 1.0
     assert record["ensemble"]["test"]["accuracy"] == result.ensemble_test["accuracy"]
@@ -89,7 +99,8 @@ def test_finalize_regressors_report_dollars_r2_and_coverage(
 ) -> None:
     config, study = _study(tiny_house_file, sqlite_url, trials=3)
     splits = config.problem.load_data(None, **config.data)
-    result = finalize(study, config.problem, splits, config.metric, top_k=1, seeds=2, out=Path("f"))
+    settings = _settings(sqlite_url, top_k=1, seeds=2)
+    result = finalize(study, config.problem, splits, config.metric, settings, out=Path("f"))
     test = result.test_metrics
     assert 10_000 < test["rmse"] < 200_000 and test["mae"] <= test["rmse"]
     assert -1.0 < test["r2"] <= 1.0
@@ -168,33 +179,33 @@ def test_the_search_never_reads_the_test_split(tiny_usps_file: Path, tmp_path: P
 def test_a_diverging_retrain_drops_its_candidate(
     tiny_usps_file: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hpsearch.training.config import Diverged
+    from hpsearch.results.retrains import ALL, TRAIN, RetrainObjective
+    from hpsearch.search.trial_end import Pruned
 
     config, study = _study(tiny_usps_file, sqlite_url)
     splits = config.problem.load_data(None, **config.data)
-    first = top_configurations(study, 2)[0][1]
-    real_fit_many = Problem.fit_many
+    first = top_configurations(study, 2)[0][0]
+    real_end = RetrainObjective._end
+    diverging = {(first, TRAIN)}
 
-    def fit_many(self, jobs, x, y, **kwargs):  # type: ignore[no-untyped-def]
-        fits = real_fit_many(self, jobs, x, y, **kwargs)
-        for index, (params, seed) in enumerate(jobs):
-            if params == first and x is splits.x_train and seed == 1:
-                fits[index] = Diverged(1, float("nan"))
-        return fits
+    def end(self, started, outcome):  # type: ignore[no-untyped-def]
+        retrain = started.retrain
+        if (retrain.trial, retrain.rows) in diverging and retrain.seed != started_seed(retrain):
+            return Pruned(3, "non-finite training loss (inf) in epoch 3")
+        return real_end(self, started, outcome)
 
-    monkeypatch.setattr(Problem, "fit_many", fit_many)
-    result = finalize(
-        study, config.problem, splits, config.metric, top_k=2, seeds=2, with_baseline=False
-    )
+    def started_seed(retrain):  # type: ignore[no-untyped-def]
+        return study.trials[retrain.trial].user_attrs["seed"] if retrain.rows == TRAIN else -1
+
+    monkeypatch.setattr(RetrainObjective, "_end", end)
+    settings = _settings(sqlite_url, top_k=2, seeds=2)
+    result = finalize(study, config.problem, splits, config.metric, settings, with_baseline=False)
     diverged = result.candidates[0]
-    assert diverged.params == first and math.isnan(diverged.val_scores[1])
+    assert diverged.trial == first and math.isnan(diverged.val_scores[1])
     assert result.chosen is result.candidates[1]
-
     # The chosen configuration diverging on train + validation is one clear line.
-    def diverge_on_everything(self, jobs, x, y, **kwargs):  # type: ignore[no-untyped-def]
-        fits = real_fit_many(self, jobs, x, y, **kwargs)
-        return [Diverged(3, float("inf")) if len(x) > len(splits.x_train) else f for f in fits]
-
-    monkeypatch.setattr(Problem, "fit_many", diverge_on_everything)
+    diverging |= {(number, ALL) for number, _, _ in top_configurations(study, 2)}
     with pytest.raises(HpsearchError, match=r"chosen, diverged .*epoch 3.*--trial N"):
-        finalize(study, config.problem, splits, config.metric, top_k=1, seeds=1)
+        finalize(
+            study, config.problem, splits, config.metric, _settings(sqlite_url, top_k=1, seeds=1)
+        )
