@@ -180,3 +180,32 @@ def test_run_finalize_predict_on_an_image_folder(tmp_path: Path, sqlite_url: str
     ).all()
     code, _, err = invoke("predict", str(out_dir), str(tmp_path / "rows.csv"))
     assert code == 2
+
+
+@pytest.mark.slow
+def test_periodic_embeddings_run_finalize_and_predict_on_a_table(tmp_path: Path) -> None:
+    """The tabular space's periodic-embedding option, end to end with the default two
+    workers: its model is rebuilt for predictions from finalize.json alone."""
+    path = tmp_path / "diabetes.csv"
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    frame.to_csv(path, index=False)
+    shipped = (Path(__file__).parents[1] / "studies/tabular-regression.toml").read_text()
+    study = tmp_path / "periodic.toml"
+    study.write_text(
+        shipped.replace("[fixed]\n", '[fixed]\nnum_embedding = "periodic"\nembedding_dim = 4\n')
+        .replace("low = 20\nhigh = 200", "low = 10\nhigh = 20")  # epochs: a short test
+        .replace("step = 20", "step = 10")
+    )
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    code, _, err = invoke("run", str(study), "--data", str(path), "--target", "target",
+                          "--trials", "2", "--storage", url)  # fmt: skip
+    assert code == 0, err
+    out_dir = tmp_path / "final"
+    code, _, err = invoke("finalize", "periodic", "--storage", url, "--top-k", "1",
+                          "--seeds", "1", "--out", str(out_dir), "--no-ensemble")  # fmt: skip
+    assert code == 0, err
+    result = json.loads((out_dir / "finalize.json").read_text())
+    assert result["chosen"]["params"]["num_embedding"] == "periodic"
+    predicted = load_predictor(out_dir).predict(frame.drop(columns="target"))["predicted_target"]
+    error = float(np.sqrt(((predicted.to_numpy() - frame["target"].to_numpy()) ** 2).mean()))
+    assert error < 1.5 * result["test"]["rmse"]

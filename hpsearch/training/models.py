@@ -103,12 +103,41 @@ def build_conv_classifier(
     return nn.Sequential(*layers)  # (B, C, H, W) -> (B, n_classes)
 
 
+NumEmbedding = Literal["none", "periodic"]
+NUM_EMBEDDINGS: tuple[str, ...] = get_args(NumEmbedding)
+
+
+class PeriodicInputs(nn.Module):
+    """Each input feature as ``d`` values of periodic functions of it with learned
+    frequencies (Gorishniy et al., NeurIPS 2022, their "lite" form: one linear map shared by
+    the features), flattened: ``(B, F) -> (B, F * d)``. On a one-hot or was-missing column
+    it is a learned code of its two values. The layers are rtdl_num_embeddings'."""
+
+    def __init__(self, n_features: int, d_embedding: int, frequency_scale: float) -> None:
+        super().__init__()
+        from rtdl_num_embeddings import PeriodicEmbeddings
+
+        self.embed = PeriodicEmbeddings(
+            n_features, d_embedding, frequency_init_scale=frequency_scale, lite=True
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x).flatten(-2)
+
+
 def _mlp_trunk(params: Mapping[str, Any], n_features: int) -> tuple[list[nn.Module], int]:
     widths = layer_widths(params, "n_hidden_layers", "hidden_units")
     if not widths or min(widths) < 1:
         raise ValueError(f"MLP needs >= 1 hidden layer of >= 1 unit, got {widths}")
     layers: list[nn.Module] = []
     width_in = n_features
+    embedding = str(params.get("num_embedding", "none"))
+    if embedding not in NUM_EMBEDDINGS:
+        raise ValueError(f"unknown num_embedding {embedding!r}; choose from {NUM_EMBEDDINGS}")
+    if embedding == "periodic":
+        d = int(params.get("embedding_dim", 16))
+        layers.append(PeriodicInputs(n_features, d, float(params.get("frequency_scale", 0.1))))
+        width_in = n_features * d
     for width in widths:
         layers += [nn.Linear(width_in, width), make_activation(str(params["activation"]))]
         if params.get("dropout", 0.0) > 0:
@@ -146,7 +175,9 @@ class GaussianRegressor(nn.Module):
 
 def build_mlp_regressor(params: Mapping[str, Any], input_shape: Sequence[int]) -> MLPRegressor:
     """``(B, F) -> (B,)``. Params: ``n_hidden_layers``, ``hidden_units`` or
-    ``hidden_units_{i}``, ``activation``, ``dropout``."""
+    ``hidden_units_{i}``, ``activation``, ``dropout``; optional ``num_embedding`` (``"none"``,
+    or ``"periodic"``: ``PeriodicInputs`` of ``embedding_dim`` values per feature, initial
+    frequency scale ``frequency_scale``)."""
     return MLPRegressor(params, int(input_shape[0]))
 
 
@@ -184,13 +215,18 @@ MLP_HYPERPARAMETERS: dict[str, Any] = {
     "hidden_units": Positive,
     "activation": Activation,
     "dropout": Dropout,
+    "num_embedding": NumEmbedding,
+    "embedding_dim": Annotated[int, Field(ge=1, le=256)],
+    "frequency_scale": Annotated[float, Field(gt=0.0)],
 }
 # What sets the layers (a trial group's members share these; dropout is a per-member mask),
 # each builder's part of a problem's ``group_params``.
 CONV_GROUP_PARAMS = frozenset(
     {"n_conv_layers", "channels", "batch_norm", "kernel_size", "pool", "head_units", "activation"}
 )
-MLP_GROUP_PARAMS = frozenset({"n_hidden_layers", "hidden_units", "activation"})
+MLP_GROUP_PARAMS = frozenset(
+    {"n_hidden_layers", "hidden_units", "activation", "num_embedding", "embedding_dim"}
+)
 # Width key -> the depth key that says how many per-layer widths (``channels_0``, ...) exist.
 CONV_PER_LAYER = {"channels": "n_conv_layers"}
 MLP_PER_LAYER = {"hidden_units": "n_hidden_layers"}

@@ -8,6 +8,7 @@ import torch
 
 from hpsearch.training import models
 from hpsearch.training.models import Ensemble, ScaledVariance
+from hpsearch.training.stack import stack_key
 
 CONV_GRID = list(
     itertools.product([1, 2, 3, 4], [64, 128, 256], ["relu", "tanh", "sigmoid"], [True, False])
@@ -151,3 +152,27 @@ def test_ensembles_average_probabilities_values_and_mixtures() -> None:
     assert torch.allclose(scaled, torch.tensor([1.0, math.log(4.0)]).expand(3, -1))
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble([], models.mean_prediction)
+
+
+def test_periodic_embeddings_widen_the_first_layer_and_train_alone() -> None:
+    params = {
+        "n_hidden_layers": 1,
+        "hidden_units": 8,
+        "activation": "relu",
+        "num_embedding": "periodic",
+        "embedding_dim": 4,
+        "frequency_scale": 0.5,
+    }
+    x = torch.randn(6, 3)
+    for build in (models.build_mlp_regressor, models.build_gaussian_regressor):
+        model = build(params, (3,))
+        first = next(
+            m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.in_features != 96
+        )  # fmt: skip  (96: the shared map of 48 frequencies)
+        assert first.in_features == 3 * 4
+        assert torch.isfinite(model(x)).all()
+        assert stack_key(model) is None  # no grouped form: a trial group trains it alone
+    classifier = models.build_mlp_classifier({**params, "n_classes": 3}, (3,))
+    assert classifier(x).shape == (6, 3)
+    with pytest.raises(ValueError, match="unknown num_embedding"):
+        models.build_mlp_regressor({**params, "num_embedding": "splines"}, (3,))
