@@ -115,7 +115,7 @@ def finalize_study(
     if on_start is not None:
         on_start()
     splits = problem.load_data(settings.data_dir, **attrs[record.DATA])
-    with _retrain_store(settings) as (store, store_settings):
+    with _retrain_store(settings, artifacts) as (store, store_settings):
         result = finalize(
             study,
             problem,
@@ -146,11 +146,14 @@ def finalize_study(
 
 
 @contextlib.contextmanager
-def _retrain_store(settings: Settings) -> Iterator[tuple[ArtifactStore, Settings]]:
-    """Where the retrains keep their checkpoints and models: the artifact store, or without
-    one (``--artifacts ''``) a temporary folder of this machine's, removed at the end."""
-    if settings.artifacts:
-        yield open_artifact_store(settings.artifacts), settings
+def _retrain_store(
+    settings: Settings, artifacts: ArtifactStore | None
+) -> Iterator[tuple[ArtifactStore, Settings]]:
+    """Where the retrains keep their checkpoints and models: ``artifacts``, the artifact
+    store already opened, or without one (``--artifacts ''``) a temporary folder of this
+    machine's, removed at the end."""
+    if artifacts is not None:
+        yield artifacts, settings
         return
     folder = tempfile.mkdtemp(prefix="hpsearch-retrains-")
     try:

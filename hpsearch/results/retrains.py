@@ -99,13 +99,12 @@ def queue_retrains(
     """
     name = companion_name(study.study_name)
     storage = open_storage(settings.storage)
-    digest = identity
     with StudyLock(parse_url(settings.storage), name).hold():
         try:
             companion: optuna.Study | None = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             companion = None
-        if companion is not None and companion.user_attrs.get(record.RETRAINS) != digest:
+        if companion is not None and companion.user_attrs.get(record.RETRAINS) != identity:
             states = [t.state for t in companion.get_trials(deepcopy=False)]
             if TrialState.RUNNING in states and record.RETRAINS in companion.user_attrs:
                 raise HpsearchError(
@@ -119,7 +118,7 @@ def queue_retrains(
         if companion is None:
             companion = optuna.create_study(study_name=name, storage=storage)
             companion.set_user_attr(record.RETRAIN_OF, study.study_name)
-            companion.set_user_attr(record.RETRAINS, digest)
+            companion.set_user_attr(record.RETRAINS, identity)
         queued = {_key(t) for t in companion.get_trials(deepcopy=False)}
         for retrain in retrains:
             if retrain.key not in queued:

@@ -109,6 +109,11 @@ def test_a_killed_retrain_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def finalize() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "hpsearch", "finalize", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
     checkpoints = tmp_path / "hpsearch-artifacts" / "checkpoints"
     deadline = time.monotonic() + 120
     while not list(checkpoints.glob("*/trial-*.pt")) and time.monotonic() < deadline:
@@ -116,13 +121,7 @@ def test_a_killed_retrain_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     os.killpg(first.pid, signal.SIGKILL)  # no chance to mark its retrain failed
     first.wait()
     assert list(checkpoints.glob("*/trial-*.pt")), "no checkpoint in time"
-    again = subprocess.run(
-        [sys.executable, "-m", "hpsearch", "finalize", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = finalize()
     assert again.returncode == 0, again.stderr
     companion = optuna.load_study(study_name=companion_name("house"), storage=url)
     states = [t.state for t in companion.trials]
@@ -130,13 +129,7 @@ def test_a_killed_retrain_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     retry = next(t for t in companion.trials if t.user_attrs.get(record.RETRY_OF) == 0)
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 120
     # Run again, finalize finds its retrains done: nothing trains.
-    rerun = subprocess.run(
-        [sys.executable, "-m", "hpsearch", "finalize", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    rerun = finalize()
     assert rerun.returncode == 0 and "started" not in rerun.stderr, rerun.stderr
     assert len(optuna.load_study(study_name=companion_name("house"), storage=url).trials) == len(
         states
